@@ -1,0 +1,1 @@
+//! OpenAI wire types and request validation (owned by the HTTP API issue; nothing here yet).
