@@ -1,0 +1,394 @@
+//! The Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2) on burn: weights on the device, a paged
+//! KV cache, and one forward over a ragged batch of sequences.
+
+use burn::tensor::{DType as BurnDType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use crate::config::ModelConfig;
+use crate::nn::{apply_rope, attention, rms_norm, rope_tables, swiglu};
+use crate::weights::{HostTensor, Weights};
+use crate::{DType, LoadError, LoadProgress, RuntimeError, SeqInput, SeqLogits};
+
+/// One decoder layer's weights, projections stored `[in, out]` so a step is `x.matmul(w)`.
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor<1>,
+    /// q, k and v fused: `[hidden, (heads + 2 * kv_heads) * head_dim]`.
+    qkv: Tensor<2>,
+    qkv_bias: Option<Tensor<1>>,
+    out: Tensor<2>,
+    ffn_norm: Tensor<1>,
+    /// gate and up fused: `[hidden, 2 * intermediate]`.
+    gate_up: Tensor<2>,
+    down: Tensor<2>,
+}
+
+/// K and V for every layer, in fixed-size blocks: slot `block * block_size + offset` of a
+/// layer's `[slots, kv_heads * head_dim]` tensor holds one position of one sequence.
+#[derive(Debug)]
+struct KvCache {
+    k: Vec<Tensor<2>>,
+    v: Vec<Tensor<2>>,
+    block_size: usize,
+    num_blocks: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Llama {
+    config: ModelConfig,
+    device: Device,
+    embed: Tensor<2>,
+    layers: Vec<Layer>,
+    norm: Tensor<1>,
+    /// `[hidden, vocab]`.
+    lm_head: Tensor<2>,
+    inv_freq: Vec<f32>,
+    cache: KvCache,
+}
+
+impl Llama {
+    pub(crate) fn load(
+        config: ModelConfig,
+        weights: &Weights,
+        device: &Device,
+        dtype: DType,
+        num_blocks: usize,
+        block_size: usize,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, LoadError> {
+        let c = &config;
+        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let q_dim = c.num_heads * c.head_dim;
+        let kv_dim = c.num_kv_heads * c.head_dim;
+        let total = 2 + c.num_layers + usize::from(weights.contains("lm_head.weight"));
+        let mut done = 0;
+        let mut step = |progress: &mut dyn FnMut(LoadProgress)| {
+            done += 1;
+            progress(LoadProgress { done, total });
+        };
+        let burn_dtype = dtype.burn();
+        let upload = |t: HostTensor| -> Tensor<2> {
+            let shape = [
+                t.shape.first().copied().unwrap_or(1),
+                t.shape.iter().skip(1).product(),
+            ];
+            to_dtype(
+                Tensor::from_data(TensorData::new(t.data, shape), device),
+                burn_dtype,
+            )
+        };
+        let upload1 = |t: HostTensor| -> Tensor<1> {
+            let len = t.data.len();
+            to_dtype(
+                Tensor::from_data(TensorData::new(t.data, [len]), device),
+                burn_dtype,
+            )
+        };
+        let get = |name: &str, shape: &[usize]| weights.get(name, shape, c);
+
+        let embed = upload(get("model.embed_tokens.weight", &[c.vocab_size, hidden])?);
+        step(progress);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let q = get(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, hidden])?;
+            let k = get(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, hidden])?;
+            let v = get(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, hidden])?;
+            let qkv = upload(concat_rows(vec![q, k, v])).transpose();
+            let qkv_bias = if c.attention_bias {
+                let q = get(&format!("{p}.self_attn.q_proj.bias"), &[q_dim])?;
+                let k = get(&format!("{p}.self_attn.k_proj.bias"), &[kv_dim])?;
+                let v = get(&format!("{p}.self_attn.v_proj.bias"), &[kv_dim])?;
+                Some(upload1(concat_rows(vec![q, k, v])))
+            } else {
+                None
+            };
+            let gate = get(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?;
+            let up = get(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?;
+            layers.push(Layer {
+                attn_norm: upload1(get(&format!("{p}.input_layernorm.weight"), &[hidden])?),
+                qkv: contiguous(qkv),
+                qkv_bias,
+                out: contiguous(
+                    upload(get(
+                        &format!("{p}.self_attn.o_proj.weight"),
+                        &[hidden, q_dim],
+                    )?)
+                    .transpose(),
+                ),
+                ffn_norm: upload1(get(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[hidden],
+                )?),
+                gate_up: contiguous(upload(concat_rows(vec![gate, up])).transpose()),
+                down: contiguous(
+                    upload(get(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter])?)
+                        .transpose(),
+                ),
+            });
+            step(progress);
+        }
+        let norm = upload1(get("model.norm.weight", &[hidden])?);
+        step(progress);
+        // A tied output layer reuses the embedding; GGUF marks it by omitting `output.weight`.
+        let lm_head = if weights.contains("lm_head.weight") && !c.tie_word_embeddings {
+            let head = upload(get("lm_head.weight", &[c.vocab_size, hidden])?);
+            step(progress);
+            contiguous(head.transpose())
+        } else {
+            contiguous(embed.clone().transpose())
+        };
+        let slots = num_blocks * block_size;
+        let cache = KvCache {
+            k: (0..c.num_layers)
+                .map(|_| Tensor::zeros([slots, kv_dim], (device, burn_dtype)))
+                .collect(),
+            v: (0..c.num_layers)
+                .map(|_| Tensor::zeros([slots, kv_dim], (device, burn_dtype)))
+                .collect(),
+            block_size,
+            num_blocks,
+        };
+        Ok(Self {
+            inv_freq: config.inv_freq(),
+            config,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cache,
+        })
+    }
+
+    pub(crate) fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub(crate) fn num_blocks(&self) -> usize {
+        self.cache.num_blocks
+    }
+
+    pub(crate) fn block_size(&self) -> usize {
+        self.cache.block_size
+    }
+
+    /// Checks a batch against the vocabulary, the context length and the KV pool before any
+    /// work, so a rejected step leaves the cache as it was.
+    fn validate(&self, batch: &[SeqInput<'_>]) -> Result<(), RuntimeError> {
+        if batch.is_empty() {
+            return Err(RuntimeError::EmptyBatch);
+        }
+        let mut written = std::collections::HashSet::new();
+        for (sequence, seq) in batch.iter().enumerate() {
+            if seq.tokens.is_empty() {
+                return Err(RuntimeError::EmptySequence { sequence });
+            }
+            if let Some(&id) = seq
+                .tokens
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(RuntimeError::BadTokenId {
+                    id,
+                    vocab_size: self.config.vocab_size,
+                });
+            }
+            let end = seq.start + seq.tokens.len();
+            if end > self.config.max_position_embeddings {
+                return Err(RuntimeError::ContextExceeded {
+                    position: end - 1,
+                    context_length: self.config.max_position_embeddings,
+                });
+            }
+            let needed = end.div_ceil(self.cache.block_size);
+            if seq.block_table.len() < needed {
+                return Err(RuntimeError::BlockTableTooShort {
+                    sequence,
+                    needed,
+                    given: seq.block_table.len(),
+                });
+            }
+            for &block in &seq.block_table[..needed] {
+                if block as usize >= self.cache.num_blocks {
+                    return Err(RuntimeError::BadBlock {
+                        block,
+                        num_blocks: self.cache.num_blocks,
+                    });
+                }
+            }
+            for pos in seq.start..end {
+                let block = seq.block_table[pos / self.cache.block_size];
+                if !written.insert((block, pos % self.cache.block_size)) {
+                    return Err(RuntimeError::SharedWrite { block });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step: every sequence's new tokens, at their positions, through the model;
+    /// their K/V land in the cache slots their block tables name.
+    pub(crate) fn forward(
+        &mut self,
+        batch: &[SeqInput<'_>],
+    ) -> Result<Vec<SeqLogits>, RuntimeError> {
+        self.validate(batch)?;
+        let c = &self.config;
+        let bs = self.cache.block_size;
+        let slot =
+            |seq: &SeqInput<'_>, pos: usize| seq.block_table[pos / bs] as usize * bs + pos % bs;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut slots = Vec::new();
+        for seq in batch {
+            ids.extend(seq.tokens.iter().map(|&t| i64::from(t)));
+            for (i, _) in seq.tokens.iter().enumerate() {
+                let pos = seq.start + i;
+                positions.push(pos);
+                slots.push(slot(seq, pos) as i64);
+            }
+        }
+        let total = ids.len();
+        let device = &self.device;
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [total]), device);
+        let slots = Tensor::<1, Int>::from_data(TensorData::new(slots, [total]), device);
+        // Each sequence reads its whole context back from the cache, new tokens included.
+        let contexts: Vec<Tensor<1, Int>> = batch
+            .iter()
+            .map(|seq| {
+                let end = seq.start + seq.tokens.len();
+                let s: Vec<i64> = (0..end).map(|pos| slot(seq, pos) as i64).collect();
+                Tensor::from_data(TensorData::new(s, [end]), device)
+            })
+            .collect();
+        let (cos, sin) = rope_tables(&positions, &self.inv_freq, device);
+        let (heads, kv_heads, head_dim) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
+
+        let mut x = self.embed.clone().select(0, ids);
+        for (layer, (k_cache, v_cache)) in self
+            .layers
+            .iter()
+            .zip(self.cache.k.iter_mut().zip(self.cache.v.iter_mut()))
+        {
+            let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
+            let mut qkv = h.matmul(layer.qkv.clone());
+            if let Some(bias) = &layer.qkv_bias {
+                qkv = qkv.add(bias.clone().unsqueeze_dim::<2>(0));
+            }
+            let q = qkv
+                .clone()
+                .slice([0..total, 0..q_dim])
+                .reshape([total, heads, head_dim]);
+            let k = qkv
+                .clone()
+                .slice([0..total, q_dim..q_dim + kv_dim])
+                .reshape([total, kv_heads, head_dim]);
+            let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
+            let q = apply_rope(q, &cos, &sin);
+            let k = apply_rope(k, &cos, &sin).reshape([total, kv_dim]);
+            k_cache.inplace(|cache| {
+                cache.select_assign(0, slots.clone(), k, IndexingUpdateOp::Assign)
+            });
+            v_cache.inplace(|cache| {
+                cache.select_assign(0, slots.clone(), v, IndexingUpdateOp::Assign)
+            });
+
+            let mut outputs = Vec::with_capacity(batch.len());
+            let mut offset = 0;
+            for (seq, context) in batch.iter().zip(&contexts) {
+                let n = seq.tokens.len();
+                let [ctx] = context.dims();
+                let q_seq = q.clone().slice([offset..offset + n, 0..heads, 0..head_dim]);
+                let k_seq = k_cache
+                    .clone()
+                    .select(0, context.clone())
+                    .reshape([ctx, kv_heads, head_dim]);
+                let v_seq = v_cache
+                    .clone()
+                    .select(0, context.clone())
+                    .reshape([ctx, kv_heads, head_dim]);
+                outputs.push(attention(q_seq, k_seq, v_seq, seq.start));
+                offset += n;
+            }
+            let attn = if outputs.len() == 1 {
+                outputs
+                    .pop()
+                    .unwrap_or_else(|| Tensor::zeros([total, q_dim], device))
+            } else {
+                Tensor::cat(outputs, 0)
+            };
+            x = x.add(attn.matmul(layer.out.clone()));
+            let h = rms_norm(x.clone(), &layer.ffn_norm, c.rms_norm_eps);
+            x = x.add(swiglu(h, &layer.gate_up, &layer.down));
+        }
+
+        // Only the rows someone asked for go through the (large) output layer.
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        for seq in batch {
+            let n = seq.tokens.len();
+            if seq.all_logits {
+                rows.extend((offset..offset + n).map(|r| r as i64));
+            } else {
+                rows.push((offset + n - 1) as i64);
+            }
+            offset += n;
+        }
+        let n_rows = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n_rows]), device);
+        let h = rms_norm(x.select(0, rows), &self.norm, c.rms_norm_eps);
+        let data = h
+            .matmul(self.lm_head.clone())
+            .try_into_vec_as::<f32>()
+            .map_err(|e| RuntimeError::Backend(format!("reading logits: {e:?}")))?;
+        let vocab = c.vocab_size;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for seq in batch {
+            let n = if seq.all_logits { seq.tokens.len() } else { 1 };
+            out.push(SeqLogits {
+                rows: n,
+                vocab,
+                data: data
+                    .get(at * vocab..(at + n) * vocab)
+                    .unwrap_or_default()
+                    .to_vec(),
+            });
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+/// Stacks `[rows_i, cols]` host tensors into one `[sum rows_i, cols]`.
+fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
+    let cols: usize = parts
+        .first()
+        .map_or(1, |p| p.shape.iter().skip(1).product());
+    let rows: usize = parts
+        .iter()
+        .map(|p| p.shape.first().copied().unwrap_or(1))
+        .sum();
+    let mut data = Vec::with_capacity(rows * cols);
+    for p in parts {
+        data.extend(p.data);
+    }
+    let shape = if cols == 1 && data.len() == rows {
+        vec![rows]
+    } else {
+        vec![rows, cols]
+    };
+    HostTensor { shape, data }
+}
+
+fn to_dtype<const D: usize>(t: Tensor<D>, dtype: BurnDType) -> Tensor<D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+/// Materializes a transposed weight once at load, so each step's matmul reads it contiguously.
+fn contiguous(t: Tensor<2>) -> Tensor<2> {
+    let dtype = t.dtype();
+    let device = t.device();
+    Tensor::<2>::from_data(t.into_data(), (&device, dtype))
+}

@@ -1,0 +1,101 @@
+//! The building blocks of a Llama-family forward pass, each written once: RMSNorm, RoPE
+//! (Hugging Face's `rotate_half` convention), grouped-query attention with a causal mask, and
+//! the SwiGLU MLP.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// `x * rsqrt(mean(x²) + eps) * weight` over the last dimension, in the tensor's dtype.
+pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
+    let variance = x.clone().powf_scalar(2.0).mean_dim(1);
+    let scale = variance.add_scalar(eps).sqrt().recip();
+    x.mul(scale).mul(weight.clone().unsqueeze_dim::<2>(0))
+}
+
+/// Rotary tables for `positions`: `(cos, sin)`, each `[positions, head_dim]` with the
+/// frequencies repeated over both halves, as transformers builds them (in f32, on the host).
+pub(crate) fn rope_tables(
+    positions: &[usize],
+    inv_freq: &[f32],
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let head_dim = inv_freq.len() * 2;
+    let mut cos = Vec::with_capacity(positions.len() * head_dim);
+    let mut sin = Vec::with_capacity(positions.len() * head_dim);
+    for &p in positions {
+        for _ in 0..2 {
+            for &f in inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    let shape = [positions.len(), head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
+
+/// Applies RoPE to `x` `[tokens, heads, head_dim]` with tables `[tokens, head_dim]`:
+/// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
+pub(crate) fn apply_rope(x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3> {
+    let [tokens, heads, head_dim] = x.dims();
+    let half = head_dim / 2;
+    let first = x.clone().slice([0..tokens, 0..heads, 0..half]);
+    let second = x.clone().slice([0..tokens, 0..heads, half..head_dim]);
+    let rotated = Tensor::cat(vec![second.neg(), first], 2);
+    let cos = cos.clone().unsqueeze_dim::<3>(1);
+    let sin = sin.clone().unsqueeze_dim::<3>(1);
+    x.mul(cos).add(rotated.mul(sin))
+}
+
+/// Causal grouped-query attention for one sequence.
+///
+/// `q` is `[new, heads, head_dim]` for the sequence's new tokens, which sit at positions
+/// `start..start + new`; `k` and `v` are `[context, kv_heads, head_dim]` for positions
+/// `0..start + new` (the cache, new tokens included). Returns `[new, heads * head_dim]`.
+pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, start: usize) -> Tensor<2> {
+    let [new, heads, head_dim] = q.dims();
+    let [context, kv_heads, _] = k.dims();
+    let group = heads / kv_heads;
+    // Query heads h*group..(h+1)*group share kv head h: fold the group into the rows.
+    let q = q
+        .swap_dims(0, 1)
+        .reshape([kv_heads, group * new, head_dim])
+        .mul_scalar(1.0 / (head_dim as f32).sqrt());
+    let k = k.swap_dims(0, 1).swap_dims(1, 2);
+    let v = v.swap_dims(0, 1);
+    let mut scores = q.matmul(k);
+    if new > 1 {
+        // Token i of the new ones may see positions 0..=start + i.
+        let mut mask = vec![0.0f32; new * context];
+        for i in 0..new {
+            for j in (start + i + 1)..context {
+                mask[i * context + j] = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [new, context]), &scores.device())
+            .repeat_dim(0, group)
+            .unsqueeze_dim::<3>(0);
+        scores = scores.add(mask);
+    }
+    let probs = softmax(scores, 2);
+    probs
+        .matmul(v)
+        .reshape([heads, new, head_dim])
+        .swap_dims(0, 1)
+        .reshape([new, heads * head_dim])
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))`, with gate and up fused into one `[hidden, 2 * inter]`.
+pub(crate) fn swiglu(x: Tensor<2>, gate_up: &Tensor<2>, down: &Tensor<2>) -> Tensor<2> {
+    let [tokens, _] = x.dims();
+    let both = x.matmul(gate_up.clone());
+    let [_, width] = both.dims();
+    let inter = width / 2;
+    let gate = both.clone().slice([0..tokens, 0..inter]);
+    let up = both.slice([0..tokens, inter..width]);
+    silu(gate).mul(up).matmul(down.clone())
+}

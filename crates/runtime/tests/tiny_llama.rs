@@ -1,0 +1,426 @@
+//! The tiny random Llama (`testdata/tiny-llama`, made with transformers) through the real
+//! runtime: logits at every position, greedy decoding with the paged KV cache, chunked prefill,
+//! batch invariance, the GGUF path (llama.cpp's q/k permutation), and step errors.
+
+// Helpers outside #[test] fns unwrap too: a test should fail loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use kiln_gguf::{GgmlType, GgufWriter};
+use kiln_runtime::{DeviceKind, LoadOptions, Model, RuntimeError, SeqInput};
+use serde_json::Value;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-llama")
+}
+
+fn golden() -> Value {
+    serde_json::from_slice(&std::fs::read(dir().join("tiny_golden.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn device() -> DeviceKind {
+    // CI runs this file a second time on wgpu (Mesa's software Vulkan) via KILN_TEST_DEVICE.
+    std::env::var("KILN_TEST_DEVICE")
+        .ok()
+        .map(|d| d.parse().unwrap())
+        .unwrap_or_default()
+}
+
+fn options() -> LoadOptions {
+    LoadOptions {
+        device: device(),
+        block_size: 4,
+        kv_cache_bytes: 64 * 2 * 2 * 2 * 16 * 4 * 4,
+        ..Default::default()
+    }
+}
+
+fn load() -> Model {
+    Model::load(&dir(), &options()).unwrap()
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Greedy decoding of `steps` tokens after `prompt`, one sequence, blocks 0.. in order.
+fn greedy(model: &mut Model, prompt: &[u32], steps: usize, first_block: u32) -> Vec<u32> {
+    let table: Vec<u32> = (first_block..first_block + 16).collect();
+    let mut out = Vec::new();
+    let logits = model
+        .forward(&[SeqInput {
+            tokens: prompt,
+            start: 0,
+            block_table: &table,
+            all_logits: false,
+        }])
+        .unwrap();
+    let mut next = argmax(logits[0].last());
+    for i in 0..steps {
+        out.push(next);
+        if i + 1 == steps {
+            break;
+        }
+        let logits = model
+            .forward(&[SeqInput {
+                tokens: &[next],
+                start: prompt.len() + i,
+                block_table: &table,
+                all_logits: false,
+            }])
+            .unwrap();
+        next = argmax(logits[0].last());
+    }
+    out
+}
+
+#[test]
+fn logits_at_every_position_match_transformers() {
+    let g = golden();
+    let mut model = load();
+    let input = ids(&g["input_ids"]);
+    let table: Vec<u32> = (0..4).collect();
+    let out = model
+        .forward(&[SeqInput {
+            tokens: &input,
+            start: 0,
+            block_table: &table,
+            all_logits: true,
+        }])
+        .unwrap();
+    let expected = read_f32(&dir().join("logits_all.f32"));
+    assert_eq!(out[0].rows, 16);
+    let diff = max_diff(&out[0].data, &expected);
+    assert!(diff < 1e-4, "max |diff| = {diff}");
+}
+
+#[test]
+fn greedy_decoding_with_the_kv_cache_matches_transformers() {
+    let g = golden();
+    let mut model = load();
+    let got = greedy(&mut model, &ids(&g["greedy_prompt_ids"]), 16, 0);
+    assert_eq!(got, ids(&g["greedy_new_ids_16"]));
+    // Blocks elsewhere in the pool give the same answer.
+    let got = greedy(&mut model, &ids(&g["greedy_prompt_ids"]), 16, 20);
+    assert_eq!(got, ids(&g["greedy_new_ids_16"]));
+}
+
+#[test]
+fn chunked_prefill_equals_one_prefill() {
+    let g = golden();
+    let input = ids(&g["input_ids"]);
+    let expected = read_f32(&dir().join("logits_all.f32"));
+    let mut model = load();
+    let table = [7u32, 3, 9, 1];
+    let mut start = 0;
+    for chunk in [5usize, 1, 7, 3] {
+        let out = model
+            .forward(&[SeqInput {
+                tokens: &input[start..start + chunk],
+                start,
+                block_table: &table,
+                all_logits: true,
+            }])
+            .unwrap();
+        let want = &expected[start * 512..(start + chunk) * 512];
+        let diff = max_diff(&out[0].data, want);
+        assert!(diff < 1e-4, "chunk at {start}: max |diff| = {diff}");
+        start += chunk;
+    }
+}
+
+#[test]
+fn a_sequence_gives_the_same_logits_alone_and_in_a_ragged_batch() {
+    let g = golden();
+    let input = ids(&g["input_ids"]);
+    let mut model = load();
+    let alone = model
+        .forward(&[SeqInput {
+            tokens: &input[..9],
+            start: 0,
+            block_table: &[0, 1, 2],
+            all_logits: false,
+        }])
+        .unwrap();
+    // Eight sequences of different lengths, the probe among them, each in its own blocks.
+    let others: Vec<Vec<u32>> = (0..7)
+        .map(|i| {
+            (0..(1 + i * 2))
+                .map(|t| ((t * 31 + i * 7) % 512) as u32)
+                .collect()
+        })
+        .collect();
+    let tables: Vec<Vec<u32>> = (0..8)
+        .map(|i| vec![3 + i * 4, 4 + i * 4, 5 + i * 4, 6 + i * 4])
+        .collect();
+    let mut batch = Vec::new();
+    for (i, other) in others.iter().enumerate() {
+        if i == 3 {
+            batch.push(SeqInput {
+                tokens: &input[..9],
+                start: 0,
+                block_table: &tables[7],
+                all_logits: false,
+            });
+        }
+        batch.push(SeqInput {
+            tokens: other,
+            start: 0,
+            block_table: &tables[i],
+            all_logits: false,
+        });
+    }
+    let together = model.forward(&batch).unwrap();
+    let diff = max_diff(alone[0].last(), together[3].last());
+    assert!(diff <= 1e-5, "max |diff| = {diff}");
+    assert_eq!(argmax(alone[0].last()), argmax(together[3].last()));
+    // And each other sequence matches its own solo run too.
+    for (i, other) in others.iter().enumerate() {
+        let solo = model
+            .forward(&[SeqInput {
+                tokens: other,
+                start: 0,
+                block_table: &tables[i],
+                all_logits: false,
+            }])
+            .unwrap();
+        let j = if i < 3 { i } else { i + 1 };
+        let diff = max_diff(solo[0].last(), together[j].last());
+        assert!(diff <= 1e-5, "sequence {i}: max |diff| = {diff}");
+    }
+}
+
+/// llama.cpp's converter permutes q/k rows; write the tiny model as GGUF the same way.
+fn permute(data: &[f32], rows: usize, heads: usize) -> Vec<f32> {
+    let width = data.len() / rows;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0; data.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..half {
+                let src = (h * head_dim + s * half + j) * width;
+                let dst = (h * head_dim + 2 * j + s) * width;
+                out[dst..dst + width].copy_from_slice(&data[src..src + width]);
+            }
+        }
+    }
+    out
+}
+
+fn tiny_as_gguf(path: &Path) {
+    let bytes = std::fs::read(dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "llama")
+        .add("llama.block_count", 2u32)
+        .add("llama.context_length", 256u32)
+        .add("llama.embedding_length", 64u32)
+        .add("llama.feed_forward_length", 128u32)
+        .add("llama.attention.head_count", 4u32)
+        .add("llama.attention.head_count_kv", 2u32)
+        .add("llama.rope.freq_base", 100000.0f32)
+        .add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)
+        .add("llama.vocab_size", 512u32);
+    for (name, view) in st.tensors() {
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let shape = view.shape().to_vec();
+        let data = if name.ends_with("q_proj.weight") {
+            permute(&data, shape[0], 4)
+        } else if name.ends_with("k_proj.weight") {
+            permute(&data, shape[0], 2)
+        } else {
+            data
+        };
+        let gguf = match name.as_str() {
+            "model.embed_tokens.weight" => "token_embd.weight".to_string(),
+            "model.norm.weight" => "output_norm.weight".to_string(),
+            other => {
+                let rest = other.strip_prefix("model.layers.").unwrap();
+                let (layer, tail) = rest.split_once('.').unwrap();
+                let t = match tail {
+                    "input_layernorm.weight" => "attn_norm.weight",
+                    "post_attention_layernorm.weight" => "ffn_norm.weight",
+                    "self_attn.q_proj.weight" => "attn_q.weight",
+                    "self_attn.k_proj.weight" => "attn_k.weight",
+                    "self_attn.v_proj.weight" => "attn_v.weight",
+                    "self_attn.o_proj.weight" => "attn_output.weight",
+                    "mlp.gate_proj.weight" => "ffn_gate.weight",
+                    "mlp.up_proj.weight" => "ffn_up.weight",
+                    "mlp.down_proj.weight" => "ffn_down.weight",
+                    t => panic!("unexpected tensor {t}"),
+                };
+                format!("blk.{layer}.{t}")
+            }
+        };
+        let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.add_tensor(gguf, &dims, GgmlType::F32, raw);
+    }
+    w.write_to(path).unwrap();
+}
+
+#[test]
+fn the_gguf_form_of_the_model_gives_the_same_logits() {
+    let path = std::env::temp_dir().join(format!("kiln-tiny-{}.gguf", std::process::id()));
+    tiny_as_gguf(&path);
+    let loaded = Model::load(&path, &options());
+    std::fs::remove_file(&path).unwrap();
+    let mut model = loaded.unwrap();
+    let g = golden();
+    let input = ids(&g["input_ids"]);
+    let out = model
+        .forward(&[SeqInput {
+            tokens: &input,
+            start: 0,
+            block_table: &[0, 1, 2, 3],
+            all_logits: true,
+        }])
+        .unwrap();
+    let diff = max_diff(&out[0].data, &read_f32(&dir().join("logits_all.f32")));
+    assert!(diff < 1e-4, "max |diff| = {diff}");
+}
+
+#[test]
+fn bad_steps_are_errors_and_leave_the_cache_alone() {
+    let g = golden();
+    let prompt = ids(&g["greedy_prompt_ids"]);
+    let mut model = load();
+    let step = |model: &mut Model, tokens: &[u32], start: usize, table: &[u32]| {
+        model
+            .forward(&[SeqInput {
+                tokens,
+                start,
+                block_table: table,
+                all_logits: false,
+            }])
+            .map(|_| ())
+    };
+    assert_eq!(
+        step(&mut model, &[512], 0, &[0]),
+        Err(RuntimeError::BadTokenId {
+            id: 512,
+            vocab_size: 512
+        })
+    );
+    assert_eq!(
+        step(&mut model, &[1], 256, &(0..65).collect::<Vec<_>>()),
+        Err(RuntimeError::ContextExceeded {
+            position: 256,
+            context_length: 256
+        })
+    );
+    assert_eq!(
+        step(&mut model, &prompt, 3, &[0]),
+        Err(RuntimeError::BlockTableTooShort {
+            sequence: 0,
+            needed: 2,
+            given: 1
+        })
+    );
+    let blocks = model.num_blocks() as u32;
+    assert_eq!(
+        step(&mut model, &prompt, 0, &[blocks]),
+        Err(RuntimeError::BadBlock {
+            block: blocks,
+            num_blocks: blocks as usize
+        })
+    );
+    assert_eq!(
+        step(&mut model, &[], 0, &[0]),
+        Err(RuntimeError::EmptySequence { sequence: 0 })
+    );
+    assert_eq!(
+        model.forward(&[]).map(|_| ()),
+        Err(RuntimeError::EmptyBatch)
+    );
+    let shared = model.forward(&[
+        SeqInput {
+            tokens: &[1],
+            start: 0,
+            block_table: &[0],
+            all_logits: false,
+        },
+        SeqInput {
+            tokens: &[2],
+            start: 0,
+            block_table: &[0],
+            all_logits: false,
+        },
+    ]);
+    assert_eq!(
+        shared.map(|_| ()),
+        Err(RuntimeError::SharedWrite { block: 0 })
+    );
+    // After all that, the model still decodes correctly.
+    assert_eq!(
+        greedy(&mut model, &prompt, 16, 0),
+        ids(&g["greedy_new_ids_16"])
+    );
+}
+
+#[test]
+fn loading_errors_name_the_file_and_tensor() {
+    let err = Model::load(Path::new("/nonexistent/model.gguf"), &options()).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+    // A GGUF whose tensors do not fit its config.
+    let path = std::env::temp_dir().join(format!("kiln-bad-{}.gguf", std::process::id()));
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "llama")
+        .add("llama.block_count", 1u32)
+        .add("llama.context_length", 16u32)
+        .add("llama.embedding_length", 8u32)
+        .add("llama.feed_forward_length", 16u32)
+        .add("llama.attention.head_count", 2u32)
+        .add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)
+        .add("llama.vocab_size", 4u32)
+        .add_tensor(
+            "token_embd.weight",
+            &[8, 5],
+            GgmlType::F32,
+            vec![0u8; 8 * 5 * 4],
+        );
+    w.write_to(&path).unwrap();
+    let err = Model::load(&path, &options()).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("token_embd.weight") && msg.contains("[5, 8]"),
+        "{msg}"
+    );
+}
