@@ -1,7 +1,10 @@
 //! The `kiln` binary: command-line entry point.
 //!
-//! Today it offers `tokenize`, which shows exactly what the model will see for a prompt or a
-//! chat message; `serve` and `generate` arrive with the runtime, scheduler and gateway.
+//! Today it offers `generate` (greedy decoding on the burn runtime, for checking a model end to
+//! end) and `tokenize` (exactly what the model will see for a prompt or a chat message); `serve`
+//! arrives with the scheduler and gateway.
+
+mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +16,17 @@ const USAGE: &str = "\
 kiln — an OpenAI-compatible LLM inference server (in construction)
 
 USAGE:
+    kiln generate [--model PATH] (--prompt TEXT | --chat TEXT) [--max-tokens N]
+                  [--device cpu|wgpu] [--dtype f32|f16]
     kiln tokenize [--model PATH] (--prompt TEXT | --chat TEXT) [--json]
 
 COMMANDS:
+    generate    Greedy decoding: streams only the generated text to stdout, stopping at the
+                model's end-of-sequence token or after --max-tokens (default 256), and prints
+                prefill and decode speed to stderr. --model is a GGUF file or a Hugging Face
+                directory (default: the default model). --chat sends TEXT as one user message
+                through the model's chat template; --prompt feeds raw text.
+
     tokenize    Print the token ids (and, for --chat, the rendered prompt) the model would see.
                 --model is a GGUF file or a Hugging Face directory (default: the default model,
                 fetched by `cargo xtask fetch-model`). --prompt encodes raw text (special-token
@@ -42,6 +53,7 @@ fn run(args: Vec<String>) -> Result<()> {
     };
     match command.as_str() {
         "tokenize" => tokenize(rest),
+        "generate" => generate::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -50,6 +62,7 @@ fn run(args: Vec<String>) -> Result<()> {
     }
 }
 
+/// What to feed the model: raw text, or one user message through the chat template.
 enum Input {
     Prompt(String),
     Chat(String),
@@ -75,21 +88,38 @@ fn tokenize(args: &[String]) -> Result<()> {
         }
     }
     let input = input.context("give --prompt TEXT or --chat TEXT")?;
-    let model = match model {
-        Some(path) => path,
-        None => {
-            let path = kiln_hub::default_model_path()?;
-            if !path.exists() {
-                bail!(
-                    "the default model is not at {}; run `cargo xtask fetch-model` or pass --model",
-                    path.display()
-                );
-            }
-            path
-        }
-    };
-    let tokenizer = load(&model)?;
-    let (text, ids) = match input {
+    let model = resolve_model(model)?;
+    let tokenizer = load_tokenizer(&model)?;
+    let (text, ids) = encode_input(&tokenizer, input)?;
+    if as_json {
+        let out = serde_json::json!({"text": text, "ids": ids, "n_tokens": ids.len()});
+        println!("{out}");
+    } else {
+        println!("{text}");
+        println!("{ids:?}");
+        eprintln!("{} tokens", ids.len());
+    }
+    Ok(())
+}
+
+/// The model to use: the one given, or the default model if it has been fetched.
+fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = model {
+        return Ok(path);
+    }
+    let path = kiln_hub::default_model_path()?;
+    if !path.exists() {
+        bail!(
+            "the default model is not at {}; run `cargo xtask fetch-model` or pass --model",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The prompt text the model sees and its ids.
+fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(String, Vec<u32>)> {
+    Ok(match input {
         Input::Prompt(text) => {
             let ids = tokenizer.encode(&text, true, true)?;
             (text, ids)
@@ -103,19 +133,10 @@ fn tokenize(args: &[String]) -> Result<()> {
                 tokenizer.apply_chat_template(&[ChatMessage::text("user", text)], &options)?;
             (prompt.text, prompt.ids)
         }
-    };
-    if as_json {
-        let out = serde_json::json!({"text": text, "ids": ids, "n_tokens": ids.len()});
-        println!("{out}");
-    } else {
-        println!("{text}");
-        println!("{ids:?}");
-        eprintln!("{} tokens", ids.len());
-    }
-    Ok(())
+    })
 }
 
-fn load(model: &std::path::Path) -> Result<Tokenizer> {
+fn load_tokenizer(model: &std::path::Path) -> Result<Tokenizer> {
     let tokenizer = if model.is_dir() {
         Tokenizer::from_hf_dir(model)
     } else {
