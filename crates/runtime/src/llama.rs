@@ -261,7 +261,7 @@ impl Llama {
                 Tensor::from_data(TensorData::new(s, [end]), device)
             })
             .collect();
-        let (cos, sin) = rope_tables(&positions, &self.inv_freq, device);
+        let (cos, sin) = rope_tables(&positions, &self.inv_freq, device, self.embed.dtype());
         let (heads, kv_heads, head_dim) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
 

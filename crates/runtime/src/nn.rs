@@ -3,21 +3,40 @@
 //! the SwiGLU MLP.
 
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
-/// `x * rsqrt(mean(x²) + eps) * weight` over the last dimension, in the tensor's dtype.
+/// `x * rsqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32 whatever the
+/// compute dtype (as transformers does), then scaled in the compute dtype.
 pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
+    let dtype = x.dtype();
+    let x = to_f32(x);
     let variance = x.clone().powf_scalar(2.0).mean_dim(1);
     let scale = variance.add_scalar(eps).sqrt().recip();
-    x.mul(scale).mul(weight.clone().unsqueeze_dim::<2>(0))
+    let normed = x.mul(scale);
+    let normed = if dtype == DType::F32 {
+        normed
+    } else {
+        normed.cast(dtype)
+    };
+    normed.mul(weight.clone().unsqueeze_dim::<2>(0))
+}
+
+fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    }
 }
 
 /// Rotary tables for `positions`: `(cos, sin)`, each `[positions, head_dim]` with the
-/// frequencies repeated over both halves, as transformers builds them (in f32, on the host).
+/// frequencies repeated over both halves, as transformers builds them (in f32, on the host),
+/// then stored in the compute dtype.
 pub(crate) fn rope_tables(
     positions: &[usize],
     inv_freq: &[f32],
     device: &Device,
+    dtype: DType,
 ) -> (Tensor<2>, Tensor<2>) {
     let head_dim = inv_freq.len() * 2;
     let mut cos = Vec::with_capacity(positions.len() * head_dim);
@@ -33,8 +52,8 @@ pub(crate) fn rope_tables(
     }
     let shape = [positions.len(), head_dim];
     (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
+        Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+        Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
     )
 }
 
@@ -67,7 +86,9 @@ pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, start: usize) 
         .mul_scalar(1.0 / (head_dim as f32).sqrt());
     let k = k.swap_dims(0, 1).swap_dims(1, 2);
     let v = v.swap_dims(0, 1);
-    let mut scores = q.matmul(k);
+    let dtype = q.dtype();
+    // Masking and softmax in f32, as transformers does, whatever the compute dtype.
+    let mut scores = to_f32(q.matmul(k));
     if new > 1 {
         // Token i of the new ones may see positions 0..=start + i.
         let mut mask = vec![0.0f32; new * context];
@@ -76,12 +97,18 @@ pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, start: usize) 
                 mask[i * context + j] = f32::NEG_INFINITY;
             }
         }
-        let mask = Tensor::<2>::from_data(TensorData::new(mask, [new, context]), &scores.device())
+        let options = (&scores.device(), DType::F32);
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [new, context]), options)
             .repeat_dim(0, group)
             .unsqueeze_dim::<3>(0);
         scores = scores.add(mask);
     }
     let probs = softmax(scores, 2);
+    let probs = if dtype == DType::F32 {
+        probs
+    } else {
+        probs.cast(dtype)
+    };
     probs
         .matmul(v)
         .reshape([heads, new, head_dim])

@@ -424,3 +424,101 @@ fn loading_errors_name_the_file_and_tensor() {
         "{msg}"
     );
 }
+
+#[test]
+fn f16_compute_stays_close_to_the_f32_reference() {
+    // On the CPU: f16 support on a GPU depends on the adapter, and lavapipe lacks it.
+    let options = LoadOptions {
+        device: DeviceKind::Cpu,
+        dtype: kiln_runtime::DType::F16,
+        ..options()
+    };
+    let mut model = Model::load(&dir(), &options).unwrap();
+    let input = ids(&golden()["input_ids"]);
+    let out = model
+        .forward(&[SeqInput {
+            tokens: &input,
+            start: 0,
+            block_table: &[0, 1, 2, 3],
+            all_logits: true,
+        }])
+        .unwrap();
+    let diff = max_diff(&out[0].data, &read_f32(&dir().join("logits_all.f32")));
+    // f16 keeps ~3 significant digits; these logits are of order 1.
+    assert!(diff < 2e-2, "max |diff| = {diff}");
+}
+
+/// Writes the tiny model as two BF16 safetensors shards with an index, as big checkpoints ship.
+fn tiny_as_bf16_shards(out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::copy(dir().join("config.json"), out.join("config.json")).unwrap();
+    let bytes = std::fs::read(dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    let converted: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|name| {
+            let view = st.tensor(name).unwrap();
+            let bf16: Vec<u8> = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| {
+                    half::bf16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes()
+                })
+                .collect();
+            (name.clone(), view.shape().to_vec(), bf16)
+        })
+        .collect();
+    for (shard, part) in converted.chunks(converted.len() / 2 + 1).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = part
+            .iter()
+            .map(|(name, shape, data)| {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::BF16,
+                    shape.clone(),
+                    data,
+                )
+                .unwrap();
+                (name.clone(), view)
+            })
+            .collect();
+        for (name, _) in &views {
+            weight_map.insert(name.clone(), Value::from(file.clone()));
+        }
+        safetensors::serialize_to_file(views, None, &out.join(&file)).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        out.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn sharded_bf16_safetensors_load_and_agree() {
+    let out = std::env::temp_dir().join(format!("kiln-tiny-shards-{}", std::process::id()));
+    tiny_as_bf16_shards(&out);
+    let loaded = Model::load(&out, &options());
+    std::fs::remove_dir_all(&out).unwrap();
+    let mut model = loaded.unwrap();
+    let input = ids(&golden()["input_ids"]);
+    let logits = model
+        .forward(&[SeqInput {
+            tokens: &input,
+            start: 0,
+            block_table: &[0, 1, 2, 3],
+            all_logits: true,
+        }])
+        .unwrap();
+    // BF16 weights carry ~3 significant digits: close to the f32 reference, not equal to it.
+    let diff = max_diff(&logits[0].data, &read_f32(&dir().join("logits_all.f32")));
+    assert!(diff < 0.1, "max |diff| = {diff}");
+    assert!(
+        diff > 0.0,
+        "BF16 weights cannot reproduce f32 logits exactly"
+    );
+}
