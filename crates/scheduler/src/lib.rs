@@ -1,1 +1,513 @@
-//! The batching engine: continuous batching, sampling, stop rules, metrics (owned by the scheduler issue; nothing here yet).
+//! Kiln's batching engine: many concurrent generation requests turned into ragged runtime steps,
+//! with continuous batching, chunked prefill, a paged KV cache with prefix sharing and
+//! preemption, OpenAI's sampling and stop rules, streaming events, cancellation and metrics.
+//!
+//! The shape is an actor (as in TGI): [`Engine::start`] moves the model onto one engine thread
+//! that owns it and runs the step loop; an [`EngineHandle`] (cheap to clone, usable from any
+//! thread or async task) submits requests, each answered by its own [`GenerationStream`] of
+//! [`Event`]s. No lock is held across a model step: the handle and the engine share only
+//! channels and atomics. Dropping a stream cancels its request.
+
+mod blocks;
+mod engine;
+mod metrics;
+mod sampling;
+mod stop;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kiln_runtime::{Model, RuntimeError};
+use kiln_tokenizer::Tokenizer;
+
+pub use sampling::{Logprobs, SamplingParams, TokenLogprob};
+
+/// Engine limits. Defaults suit a small model on a CPU.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tokens one step may feed the model (decodes count one each; prefills are chunked to fit).
+    pub max_batched_tokens: usize,
+    /// Sequences that may run at once.
+    pub max_running: usize,
+    /// Requests that may wait for admission; beyond this a submit is `Overloaded`.
+    pub max_waiting: usize,
+    /// Most choices (`n`) one request may ask for.
+    pub max_n: usize,
+    /// Share full KV blocks between requests with a common prefix.
+    pub prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batched_tokens: 512,
+            max_running: 64,
+            max_waiting: 256,
+            max_n: 16,
+            prefix_caching: true,
+        }
+    }
+}
+
+/// One generation request: prompt ids in, a stream of events out.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Generated tokens per choice; `None` fills the context (or what the KV pool can hold).
+    pub max_tokens: Option<usize>,
+    /// Up to 4 strings that end a choice; they are not part of its text.
+    pub stop: Vec<String>,
+    /// Stop at the model's EOS ids (off only for benchmarks that need a fixed length).
+    pub stop_at_eos: bool,
+    /// Choices to generate from the one prompt (they share its KV blocks).
+    pub n: usize,
+    /// `Some(k)`: report each token's logprob and the `k` most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Leave control tokens out of the text (OpenAI's behaviour).
+    pub skip_special_tokens: bool,
+}
+
+impl GenerationRequest {
+    /// A single greedy choice stopping at EOS: the common starting point.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            sampling: SamplingParams::greedy(),
+            max_tokens: Some(max_tokens),
+            stop: Vec::new(),
+            stop_at_eos: true,
+            n: 1,
+            logprobs: None,
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// Why a choice ended, as OpenAI defines `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Over all choices.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+/// What a request's stream yields, in order: per choice any number of `Token`s then one
+/// `Finished`; after every choice has finished, one `Done`. An `Error` ends the stream instead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token {
+        choice: usize,
+        id: u32,
+        /// The text this token releases (may be empty: a partial character or text that may
+        /// start a stop string is held back).
+        text: String,
+        logprobs: Option<Logprobs>,
+    },
+    Finished {
+        choice: usize,
+        reason: FinishReason,
+        /// Held-back text released at the end (never part of a stop string).
+        text: String,
+    },
+    Done {
+        usage: Usage,
+    },
+    Error(SchedulerError),
+}
+
+/// Everything a request can fail with. Submit-time errors come back from
+/// [`EngineHandle::submit`]; later ones arrive as [`Event::Error`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(
+        "this model's maximum context length is {context_length} tokens; the request has {prompt_tokens} prompt tokens and asks for {max_tokens} more"
+    )]
+    ContextLengthExceeded {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        context_length: usize,
+    },
+    #[error(
+        "the request needs {needed_tokens} tokens of KV cache but the server's cache holds {capacity_tokens}"
+    )]
+    ExceedsKvCache {
+        needed_tokens: usize,
+        capacity_tokens: usize,
+    },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("prompt token id {id} is outside the vocabulary (size {vocab_size})")]
+    BadPromptToken { id: u32, vocab_size: usize },
+    #[error("logit_bias token id {id} is outside the vocabulary (size {vocab_size})")]
+    BadLogitBias { id: u32, vocab_size: usize },
+    #[error("{param}: {message}")]
+    InvalidParameter {
+        param: &'static str,
+        message: String,
+    },
+    #[error("the server is overloaded ({waiting} requests waiting); retry later")]
+    Overloaded { waiting: usize },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The model failed while running this request's step.
+    #[error("the model failed: {0}")]
+    Model(String),
+    /// The engine thread is gone (it panicked or was stopped).
+    #[error("the engine has stopped")]
+    EngineStopped,
+}
+
+impl From<RuntimeError> for SchedulerError {
+    fn from(err: RuntimeError) -> Self {
+        Self::Model(err.to_string())
+    }
+}
+
+/// A request's events. Dropping it cancels the request: its KV blocks are freed by the next step.
+#[derive(Debug)]
+pub struct GenerationStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+}
+
+impl GenerationStream {
+    /// The next event, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// [`Self::next`] for threads outside an async runtime.
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+}
+
+/// What every choice of a finished request produced: the collected form of a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub choices: Vec<ChoiceOutput>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<Logprobs>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl Completion {
+    /// Folds a stream's events into per-choice outputs.
+    pub fn collect(
+        events: impl IntoIterator<Item = Event>,
+        n: usize,
+    ) -> Result<Self, SchedulerError> {
+        let mut choices = vec![ChoiceOutput::default(); n];
+        for event in events {
+            match event {
+                Event::Token {
+                    choice,
+                    id,
+                    text,
+                    logprobs,
+                } => {
+                    if let Some(c) = choices.get_mut(choice) {
+                        c.text.push_str(&text);
+                        c.tokens.push(id);
+                        c.logprobs.extend(logprobs);
+                    }
+                }
+                Event::Finished {
+                    choice,
+                    reason,
+                    text,
+                } => {
+                    if let Some(c) = choices.get_mut(choice) {
+                        c.text.push_str(&text);
+                        c.finish_reason = Some(reason);
+                    }
+                }
+                Event::Done { usage } => return Ok(Self { choices, usage }),
+                Event::Error(err) => return Err(err),
+            }
+        }
+        Err(SchedulerError::EngineStopped)
+    }
+}
+
+/// Facts about the served model that request validation needs.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub context_length: usize,
+    pub vocab_size: usize,
+    /// Tokens the whole KV pool can hold.
+    pub kv_capacity_tokens: usize,
+}
+
+pub(crate) enum Command {
+    Submit(Box<engine::Submission>),
+    Shutdown { deadline: Instant },
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    waiting: AtomicUsize,
+    accepting: AtomicBool,
+    stopped: AtomicBool,
+}
+
+struct StoppedGuard(Arc<Shared>);
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        self.0.accepting.store(false, Ordering::SeqCst);
+        self.0.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The running engine: owns its thread. Dropping it without [`Engine::shutdown`] leaves the
+/// thread serving until every handle is gone.
+#[derive(Debug)]
+pub struct Engine {
+    handle: EngineHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Submits requests to the engine; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    info: ModelInfo,
+    config: Arc<EngineConfig>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Submit(_) => f.write_str("Submit"),
+            Self::Shutdown { deadline } => write!(f, "Shutdown({deadline:?})"),
+        }
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread with `model`; metrics go into `registry`.
+    pub fn start(
+        model: Model,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, SchedulerError> {
+        let metrics =
+            metrics::Metrics::register(registry).map_err(|e| SchedulerError::InvalidParameter {
+                param: "registry",
+                message: e.to_string(),
+            })?;
+        let info = ModelInfo {
+            context_length: model.config().max_position_embeddings,
+            vocab_size: model.config().vocab_size,
+            kv_capacity_tokens: model.num_blocks() * model.block_size(),
+        };
+        let shared = Arc::new(Shared {
+            waiting: AtomicUsize::new(0),
+            accepting: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let config = Arc::new(config);
+        let thread = {
+            let shared = shared.clone();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name("kiln-engine".into())
+                .spawn(move || {
+                    // Marks the engine stopped however the thread ends, a panic included, so
+                    // submits fail fast instead of queueing forever.
+                    let _guard = StoppedGuard(shared.clone());
+                    engine::run(model, &tokenizer, &config, metrics, &shared, rx);
+                })
+                .map_err(|e| SchedulerError::Model(format!("spawning the engine thread: {e}")))?
+        };
+        Ok(Self {
+            handle: EngineHandle {
+                tx,
+                shared,
+                info,
+                config,
+            },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Stops admitting, lets in-flight requests finish until `grace` has passed, cancels the
+    /// rest (their streams get [`SchedulerError::ShuttingDown`]) and joins the engine thread.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.handle.begin_shutdown(grace);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl EngineHandle {
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Requests waiting for admission now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Checks the request against the model and the limits, then queues it. Never blocks.
+    pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, SchedulerError> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(SchedulerError::ShuttingDown);
+        }
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(SchedulerError::EngineStopped);
+        }
+        let max_tokens = self.check(&request)?;
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.config.max_waiting {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SchedulerError::Overloaded { waiting });
+        }
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+        let prompt_tokens = request.prompt.len();
+        let submission = engine::Submission {
+            request,
+            max_tokens,
+            events,
+            arrived: Instant::now(),
+        };
+        if self.tx.send(Command::Submit(Box::new(submission))).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SchedulerError::EngineStopped);
+        }
+        Ok(GenerationStream { rx, prompt_tokens })
+    }
+
+    /// Validates a request; returns the effective `max_tokens`.
+    fn check(&self, r: &GenerationRequest) -> Result<usize, SchedulerError> {
+        let info = &self.info;
+        if r.prompt.is_empty() {
+            return Err(SchedulerError::EmptyPrompt);
+        }
+        if let Some(&id) = r.prompt.iter().find(|&&id| id as usize >= info.vocab_size) {
+            return Err(SchedulerError::BadPromptToken {
+                id,
+                vocab_size: info.vocab_size,
+            });
+        }
+        if let Some(&(id, _)) = r
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= info.vocab_size)
+        {
+            return Err(SchedulerError::BadLogitBias {
+                id,
+                vocab_size: info.vocab_size,
+            });
+        }
+        if r.n == 0 || r.n > self.config.max_n {
+            return Err(SchedulerError::InvalidParameter {
+                param: "n",
+                message: format!("must be between 1 and {}", self.config.max_n),
+            });
+        }
+        if r.stop.len() > 4 {
+            return Err(SchedulerError::InvalidParameter {
+                param: "stop",
+                message: "at most 4 stop sequences".into(),
+            });
+        }
+        if r.logprobs.is_some_and(|k| k > 20) {
+            return Err(SchedulerError::InvalidParameter {
+                param: "top_logprobs",
+                message: "must be between 0 and 20".into(),
+            });
+        }
+        if r.max_tokens == Some(0) {
+            return Err(SchedulerError::InvalidParameter {
+                param: "max_tokens",
+                message: "must be at least 1".into(),
+            });
+        }
+        let prompt = r.prompt.len();
+        let room = info.context_length.saturating_sub(prompt);
+        let max_tokens = match r.max_tokens {
+            Some(m) => m,
+            // Fill the context, but never ask for more than the cache could ever hold.
+            None => room.min((info.kv_capacity_tokens + 1).saturating_sub(prompt)),
+        };
+        if max_tokens == 0 || prompt + max_tokens > info.context_length {
+            return Err(SchedulerError::ContextLengthExceeded {
+                prompt_tokens: prompt,
+                max_tokens: max_tokens.max(1),
+                context_length: info.context_length,
+            });
+        }
+        // The last generated token is never fed back, so it needs no slot.
+        let needed = prompt + max_tokens - 1;
+        if needed > info.kv_capacity_tokens {
+            return Err(SchedulerError::ExceedsKvCache {
+                needed_tokens: needed,
+                capacity_tokens: info.kv_capacity_tokens,
+            });
+        }
+        Ok(max_tokens)
+    }
+
+    /// Stops admitting new requests; in-flight ones get until `grace` from now.
+    pub fn begin_shutdown(&self, grace: Duration) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        let _ = self.tx.send(Command::Shutdown {
+            deadline: Instant::now() + grace,
+        });
+    }
+
+    /// Whether the engine thread is still serving.
+    pub fn is_running(&self) -> bool {
+        !self.shared.stopped.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,611 @@
+//! The engine thread: owns the model, the KV block manager and every sequence; each step admits
+//! and schedules sequences under the token budget, runs one ragged forward, samples, and streams
+//! the results.
+//!
+//! Every sequence is `tokens` (prompt, then generated) of which the first `computed` are in its
+//! KV blocks; a step feeds the rest (or a chunk of it), and when nothing is left uncomputed the
+//! logits pick the next token. Prefill, chunked prefill, decode, recompute after preemption and
+//! the tail of a forked choice are all that one rule.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use kiln_runtime::{Model, SeqInput};
+use kiln_tokenizer::{Detokenizer, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::blocks::BlockManager;
+use crate::metrics::Metrics;
+use crate::sampling::{self, Rng};
+use crate::stop::{StopCheck, StopMatcher};
+use crate::{
+    Command, EngineConfig, Event, FinishReason, GenerationRequest, Logprobs, SchedulerError,
+    Shared, TokenLogprob, Usage,
+};
+
+/// A checked request on its way to the engine thread.
+pub(crate) struct Submission {
+    pub(crate) request: GenerationRequest,
+    pub(crate) max_tokens: usize,
+    pub(crate) events: UnboundedSender<Event>,
+    pub(crate) arrived: Instant,
+}
+
+struct Request {
+    request: GenerationRequest,
+    max_tokens: usize,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    first_token_seen: bool,
+    unfinished: usize,
+    usage: Usage,
+    seed: u64,
+}
+
+struct Seq<'t> {
+    request: u64,
+    choice: usize,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    computed: usize,
+    blocks: Vec<u32>,
+    /// Chain hashes of the full blocks registered so far.
+    hashes: Vec<u64>,
+    rng: Rng,
+    detok: Detokenizer<'t>,
+    stop: StopMatcher,
+    /// Choices still to be forked from this one when its prompt is complete.
+    pending_forks: usize,
+    /// Not yet admitted even once: still counts against the waiting limit.
+    fresh: bool,
+    /// Admission order: the newest running sequence is preempted first.
+    admitted: u64,
+    last_token_at: Option<Instant>,
+    done: bool,
+}
+
+impl Seq<'_> {
+    fn uncomputed(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+struct State<'t> {
+    tokenizer: &'t Tokenizer,
+    config: &'t EngineConfig,
+    metrics: Metrics,
+    shared: &'t Shared,
+    blocks: BlockManager,
+    context_length: usize,
+    eos: Vec<u32>,
+    requests: HashMap<u64, Request>,
+    waiting: VecDeque<Seq<'t>>,
+    running: Vec<Seq<'t>>,
+    next_request: u64,
+    tick: u64,
+}
+
+pub(crate) fn run(
+    mut model: Model,
+    tokenizer: &Tokenizer,
+    config: &EngineConfig,
+    metrics: Metrics,
+    shared: &Shared,
+    rx: mpsc::Receiver<Command>,
+) {
+    let mut st = State {
+        tokenizer,
+        config,
+        metrics,
+        shared,
+        blocks: BlockManager::new(
+            model.num_blocks(),
+            model.block_size(),
+            config.prefix_caching,
+        ),
+        context_length: model.config().max_position_embeddings,
+        eos: tokenizer.eos_ids().to_vec(),
+        requests: HashMap::new(),
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+        next_request: 0,
+        tick: 0,
+    };
+    let mut deadline: Option<Instant> = None;
+    let mut disconnected = false;
+    loop {
+        if st.idle() {
+            if deadline.is_some() || disconnected {
+                break;
+            }
+            match rx.recv() {
+                Ok(cmd) => st.command(cmd, &mut deadline),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => st.command(cmd, &mut deadline),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        st.drop_cancelled();
+        if !st.idle() {
+            st.step(&mut model);
+        }
+        st.update_gauges();
+    }
+    shared.accepting.store(false, Ordering::SeqCst);
+    let left: Vec<u64> = st.requests.keys().copied().collect();
+    for id in left {
+        st.fail(id, SchedulerError::ShuttingDown);
+    }
+    // Anything that raced into the channel after the loop ended.
+    while let Ok(Command::Submit(s)) = rx.try_recv() {
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _ = s.events.send(Event::Error(SchedulerError::ShuttingDown));
+    }
+    st.update_gauges();
+}
+
+impl<'t> State<'t> {
+    fn idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    fn command(&mut self, cmd: Command, deadline: &mut Option<Instant>) {
+        match cmd {
+            Command::Submit(s) => self.enqueue(*s),
+            Command::Shutdown { deadline: d } => {
+                *deadline = Some(deadline.map_or(d, |old| old.min(d)));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, s: Submission) {
+        let id = self.next_request;
+        self.next_request += 1;
+        let r = &s.request;
+        let seed = r.sampling.seed.unwrap_or_else(Rng::entropy_seed);
+        let seq = Seq {
+            request: id,
+            choice: 0,
+            tokens: r.prompt.clone(),
+            prompt_len: r.prompt.len(),
+            computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            rng: Rng::new(seed),
+            detok: self.tokenizer.detokenizer(r.skip_special_tokens),
+            stop: StopMatcher::new(r.stop.clone()),
+            pending_forks: r.n.saturating_sub(1),
+            fresh: true,
+            admitted: 0,
+            last_token_at: None,
+            done: false,
+        };
+        self.requests.insert(
+            id,
+            Request {
+                unfinished: r.n.max(1),
+                usage: Usage {
+                    prompt_tokens: r.prompt.len(),
+                    ..Usage::default()
+                },
+                request: s.request,
+                max_tokens: s.max_tokens,
+                events: s.events,
+                arrived: s.arrived,
+                first_token_seen: false,
+                seed,
+            },
+        );
+        self.waiting.push_back(seq);
+    }
+
+    /// Requests whose stream was dropped: free everything they hold.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.remove_request(id);
+        }
+    }
+
+    /// Takes every sequence of a request out of the engine, freeing its blocks.
+    fn remove_request(&mut self, id: u64) -> Option<Request> {
+        let blocks = &mut self.blocks;
+        let shared = self.shared;
+        let mut release = |seq: &Seq<'_>| {
+            blocks.release(&seq.blocks);
+            if seq.fresh {
+                shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        self.running.retain(|s| {
+            let keep = s.request != id;
+            if !keep && !s.done {
+                release(s);
+            }
+            keep
+        });
+        self.waiting.retain(|s| {
+            let keep = s.request != id;
+            if !keep {
+                release(s);
+            }
+            keep
+        });
+        self.requests.remove(&id)
+    }
+
+    fn fail(&mut self, id: u64, err: SchedulerError) {
+        if let Some(r) = self.remove_request(id) {
+            let _ = r.events.send(Event::Error(err));
+        }
+    }
+
+    fn update_gauges(&self) {
+        let distinct = |seqs: &mut dyn Iterator<Item = u64>| seqs.collect::<HashSet<_>>().len();
+        self.metrics
+            .running
+            .set(distinct(&mut self.running.iter().map(|s| s.request)) as i64);
+        self.metrics
+            .waiting
+            .set(distinct(&mut self.waiting.iter().map(|s| s.request)) as i64);
+        self.metrics.kv_usage.set(self.blocks.usage());
+    }
+
+    /// Blocks `seq` needs to hold `upto` positions, allocated now if possible.
+    fn grow(&mut self, seq_blocks: &mut Vec<u32>, upto: usize) -> bool {
+        let need = upto.div_ceil(self.blocks.block_size());
+        while seq_blocks.len() < need {
+            match self.blocks.allocate() {
+                Some(b) => seq_blocks.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Frees a running sequence's blocks and puts it first in line, to be recomputed.
+    fn preempt(&mut self, mut seq: Seq<'t>) {
+        self.blocks.release(&seq.blocks);
+        seq.blocks.clear();
+        seq.hashes.clear();
+        seq.computed = 0;
+        self.metrics.preemptions.inc();
+        self.waiting.push_front(seq);
+    }
+
+    fn step(&mut self, model: &mut Model) {
+        let bs = self.blocks.block_size();
+        let mut budget = self.config.max_batched_tokens.max(1);
+        // Decodes first, oldest first, so prefills never starve them.
+        self.running
+            .sort_by_key(|s| (s.uncomputed() > 1, s.admitted));
+        let mut chunks: Vec<usize> = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let chunk = self.running[i].uncomputed().min(budget);
+            let upto = self.running[i].computed + chunk;
+            let mut blocks = std::mem::take(&mut self.running[i].blocks);
+            let ok = loop {
+                if self.grow(&mut blocks, upto) {
+                    break true;
+                }
+                // Out of blocks: preempt the newest sequence not yet scheduled this step.
+                let victim = (i..self.running.len())
+                    .max_by_key(|&j| self.running[j].admitted)
+                    .unwrap_or(i);
+                if victim == i {
+                    break false;
+                }
+                let v = self.running.remove(victim);
+                self.preempt(v);
+            };
+            self.running[i].blocks = blocks;
+            if ok {
+                chunks.push(chunk);
+                budget -= chunk;
+                i += 1;
+            } else {
+                let v = self.running.remove(i);
+                self.preempt(v);
+            }
+        }
+        // Admit waiting sequences, first come first served, while budget and blocks allow.
+        while budget > 0 && self.running.len() < self.config.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            let (hit, hashes) = self.blocks.lookup(&seq.tokens);
+            let cached = hit.len() * bs;
+            // Room for the whole prompt and the first generated token, so an admitted
+            // sequence does not immediately preempt another.
+            let need = (seq.tokens.len() + 1).div_ceil(bs) - hit.len();
+            if need > self.blocks.available() {
+                self.blocks.release(&hit);
+                self.waiting.push_front(seq);
+                break;
+            }
+            self.metrics.prefix_queries.inc_by(seq.tokens.len() as u64);
+            self.metrics.prefix_hits.inc_by(cached as u64);
+            if seq.fresh {
+                seq.fresh = false;
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.prompt_tokens.inc_by(seq.prompt_len as u64);
+                if let Some(r) = self.requests.get_mut(&seq.request) {
+                    r.usage.cached_tokens = cached;
+                }
+            }
+            seq.blocks = hit;
+            seq.hashes = hashes;
+            seq.computed = cached;
+            self.tick += 1;
+            seq.admitted = self.tick;
+            let chunk = seq.uncomputed().min(budget);
+            let upto = seq.computed + chunk;
+            let mut blocks = std::mem::take(&mut seq.blocks);
+            let ok = self.grow(&mut blocks, upto);
+            seq.blocks = blocks;
+            if !ok {
+                // Cannot happen after the check above; stay correct regardless.
+                self.blocks.release(&seq.blocks);
+                seq.blocks.clear();
+                seq.hashes.clear();
+                seq.computed = 0;
+                self.waiting.push_front(seq);
+                break;
+            }
+            budget -= chunk;
+            chunks.push(chunk);
+            self.running.push(seq);
+        }
+        if chunks.is_empty() {
+            return;
+        }
+
+        let inputs: Vec<SeqInput<'_>> = self
+            .running
+            .iter()
+            .zip(&chunks)
+            .map(|(s, &chunk)| SeqInput {
+                tokens: &s.tokens[s.computed..s.computed + chunk],
+                start: s.computed,
+                block_table: &s.blocks,
+                all_logits: false,
+            })
+            .collect();
+        let result = model.forward(&inputs);
+        drop(inputs);
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(err) => {
+                let failed: HashSet<u64> = self.running[..chunks.len()]
+                    .iter()
+                    .map(|s| s.request)
+                    .collect();
+                let err = SchedulerError::from(err);
+                for id in failed {
+                    self.fail(id, err.clone());
+                }
+                return;
+            }
+        };
+
+        let mut forks = Vec::new();
+        for (i, (chunk, out)) in chunks.iter().zip(&logits).enumerate() {
+            let seq = &mut self.running[i];
+            seq.computed += chunk;
+            while (seq.hashes.len() + 1) * bs <= seq.computed {
+                let b = seq.hashes.len();
+                let parent = seq.hashes.last().copied().unwrap_or(0);
+                let hash =
+                    self.blocks
+                        .register(seq.blocks[b], parent, &seq.tokens[b * bs..(b + 1) * bs]);
+                seq.hashes.push(hash);
+            }
+            if seq.uncomputed() > 0 {
+                continue;
+            }
+            if seq.pending_forks > 0 && seq.generated() == 0 {
+                forks.extend(self.fork(i, out.last()));
+            }
+            let logits = out.last().to_vec();
+            self.advance(i, &logits);
+        }
+        for (seq, logits) in forks {
+            self.running.push(seq);
+            let i = self.running.len() - 1;
+            self.advance(i, &logits);
+        }
+        self.collect_finished();
+    }
+
+    /// Creates a request's other choices from its first, whose prompt is now complete: they
+    /// share its full prompt blocks and recompute only the partial last block.
+    fn fork(&mut self, i: usize, logits: &[f32]) -> Vec<(Seq<'t>, Vec<f32>)> {
+        let bs = self.blocks.block_size();
+        let (request, tokens, prompt_len, shared, hashes, n) = {
+            let s = &mut self.running[i];
+            let full = s.prompt_len / bs;
+            let n = std::mem::take(&mut s.pending_forks);
+            (
+                s.request,
+                s.tokens.clone(),
+                s.prompt_len,
+                s.blocks[..full].to_vec(),
+                s.hashes[..full.min(s.hashes.len())].to_vec(),
+                n,
+            )
+        };
+        let Some(r) = self.requests.get(&request) else {
+            return Vec::new();
+        };
+        let (skip, stops, seed) = (
+            r.request.skip_special_tokens,
+            r.request.stop.clone(),
+            r.seed,
+        );
+        let mut out = Vec::with_capacity(n);
+        for choice in 1..=n {
+            self.blocks.share(&shared);
+            self.tick += 1;
+            out.push((
+                Seq {
+                    request,
+                    choice,
+                    tokens: tokens.clone(),
+                    prompt_len,
+                    computed: shared.len() * bs,
+                    blocks: shared.clone(),
+                    hashes: hashes.clone(),
+                    rng: Rng::new(
+                        seed.wrapping_add((choice as u64).wrapping_mul(0xA076_1D64_78BD_642F)),
+                    ),
+                    detok: self.tokenizer.detokenizer(skip),
+                    stop: StopMatcher::new(stops.clone()),
+                    pending_forks: 0,
+                    fresh: false,
+                    admitted: self.tick,
+                    last_token_at: None,
+                    done: false,
+                },
+                logits.to_vec(),
+            ));
+        }
+        out
+    }
+
+    /// Samples the next token of running sequence `i` from its logits and streams the result.
+    fn advance(&mut self, i: usize, logits: &[f32]) {
+        let now = Instant::now();
+        let seq = &mut self.running[i];
+        let Some(r) = self.requests.get_mut(&seq.request) else {
+            seq.done = true;
+            return;
+        };
+        let params = &r.request;
+        let mut scratch = logits.to_vec();
+        let token = sampling::sample(
+            &mut scratch,
+            &params.sampling,
+            &seq.tokens[..seq.prompt_len],
+            &seq.tokens[seq.prompt_len..],
+            &mut seq.rng,
+        );
+        let logprobs = params.logprobs.map(|top| {
+            let (logprob, best) = sampling::logprobs(logits, token, top);
+            let entry = |id: u32, logprob: f32| TokenLogprob {
+                id,
+                text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
+                logprob,
+            };
+            Logprobs {
+                chosen: entry(token, logprob),
+                top: best.into_iter().map(|(id, lp)| entry(id, lp)).collect(),
+            }
+        });
+        seq.tokens.push(token);
+        r.usage.completion_tokens += 1;
+        self.metrics.generation_tokens.inc();
+        if !r.first_token_seen {
+            r.first_token_seen = true;
+            self.metrics
+                .ttft
+                .observe(now.duration_since(r.arrived).as_secs_f64());
+        }
+        if let Some(last) = seq.last_token_at {
+            self.metrics
+                .itl
+                .observe(now.duration_since(last).as_secs_f64());
+        }
+        seq.last_token_at = Some(now);
+
+        let choice = seq.choice;
+        let mut finish = None;
+        if params.stop_at_eos && self.eos.contains(&token) {
+            let tail = seq.detok.flush().unwrap_or_default();
+            finish = Some((FinishReason::Stop, release_tail(&mut seq.stop, &tail)));
+        } else {
+            let delta = seq.detok.push(token).unwrap_or_default();
+            let text = match seq.stop.push(&delta) {
+                StopCheck::Stopped(before) => {
+                    finish = Some((FinishReason::Stop, String::new()));
+                    before
+                }
+                StopCheck::Continue(released) => released,
+            };
+            let _ = r.events.send(Event::Token {
+                choice,
+                id: token,
+                text,
+                logprobs,
+            });
+            if finish.is_none()
+                && (seq.generated() >= r.max_tokens || seq.tokens.len() >= self.context_length)
+            {
+                let tail = seq.detok.flush().unwrap_or_default();
+                finish = Some((FinishReason::Length, release_tail(&mut seq.stop, &tail)));
+            }
+        }
+        if let Some((reason, text)) = finish {
+            seq.done = true;
+            let _ = r.events.send(Event::Finished {
+                choice,
+                reason,
+                text,
+            });
+            r.unfinished -= 1;
+            self.blocks.release(&seq.blocks);
+            seq.blocks.clear();
+            if r.unfinished == 0 {
+                // Metrics first: whoever sees `Done` sees them counted.
+                self.metrics
+                    .e2e
+                    .observe(now.duration_since(r.arrived).as_secs_f64());
+                self.metrics
+                    .finished
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                let _ = r.events.send(Event::Done { usage: r.usage });
+                let id = seq.request;
+                self.requests.remove(&id);
+            }
+        }
+    }
+
+    fn collect_finished(&mut self) {
+        self.running.retain(|s| !s.done);
+    }
+}
+
+/// The text still held when a choice ends without a stop string: the detokenizer's tail, cut at
+/// a stop string if it completes one.
+fn release_tail(stop: &mut StopMatcher, tail: &str) -> String {
+    match stop.push(tail) {
+        StopCheck::Stopped(before) => before,
+        StopCheck::Continue(mut text) => {
+            text.push_str(&stop.finish());
+            text
+        }
+    }
+}

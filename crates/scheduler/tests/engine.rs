@@ -1,0 +1,529 @@
+//! The engine end to end on real models (the tiny random Llama with SmolLM2's tokenizer, and
+//! SmolLM2 itself): batch invariance, preemption, cancellation, seeds, stop strings, n > 1,
+//! logprobs, the queue limit, the prefix cache, limits and shutdown.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_runtime::{LoadOptions, Model};
+use kiln_scheduler::{
+    Completion, Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest,
+    SamplingParams, SchedulerError,
+};
+use kiln_tokenizer::Tokenizer;
+use prometheus::Registry;
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    Arc::new(Tokenizer::from_hf_dir(testdata().join("smollm2")).unwrap())
+}
+
+/// The tiny model with a pool of `blocks` KV blocks of 16 positions.
+fn tiny(blocks: usize, config: EngineConfig) -> (Engine, Registry) {
+    // 2 layers x K and V x 2 kv heads x 16 dims x 16 positions x 4 bytes.
+    let per_block = 2 * 2 * 2 * 16 * 16 * 4;
+    let options = LoadOptions {
+        block_size: 16,
+        kv_cache_bytes: blocks * per_block,
+        ..Default::default()
+    };
+    let model = Model::load(&testdata().join("tiny-llama"), &options).unwrap();
+    assert_eq!(model.num_blocks(), blocks);
+    let registry = Registry::new();
+    let engine = Engine::start(model, tokenizer(), config, &registry).unwrap();
+    (engine, registry)
+}
+
+/// Deterministic prompts of ids the tiny model (vocabulary 512) accepts, avoiding EOS-like ids.
+fn prompt(len: usize, seed: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((i * 37 + seed * 101) % 480 + 20) as u32)
+        .collect()
+}
+
+fn run(handle: &EngineHandle, request: GenerationRequest) -> Completion {
+    let n = request.n;
+    let mut stream = handle.submit(request).unwrap();
+    Completion::collect(std::iter::from_fn(|| stream.blocking_next()), n).unwrap()
+}
+
+/// Runs all requests concurrently (all submitted before any is read).
+fn run_all(handle: &EngineHandle, requests: Vec<GenerationRequest>) -> Vec<Completion> {
+    let streams: Vec<_> = requests
+        .into_iter()
+        .map(|r| (r.n, handle.submit(r).unwrap()))
+        .collect();
+    streams
+        .into_iter()
+        .map(|(n, mut s)| Completion::collect(std::iter::from_fn(|| s.blocking_next()), n).unwrap())
+        .collect()
+}
+
+fn metric(registry: &Registry, name: &str) -> f64 {
+    use prometheus::proto::MetricType;
+    for family in registry.gather() {
+        if family.name() == name {
+            let m = &family.get_metric()[0];
+            return match family.get_field_type() {
+                MetricType::GAUGE => m.get_gauge().get_value(),
+                MetricType::COUNTER => m.get_counter().get_value(),
+                _ => m.get_histogram().get_sample_count() as f64,
+            };
+        }
+    }
+    panic!("no metric {name}");
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn greedy_requests() -> Vec<GenerationRequest> {
+    (0..16)
+        .map(|i| GenerationRequest::greedy(prompt(3 + i * 5, i), 12 + i))
+        .collect()
+}
+
+#[test]
+fn concurrent_greedy_requests_match_each_run_alone() {
+    let (engine, registry) = tiny(256, EngineConfig::default());
+    let handle = engine.handle();
+    let alone: Vec<Completion> = greedy_requests()
+        .into_iter()
+        .map(|r| run(&handle, r))
+        .collect();
+    let together = run_all(&handle, greedy_requests());
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.choices, t.choices, "request {i}");
+        // (The second run may be served partly from the prefix cache: only that may differ.)
+        assert_eq!(a.usage.prompt_tokens, t.usage.prompt_tokens, "request {i}");
+        assert_eq!(a.usage.completion_tokens, t.usage.completion_tokens);
+        assert_eq!(a.choices[0].tokens.len(), a.usage.completion_tokens);
+    }
+    // Something was generated, and each request's usage adds up.
+    assert!(alone.iter().all(|c| !c.choices[0].tokens.is_empty()));
+    assert_eq!(metric(&registry, "kiln_e2e_request_latency_seconds"), 32.0);
+    assert!(metric(&registry, "kiln_prefix_cache_hits_total") > 0.0);
+    assert!(metric(&registry, "kiln_generation_tokens_total") > 100.0);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_starved_kv_pool_preempts_without_changing_outputs() {
+    let requests = || -> Vec<GenerationRequest> {
+        (0..8)
+            .map(|i| {
+                let mut r = GenerationRequest::greedy(prompt(20 + i, i), 40);
+                r.stop_at_eos = false;
+                r
+            })
+            .collect()
+    };
+    let (roomy, _) = tiny(256, EngineConfig::default());
+    let reference = run_all(&roomy.handle(), requests());
+    roomy.shutdown(Duration::from_secs(5));
+
+    // Each request needs 4 blocks by its end; 10 blocks cannot hold 8 of them.
+    let (starved, registry) = tiny(10, EngineConfig::default());
+    let out = run_all(&starved.handle(), requests());
+    assert!(metric(&registry, "kiln_num_preemptions_total") > 0.0);
+    for (i, (a, b)) in reference.iter().zip(&out).enumerate() {
+        assert_eq!(a.choices, b.choices, "request {i}");
+        assert_eq!(b.choices[0].tokens.len(), 40);
+    }
+    wait_for("all blocks to be free", || {
+        metric(&registry, "kiln_kv_cache_usage_ratio") == 0.0
+    });
+    starved.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn dropping_a_stream_cancels_it_and_frees_its_blocks() {
+    let config = EngineConfig {
+        max_running: 1,
+        ..EngineConfig::default()
+    };
+    let (engine, registry) = tiny(64, config);
+    let handle = engine.handle();
+    let mut long = GenerationRequest::greedy(prompt(40, 1), 200);
+    long.stop_at_eos = false;
+    let mut running = handle.submit(long.clone()).unwrap();
+    // A second one waits behind it (one running sequence at a time).
+    let waiting = handle.submit(long).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(running.blocking_next(), Some(Event::Token { .. })));
+    }
+    assert!(metric(&registry, "kiln_kv_cache_usage_ratio") > 0.0);
+    assert_eq!(handle.waiting(), 1);
+    drop(waiting);
+    wait_for("the waiting request to leave the queue", || {
+        handle.waiting() == 0
+    });
+    drop(running);
+    wait_for("all blocks to be free", || {
+        metric(&registry, "kiln_kv_cache_usage_ratio") == 0.0
+            && metric(&registry, "kiln_num_requests_running") == 0.0
+    });
+    // The engine still serves.
+    let c = run(&handle, GenerationRequest::greedy(prompt(5, 2), 3));
+    assert_eq!(c.choices[0].tokens.len(), 3);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+fn sampled(seed: Option<u64>, n: usize) -> GenerationRequest {
+    GenerationRequest {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed,
+            ..SamplingParams::default()
+        },
+        n,
+        stop_at_eos: false,
+        ..GenerationRequest::greedy(prompt(10, 3), 24)
+    }
+}
+
+#[test]
+fn a_seed_reproduces_whatever_else_is_running() {
+    let (engine, _) = tiny(256, EngineConfig::default());
+    let handle = engine.handle();
+    let alone = run(&handle, sampled(Some(42), 1));
+    let mut batch = greedy_requests();
+    batch.insert(3, sampled(Some(42), 1));
+    batch.push(sampled(Some(7), 1));
+    let together = run_all(&handle, batch);
+    assert_eq!(together[3].choices, alone.choices);
+    assert_ne!(together[17].choices[0].tokens, alone.choices[0].tokens);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn n_choices_share_the_prompt_and_each_is_a_full_answer() {
+    let (engine, _) = tiny(256, EngineConfig::default());
+    let handle = engine.handle();
+    // Greedy choices must all equal the single greedy answer, whether the prompt ends inside a
+    // block (the forks recompute its tail) or exactly on a block boundary.
+    for len in [21, 32] {
+        let single = run(&handle, GenerationRequest::greedy(prompt(len, 4), 20));
+        let three = run(
+            &handle,
+            GenerationRequest {
+                n: 3,
+                ..GenerationRequest::greedy(prompt(len, 4), 20)
+            },
+        );
+        assert_eq!(three.choices.len(), 3);
+        for c in &three.choices {
+            assert_eq!(c, &single.choices[0], "prompt of {len}");
+        }
+        assert_eq!(three.usage.prompt_tokens, len);
+        assert_eq!(
+            three.usage.completion_tokens,
+            3 * single.usage.completion_tokens
+        );
+    }
+    // Sampled choices differ from each other, and replay with their seed.
+    let a = run(&handle, sampled(Some(5), 3));
+    let b = run(&handle, sampled(Some(5), 3));
+    assert_eq!(a, b);
+    assert_ne!(a.choices[0].tokens, a.choices[1].tokens);
+    assert_ne!(a.choices[1].tokens, a.choices[2].tokens);
+    assert!(
+        a.choices
+            .iter()
+            .all(|c| c.finish_reason == Some(FinishReason::Length) && c.tokens.len() == 24)
+    );
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn stop_strings_across_token_boundaries_end_the_text_before_them() {
+    let (engine, _) = tiny(256, EngineConfig::default());
+    let handle = engine.handle();
+    let mut base = GenerationRequest::greedy(prompt(12, 5), 40);
+    base.stop_at_eos = false;
+    let full = run(&handle, base.clone());
+    let tokens = &full.choices[0].tokens;
+    let tok = tokenizer();
+    // A stop string from the middle of one token's text into the next one's.
+    let mut cut = None;
+    for k in 4..tokens.len() - 1 {
+        let before = tok.decode(&tokens[..k], true).unwrap();
+        let a = tok.decode(&tokens[..=k], true).unwrap();
+        let b = tok.decode(&tokens[..k + 2], true).unwrap();
+        let (ta, tb) = (&a[before.len()..], &b[a.len()..]);
+        if ta.chars().count() >= 2 && !tb.is_empty() {
+            let start = a.len() - ta.chars().last().unwrap().len_utf8();
+            let stop = format!("{}{}", &a[start..], tb.chars().next().unwrap());
+            cut = Some((stop, start));
+            break;
+        }
+    }
+    let (stop, _) = cut.expect("no two adjacent multi-character tokens");
+    let expected = &full.choices[0].text[..full.choices[0].text.find(&stop).unwrap()];
+
+    let mut request = base.clone();
+    request.stop = vec![stop.clone(), "\u{0}never".into()];
+    let mut stream = handle.submit(request.clone()).unwrap();
+    let mut streamed = String::new();
+    let mut finish = None;
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            Event::Token { text, .. } => streamed.push_str(&text),
+            Event::Finished { text, reason, .. } => {
+                streamed.push_str(&text);
+                finish = Some(reason);
+            }
+            Event::Done { .. } => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+        // Nothing released so far may contain the stop string or run into it.
+        assert!(
+            expected.starts_with(&streamed),
+            "{streamed:?} vs {expected:?}"
+        );
+    }
+    assert_eq!(streamed, expected);
+    assert_eq!(finish, Some(FinishReason::Stop));
+    let collected = run(&handle, request);
+    assert_eq!(collected.choices[0].text, expected);
+    assert_eq!(collected.choices[0].finish_reason, Some(FinishReason::Stop));
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn greedy_logprobs_are_the_top_logprobs() {
+    let (engine, _) = tiny(256, EngineConfig::default());
+    let handle = engine.handle();
+    let mut r = GenerationRequest::greedy(prompt(9, 6), 10);
+    r.logprobs = Some(5);
+    let c = run(&handle, r);
+    let choice = &c.choices[0];
+    assert_eq!(choice.logprobs.len(), choice.tokens.len());
+    for (lp, &id) in choice.logprobs.iter().zip(&choice.tokens) {
+        assert_eq!(lp.chosen.id, id);
+        assert_eq!(lp.top.len(), 5);
+        assert_eq!(lp.top[0].id, id);
+        assert_eq!(lp.top[0].logprob, lp.chosen.logprob);
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(lp.chosen.logprob <= 0.0);
+    }
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_at_once() {
+    let config = EngineConfig {
+        max_running: 1,
+        max_waiting: 2,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = tiny(64, config);
+    let handle = engine.handle();
+    let mut long = GenerationRequest::greedy(prompt(8, 7), 200);
+    long.stop_at_eos = false;
+    let mut first = handle.submit(long.clone()).unwrap();
+    assert!(matches!(first.blocking_next(), Some(Event::Token { .. })));
+    let _a = handle.submit(long.clone()).unwrap();
+    let _b = handle.submit(long.clone()).unwrap();
+    assert!(matches!(
+        handle.submit(long),
+        Err(SchedulerError::Overloaded { waiting: 2 })
+    ));
+    engine.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn the_prefix_cache_hits_and_changes_no_output() {
+    let shared = prompt(48, 8);
+    let requests = || -> Vec<GenerationRequest> {
+        (0..3)
+            .map(|i| {
+                let mut p = shared.clone();
+                p.extend(prompt(5, 20 + i));
+                GenerationRequest::greedy(p, 16)
+            })
+            .collect()
+    };
+    let (cold, _) = tiny(
+        256,
+        EngineConfig {
+            prefix_caching: false,
+            ..EngineConfig::default()
+        },
+    );
+    let reference: Vec<Completion> = requests()
+        .into_iter()
+        .map(|r| run(&cold.handle(), r))
+        .collect();
+    cold.shutdown(Duration::from_secs(5));
+
+    let (engine, registry) = tiny(256, EngineConfig::default());
+    let out: Vec<Completion> = requests()
+        .into_iter()
+        .map(|r| run(&engine.handle(), r))
+        .collect();
+    for (a, b) in reference.iter().zip(&out) {
+        assert_eq!(a.choices, b.choices);
+    }
+    assert_eq!(out[0].usage.cached_tokens, 0);
+    assert_eq!(out[1].usage.cached_tokens, 48);
+    assert_eq!(out[2].usage.cached_tokens, 48);
+    assert_eq!(metric(&registry, "kiln_prefix_cache_hits_total"), 96.0);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn impossible_requests_are_refused_before_any_work() {
+    let (engine, _) = tiny(8, EngineConfig::default());
+    let handle = engine.handle();
+    let err = |r: GenerationRequest| handle.submit(r).unwrap_err();
+    // Context 256.
+    assert!(matches!(
+        err(GenerationRequest::greedy(prompt(200, 1), 100)),
+        SchedulerError::ContextLengthExceeded {
+            prompt_tokens: 200,
+            max_tokens: 100,
+            context_length: 256
+        }
+    ));
+    // 8 blocks of 16 = 128 positions.
+    assert!(matches!(
+        err(GenerationRequest::greedy(prompt(100, 1), 100)),
+        SchedulerError::ExceedsKvCache { .. }
+    ));
+    assert_eq!(
+        err(GenerationRequest::greedy(vec![], 1)),
+        SchedulerError::EmptyPrompt
+    );
+    assert!(matches!(
+        err(GenerationRequest::greedy(vec![1, 600], 1)),
+        SchedulerError::BadPromptToken { id: 600, .. }
+    ));
+    let mut bad_bias = GenerationRequest::greedy(prompt(4, 1), 4);
+    bad_bias.sampling.logit_bias = vec![(9999, 1.0)];
+    assert!(matches!(
+        err(bad_bias),
+        SchedulerError::BadLogitBias { id: 9999, .. }
+    ));
+    // Without max_tokens, a request fills what the cache can hold.
+    let mut open = GenerationRequest::greedy(prompt(100, 1), 1);
+    open.max_tokens = None;
+    open.stop_at_eos = false;
+    let c = run(&handle, open);
+    assert_eq!(c.choices[0].tokens.len(), 29);
+    assert_eq!(c.choices[0].finish_reason, Some(FinishReason::Length));
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn logit_bias_bans_and_forces_tokens() {
+    let (engine, _) = tiny(64, EngineConfig::default());
+    let handle = engine.handle();
+    let plain = run(&handle, GenerationRequest::greedy(prompt(6, 9), 8));
+    let first = plain.choices[0].tokens[0];
+    let mut banned = GenerationRequest::greedy(prompt(6, 9), 8);
+    banned.sampling.logit_bias = vec![(first, -100.0)];
+    let c = run(&handle, banned);
+    assert!(!c.choices[0].tokens.contains(&first));
+    let mut forced = GenerationRequest::greedy(prompt(6, 9), 8);
+    forced.sampling.logit_bias = vec![(300, 100.0)];
+    forced.stop_at_eos = false;
+    assert_eq!(run(&handle, forced).choices[0].tokens, vec![300; 8]);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn shutdown_refuses_new_work_and_ends_in_flight_streams() {
+    let (engine, _) = tiny(64, EngineConfig::default());
+    let handle = engine.handle();
+    let mut long = GenerationRequest::greedy(prompt(8, 7), 240);
+    long.stop_at_eos = false;
+    let mut stream = handle.submit(long.clone()).unwrap();
+    assert!(matches!(stream.blocking_next(), Some(Event::Token { .. })));
+    engine.shutdown(Duration::ZERO);
+    assert_eq!(
+        handle.submit(long).unwrap_err(),
+        SchedulerError::ShuttingDown
+    );
+    let last = std::iter::from_fn(|| stream.blocking_next()).last();
+    assert!(matches!(
+        last,
+        Some(Event::Error(SchedulerError::ShuttingDown) | Event::Done { .. })
+    ));
+    assert!(!handle.is_running());
+}
+
+/// SmolLM2 through the engine: the four golden prompts at once give transformers' greedy ids.
+#[test]
+fn smollm2_golden_prompts_concurrently_give_the_reference_greedy_ids() {
+    let path = kiln_hub::default_model_path().unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask fetch-model`",
+        path.display()
+    );
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            kv_cache_bytes: 64 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tokenizer = Arc::new(Tokenizer::from_gguf_path(&path).unwrap());
+    let engine = Engine::start(
+        model,
+        tokenizer.clone(),
+        EngineConfig::default(),
+        &Registry::new(),
+    )
+    .unwrap();
+    let golden: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(testdata().join("smollm2/golden_smollm2.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let cases: Vec<(Vec<u32>, Vec<u32>)> = golden["prompts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| (ids(&c["token_ids"]), ids(&c["greedy_ids"])))
+        .collect();
+    let requests = cases
+        .iter()
+        .map(|(prompt, expected)| {
+            let mut r = GenerationRequest::greedy(prompt.clone(), expected.len());
+            r.stop_at_eos = false;
+            r
+        })
+        .collect();
+    let out = run_all(&engine.handle(), requests);
+    for ((_, expected), c) in cases.iter().zip(&out) {
+        assert_eq!(&c.choices[0].tokens, expected);
+        assert_eq!(
+            c.choices[0].text,
+            tokenizer.decode(expected, true).unwrap(),
+            "streamed text is the decode of the ids"
+        );
+    }
+    engine.shutdown(Duration::from_secs(5));
+}
