@@ -1,1 +1,41 @@
-//! OpenAI wire types and request validation (owned by the HTTP API issue; nothing here yet).
+//! Kiln's OpenAI API surface without any HTTP: the wire types (serde), parsing of request bodies
+//! with errors that name the field, validation of a request once into typed values, and the
+//! OpenAPI 3.1 document that describes the server.
+//!
+//! A request goes [`parse_chat_request`] (bytes → [`ChatCompletionRequest`]) then
+//! [`ChatCompletionRequest::validate`] (→ [`ValidatedChat`]); the legacy API goes
+//! [`parse_completion_request`] then [`CompletionRequest::validate`]. Either step fails with a
+//! [`ValidationError`], which the gateway serves as a 400 [`ErrorEnvelope`]. What each OpenAI
+//! field does here is tabled in [`validate`].
+
+mod chat;
+mod common;
+mod completions;
+mod error;
+mod models;
+pub mod openapi;
+mod parse;
+mod schema;
+pub mod validate;
+
+pub use chat::{
+    ChatCompletion, ChatCompletionChoice, ChatCompletionChunk, ChatCompletionChunkChoice,
+    ChatCompletionDelta, ChatCompletionMessage, ChatCompletionRequest, ChatLogprobs, ChatMessage,
+    ContentPart, ImageDetail, ImageUrl, MessageContent, MessageRole, ServiceTier, TokenLogprob,
+    TopLogprob, Verbosity,
+};
+pub use common::{
+    AssistantRole, ChatCompletionChunkObject, ChatCompletionObject, FinishReason, LOGPROB_FLOOR,
+    ListObject, MAX_STOP, ModelObject, Stop, StreamOptions, TextCompletionObject, Usage,
+};
+pub use completions::{
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Prompt, TopLogprobsMap,
+};
+pub use error::{ErrorBody, ErrorEnvelope, INVALID_REQUEST_ERROR, ValidationError, code};
+pub use models::{Health, HealthStatus, Model, ModelList};
+pub use openapi::{openapi, openapi_for};
+pub use parse::{parse_chat_request, parse_completion_request};
+pub use validate::{
+    GenerationParams, Limits, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion,
+    ValidatedMessage,
+};

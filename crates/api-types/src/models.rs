@@ -1,0 +1,63 @@
+//! The model list (`GET /v1/models`, `GET /v1/models/{model}`) and the health answer.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ListObject, ModelObject};
+
+/// A served model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Model {
+    /// The name clients pass as `model`.
+    pub id: String,
+    pub object: ModelObject,
+    /// Unix seconds.
+    pub created: u64,
+    pub owned_by: String,
+}
+
+impl Model {
+    /// A model entry.
+    pub fn new(id: impl Into<String>, created: u64, owned_by: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            object: ModelObject::Value,
+            created,
+            owned_by: owned_by.into(),
+        }
+    }
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelList {
+    pub object: ListObject,
+    pub data: Vec<Model>,
+}
+
+impl ModelList {
+    /// A list of `data`.
+    pub fn new(data: Vec<Model>) -> Self {
+        Self {
+            object: ListObject::Value,
+            data,
+        }
+    }
+}
+
+/// The server's state as `/health` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Serving (status 200).
+    #[default]
+    Ok,
+    /// The model is still loading (status 503).
+    Loading,
+}
+
+/// The body of `GET /health`: `{"status": "ok"}` with 200, `{"status": "loading"}` with 503.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+}
