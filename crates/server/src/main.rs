@@ -1,10 +1,11 @@
 //! The `kiln` binary: command-line entry point.
 //!
-//! Today it offers `generate` (greedy decoding on the burn runtime, for checking a model end to
-//! end) and `tokenize` (exactly what the model will see for a prompt or a chat message); `serve`
-//! arrives with the scheduler and gateway.
+//! `serve` runs the OpenAI-compatible server; `generate` (greedy decoding on the burn runtime,
+//! for checking a model end to end) and `tokenize` (exactly what the model will see for a prompt
+//! or a chat message) are tools around it.
 
 mod generate;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,14 +14,18 @@ use anyhow::{Context, Result, bail};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 
 const USAGE: &str = "\
-kiln — an OpenAI-compatible LLM inference server (in construction)
+kiln — an OpenAI-compatible LLM inference server
 
 USAGE:
+    kiln serve [--model PATH] [--served-model-name NAME]... [--host 127.0.0.1] [--port 8000]
+               [--api-key KEY]... [--device cpu|wgpu] [--dtype f32|f16] [--max-batched-tokens N]
+               [--max-queue N] [--kv-cache-memory SIZE] [--config FILE] [...]
     kiln generate [--model PATH] (--prompt TEXT | --chat TEXT) [--max-tokens N]
                   [--device cpu|wgpu] [--dtype f32|f16]
     kiln tokenize [--model PATH] (--prompt TEXT | --chat TEXT) [--json]
 
 COMMANDS:
+{SERVE}
     generate    Greedy decoding: streams only the generated text to stdout, stopping at the
                 model's end-of-sequence token or after --max-tokens (default 256), and prints
                 prefill and decode speed to stderr. --model is a GGUF file or a Hugging Face
@@ -46,16 +51,21 @@ fn main() -> ExitCode {
     }
 }
 
+fn usage() -> String {
+    USAGE.replace("{SERVE}", &serve::usage())
+}
+
 fn run(args: Vec<String>) -> Result<()> {
     let Some((command, rest)) = args.split_first() else {
-        print!("{USAGE}");
+        print!("{}", usage());
         return Ok(());
     };
     match command.as_str() {
+        "serve" => serve::run(rest),
         "tokenize" => tokenize(rest),
         "generate" => generate::run(rest),
         "help" | "--help" | "-h" => {
-            print!("{USAGE}");
+            print!("{}", usage());
             Ok(())
         }
         other => bail!("unknown command {other:?}; run `kiln help`"),

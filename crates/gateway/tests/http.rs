@@ -1,0 +1,278 @@
+//! The gateway over real HTTP on the tiny model (SmolLM2's tokenizer, token-id prompts): routes,
+//! auth, health before and after loading, SSE framing, limits and error envelopes.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_gateway::{Backend, Gateway, GatewayConfig};
+use kiln_runtime::{LoadOptions, Model};
+use kiln_scheduler::{Completion, Engine, EngineConfig, GenerationRequest};
+use kiln_tokenizer::Tokenizer;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+}
+
+struct Setup {
+    addr: std::net::SocketAddr,
+    gateway: Arc<Gateway>,
+    engine: Engine,
+    tokenizer: Arc<Tokenizer>,
+}
+
+async fn start(keys: &[&str]) -> Setup {
+    let tokenizer = Arc::new(Tokenizer::from_hf_dir(testdata().join("smollm2")).unwrap());
+    let model = Model::load(&testdata().join("tiny-llama"), &LoadOptions::default()).unwrap();
+    let registry = prometheus::Registry::new();
+    let engine =
+        Engine::start(model, tokenizer.clone(), EngineConfig::default(), &registry).unwrap();
+    let config = GatewayConfig {
+        served_model_names: vec!["tiny".into(), "tiny-alias".into()],
+        api_keys: keys.iter().map(|k| k.to_string()).collect(),
+        max_body_bytes: 4096,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(config, registry).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        gateway
+            .clone()
+            .serve(listener, std::future::pending(), Duration::from_secs(1)),
+    );
+    Setup {
+        addr,
+        gateway,
+        engine,
+        tokenizer,
+    }
+}
+
+impl Setup {
+    fn ready(&self) {
+        self.gateway.set_backend(Backend {
+            engine: self.engine.handle(),
+            tokenizer: self.tokenizer.clone(),
+        });
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, headers, body).
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+}
+
+fn error(body: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap();
+    let e = v["error"].clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(e.get(key).is_some(), "{key} missing in {body}");
+    }
+    e
+}
+
+const PROMPT: [u32; 6] = [40, 77, 123, 301, 99, 250];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_over_http_equal_the_engine_and_stream_as_sse() {
+    let s = start(&[]).await;
+    let (status, _, body) = call(s.addr, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _, body) = call(s.addr, "POST", "/v1/completions", &[], b"{}").await;
+    assert_eq!(status, 503);
+    assert_eq!(error(&body)["code"], "model_loading");
+    s.ready();
+    assert_eq!(call(s.addr, "GET", "/health", &[], b"").await.0, 200);
+
+    let handle = s.engine.handle();
+    let direct = tokio::task::spawn_blocking(move || {
+        let mut stream = handle
+            .submit(GenerationRequest::greedy(PROMPT.to_vec(), 10))
+            .unwrap();
+        Completion::collect(std::iter::from_fn(|| stream.blocking_next()), 1).unwrap()
+    })
+    .await
+    .unwrap();
+
+    let req = json!({"model": "tiny-alias", "prompt": PROMPT, "max_tokens": 10, "temperature": 0});
+    let (status, _, body) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        req.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "tiny-alias");
+    assert_eq!(v["choices"][0]["text"], direct.choices[0].text.as_str());
+    assert_eq!(
+        v["usage"]["completion_tokens"],
+        direct.usage.completion_tokens
+    );
+
+    // The same through SSE on a deployment-scoped path, with the usage chunk.
+    let mut req = req;
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    req["model"] = json!("");
+    let (status, head, body) = call(
+        s.addr,
+        "POST",
+        "/v1/ai/dep-1/completions",
+        &[],
+        req.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(head.contains("text/event-stream"));
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap())
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, direct.choices[0].text);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["prompt_tokens"], 6);
+    assert_eq!(last["model"], "tiny");
+    let ids: std::collections::HashSet<&str> =
+        chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_openai_envelopes_with_the_right_status() {
+    let s = start(&["k1", "k2"]).await;
+    s.ready();
+    let key = [("Authorization", "Bearer k2")];
+    let body = json!({"prompt": PROMPT, "max_tokens": 2}).to_string();
+
+    let (status, _, b) = call(s.addr, "POST", "/v1/completions", &[], body.as_bytes()).await;
+    assert_eq!(status, 401);
+    assert_eq!(error(&b)["type"], "authentication_error");
+    let wrong = [("Authorization", "Bearer k3")];
+    assert_eq!(call(s.addr, "GET", "/v1/models", &wrong, b"").await.0, 401);
+    let (status, _, b) = call(s.addr, "GET", "/v1/models", &key, b"").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["data"][0]["id"], "tiny");
+    assert_eq!(v["data"][1]["id"], "tiny-alias");
+    assert_eq!(
+        call(s.addr, "GET", "/v1/models/tiny", &key, b"").await.0,
+        200
+    );
+    let (status, _, b) = call(s.addr, "GET", "/v1/models/nope", &key, b"").await;
+    assert_eq!(status, 404);
+    assert_eq!(error(&b)["code"], "model_not_found");
+    // Public by default.
+    let (status, _, metrics) = call(s.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("kiln_http_requests_total{"));
+    assert!(metrics.contains("kiln_num_requests_running"));
+
+    let (status, _, b) = call(s.addr, "POST", "/v1/completions", &key, b"{\"prompt\": [1,").await;
+    assert_eq!(status, 400);
+    assert_eq!(error(&b)["code"], "invalid_json");
+    let bad = json!({"prompt": PROMPT, "top_p": 7}).to_string();
+    let (status, _, b) = call(s.addr, "POST", "/v1/completions", &key, bad.as_bytes()).await;
+    assert_eq!(status, 400);
+    assert_eq!(error(&b)["param"], "top_p");
+    let long = json!({"prompt": PROMPT, "max_tokens": 1000}).to_string();
+    let (status, _, b) = call(s.addr, "POST", "/v1/completions", &key, long.as_bytes()).await;
+    assert_eq!(status, 400);
+    assert_eq!(error(&b)["code"], "context_length_exceeded");
+    let unknown_model = json!({"model": "gpt-4", "prompt": PROMPT}).to_string();
+    let (status, _, b) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        &key,
+        unknown_model.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(error(&b)["code"], "model_not_found");
+    let (status, head, b) = call(s.addr, "DELETE", "/v1/completions", &key, b"").await;
+    assert_eq!(status, 405);
+    assert!(head.to_ascii_lowercase().contains("allow: post"));
+    error(&b);
+    let (status, _, b) = call(s.addr, "GET", "/v1/embeddings", &key, b"").await;
+    assert_eq!(status, 404);
+    error(&b);
+    let (status, _, b) = call(s.addr, "POST", "/v1/completions", &key, &[b'x'; 5000]).await;
+    assert_eq!(status, 413);
+    error(&b);
+    let (_, head, _) = call(
+        s.addr,
+        "GET",
+        "/health",
+        &[("x-request-id", "abc-123")],
+        b"",
+    )
+    .await;
+    assert!(head.contains("x-request-id: abc-123"));
+    let (status, _, spec) = call(s.addr, "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(status, 200);
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    assert!(spec["paths"]["/v1/ai/{deployment}/chat/completions"].is_object());
+}

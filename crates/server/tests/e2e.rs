@@ -1,0 +1,46 @@
+//! End-to-end: runs the pytest suite in `tests/e2e/`, which starts this crate's real `kiln`
+//! binary on the default model and drives it with the official `openai` Python client, `requests`
+//! and curl. The Python environment comes from `cargo xtask e2e-env` (CI runs it).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_E2E_PYTHON") {
+        return PathBuf::from(p);
+    }
+    kiln_hub::kiln_home().unwrap().join("venv/bin/python")
+}
+
+#[test]
+fn openai_clients_against_the_real_server() {
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask e2e-env` (and `cargo xtask fetch-model`)",
+        python.display()
+    );
+    let model = kiln_hub::default_model_path().unwrap();
+    assert!(
+        model.exists(),
+        "{} is missing: run `cargo xtask fetch-model`",
+        model.display()
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let logs = std::env::temp_dir().join("kiln-e2e-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let status = Command::new(&python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&dir)
+        .current_dir(&dir)
+        .env("KILN_BIN", env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_E2E_LOGS", &logs)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the end-to-end suite failed (server logs in {})",
+        logs.display()
+    );
+}
