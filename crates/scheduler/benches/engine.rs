@@ -18,8 +18,13 @@ fn main() {
     let path = kiln_hub::default_model_path().expect("no kiln home");
     assert!(path.exists(), "run `cargo xtask fetch-model` first");
     let tokenizer = Arc::new(Tokenizer::from_gguf_path(&path).expect("tokenizer"));
-    println!("engine: SmolLM2-135M-Instruct Q4_1 (f32 compute, CPU), prompt {PROMPT}, {NEW} new tokens");
-    println!("{:>5} {:>10} {:>14} {:>12} {:>12}", "C", "requests", "agg tok/s", "TTFT p50 ms", "wall s");
+    println!(
+        "engine: SmolLM2-135M-Instruct Q4_1 (f32 compute, CPU), prompt {PROMPT}, {NEW} new tokens"
+    );
+    println!(
+        "{:>5} {:>10} {:>14} {:>12} {:>12}",
+        "C", "requests", "agg tok/s", "TTFT p50 ms", "wall s"
+    );
     for c in [1usize, 4, 16, 64] {
         if filter.is_some_and(|f| f != c) {
             continue;
