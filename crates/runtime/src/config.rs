@@ -324,3 +324,96 @@ impl ModelConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama31(rope_in_parameters: bool) -> ModelConfig {
+        let rope = serde_json::json!({
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192
+        });
+        let mut json = serde_json::json!({
+            "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "max_position_embeddings": 131072
+        });
+        let key = if rope_in_parameters {
+            "rope_parameters"
+        } else {
+            json["rope_theta"] = 500000.0.into();
+            "rope_scaling"
+        };
+        json[key] = rope;
+        match ModelConfig::from_hf_json(&json, "config.json") {
+            Ok(config) => config,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// transformers' `_compute_llama3_parameters`, in f64: high frequencies kept, low ones
+    /// divided by the factor, the band between interpolated.
+    fn reference_llama3(head_dim: usize) -> Vec<f64> {
+        let (theta, factor, low, high, old) = (500000.0f64, 8.0, 1.0, 4.0, 8192.0);
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < old / high {
+                    freq
+                } else if wavelen > old / low {
+                    freq / factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 - smooth) * freq / factor + smooth * freq
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn llama3_rope_scaling_matches_transformers() {
+        for nested in [false, true] {
+            let config = llama31(nested);
+            assert_eq!(config.head_dim, 128);
+            assert_eq!(config.rope_theta, 500000.0);
+            let ours = config.inv_freq();
+            let reference = reference_llama3(128);
+            assert_eq!(ours.len(), 64);
+            let mut bands = [0; 3];
+            for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
+                let rel = (f64::from(a) - b).abs() / b;
+                assert!(rel < 1e-5, "inv_freq[{i}]: {a} vs {b}");
+                let unscaled = 1.0 / 500000f64.powf((2 * i) as f64 / 128.0);
+                let band = if (b - unscaled).abs() / unscaled < 1e-9 {
+                    0
+                } else if (b - unscaled / 8.0).abs() / unscaled < 1e-9 {
+                    2
+                } else {
+                    1
+                };
+                bands[band] += 1;
+            }
+            // Llama 3.1's table has all three bands; a test that missed one would prove less.
+            assert!(bands.iter().all(|&n| n > 0), "bands {bands:?}");
+        }
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_unless_told_otherwise() {
+        let mut json = serde_json::json!({
+            "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+            "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768, "tie_word_embeddings": true
+        });
+        let config = ModelConfig::from_hf_json(&json, "config.json").ok();
+        assert!(config.as_ref().is_some_and(|c| c.attention_bias));
+        assert_eq!(config.map(|c| c.architecture), Some(Architecture::Qwen2));
+        json["attention_bias"] = false.into();
+        let config = ModelConfig::from_hf_json(&json, "config.json").ok();
+        assert!(config.is_some_and(|c| !c.attention_bias));
+    }
+}

@@ -136,6 +136,16 @@ impl SeqLogits {
     }
 }
 
+/// Hidden states of one sequence's new positions, in transformers' `output_hidden_states` order:
+/// the embedding output, the output of every layer but the last, and the last layer's output
+/// after the final norm — `num_layers + 1` matrices of `rows × hidden`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqHiddenStates {
+    pub rows: usize,
+    pub hidden: usize,
+    pub states: Vec<Vec<f32>>,
+}
+
 /// A loaded model with its KV cache.
 #[derive(Debug)]
 pub struct Model {
@@ -217,6 +227,16 @@ impl Model {
     /// the batch.
     pub fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Vec<SeqLogits>, RuntimeError> {
         self.inner.forward(batch)
+    }
+
+    /// Runs one step like [`forward`](Self::forward) — the KV cache is written the same way —
+    /// and returns every sequence's hidden states instead of logits (for checking a model
+    /// against a reference layer by layer).
+    pub fn hidden_states(
+        &mut self,
+        batch: &[SeqInput<'_>],
+    ) -> Result<Vec<SeqHiddenStates>, RuntimeError> {
+        self.inner.hidden_states(batch)
     }
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::{DType as BurnDType, Device, IndexingUpdateOp, Int, Tensor, Te
 use crate::config::ModelConfig;
 use crate::nn::{apply_rope, attention, rms_norm, rope_tables, swiglu};
 use crate::weights::{HostTensor, Weights};
-use crate::{DType, LoadError, LoadProgress, RuntimeError, SeqInput, SeqLogits};
+use crate::{DType, LoadError, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits};
 
 /// One decoder layer's weights, projections stored `[in, out]` so a step is `x.matmul(w)`.
 #[derive(Debug)]
@@ -232,6 +232,84 @@ impl Llama {
         &mut self,
         batch: &[SeqInput<'_>],
     ) -> Result<Vec<SeqLogits>, RuntimeError> {
+        let x = self.trunk(batch, None)?;
+        let c = &self.config;
+        let device = &self.device;
+        // Only the rows someone asked for go through the (large) output layer.
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        for seq in batch {
+            let n = seq.tokens.len();
+            if seq.all_logits {
+                rows.extend((offset..offset + n).map(|r| r as i64));
+            } else {
+                rows.push((offset + n - 1) as i64);
+            }
+            offset += n;
+        }
+        let n_rows = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n_rows]), device);
+        let h = rms_norm(x.select(0, rows), &self.norm, c.rms_norm_eps);
+        let data = read_f32(h.matmul(self.lm_head.clone()), "logits")?;
+        let vocab = c.vocab_size;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for seq in batch {
+            let n = if seq.all_logits { seq.tokens.len() } else { 1 };
+            out.push(SeqLogits {
+                rows: n,
+                vocab,
+                data: data
+                    .get(at * vocab..(at + n) * vocab)
+                    .unwrap_or_default()
+                    .to_vec(),
+            });
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Like [`forward`](Self::forward) (the cache is written the same way), returning the hidden
+    /// states at every new position instead of logits, in transformers' `output_hidden_states`
+    /// order: the embedding output, each layer's output but the last, and the last layer's
+    /// output after the final norm.
+    pub(crate) fn hidden_states(
+        &mut self,
+        batch: &[SeqInput<'_>],
+    ) -> Result<Vec<SeqHiddenStates>, RuntimeError> {
+        let mut captured = Vec::with_capacity(self.config.num_layers + 1);
+        let x = self.trunk(batch, Some(&mut captured))?;
+        captured.push(rms_norm(x, &self.norm, self.config.rms_norm_eps));
+        let hidden = self.config.hidden_size;
+        let mut out: Vec<SeqHiddenStates> = batch
+            .iter()
+            .map(|seq| SeqHiddenStates {
+                rows: seq.tokens.len(),
+                hidden,
+                states: Vec::with_capacity(captured.len()),
+            })
+            .collect();
+        for state in captured {
+            let data = read_f32(state, "hidden states")?;
+            let mut at = 0;
+            for seq in &mut out {
+                let len = seq.rows * hidden;
+                seq.states
+                    .push(data.get(at..at + len).unwrap_or_default().to_vec());
+                at += len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The decoder stack over a batch: validates it, writes its K/V into the cache and returns
+    /// the last layer's output `[total new tokens, hidden]` (before the final norm). With
+    /// `capture`, also keeps the embedding output and every layer's output but the last.
+    fn trunk(
+        &mut self,
+        batch: &[SeqInput<'_>],
+        mut capture: Option<&mut Vec<Tensor<2>>>,
+    ) -> Result<Tensor<2>, RuntimeError> {
         self.validate(batch)?;
         let c = &self.config;
         let bs = self.cache.block_size;
@@ -271,6 +349,10 @@ impl Llama {
             .iter()
             .zip(self.cache.k.iter_mut().zip(self.cache.v.iter_mut()))
         {
+            // A layer's input is the embedding output or the previous layer's output.
+            if let Some(states) = capture.as_deref_mut() {
+                states.push(x.clone());
+            }
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
             let mut qkv = h.matmul(layer.qkv.clone());
             if let Some(bias) = &layer.qkv_bias {
@@ -323,42 +405,14 @@ impl Llama {
             x = x.add(swiglu(h, &layer.gate_up, &layer.down));
         }
 
-        // Only the rows someone asked for go through the (large) output layer.
-        let mut rows = Vec::new();
-        let mut offset = 0;
-        for seq in batch {
-            let n = seq.tokens.len();
-            if seq.all_logits {
-                rows.extend((offset..offset + n).map(|r| r as i64));
-            } else {
-                rows.push((offset + n - 1) as i64);
-            }
-            offset += n;
-        }
-        let n_rows = rows.len();
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n_rows]), device);
-        let h = rms_norm(x.select(0, rows), &self.norm, c.rms_norm_eps);
-        let data = h
-            .matmul(self.lm_head.clone())
-            .try_into_vec_as::<f32>()
-            .map_err(|e| RuntimeError::Backend(format!("reading logits: {e:?}")))?;
-        let vocab = c.vocab_size;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut at = 0;
-        for seq in batch {
-            let n = if seq.all_logits { seq.tokens.len() } else { 1 };
-            out.push(SeqLogits {
-                rows: n,
-                vocab,
-                data: data
-                    .get(at * vocab..(at + n) * vocab)
-                    .unwrap_or_default()
-                    .to_vec(),
-            });
-            at += n;
-        }
-        Ok(out)
+        Ok(x)
     }
+}
+
+/// Reads a tensor back to the host as f32, whatever its dtype.
+fn read_f32(t: Tensor<2>, what: &str) -> Result<Vec<f32>, RuntimeError> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| RuntimeError::Backend(format!("reading {what}: {e:?}")))
 }
 
 /// Stacks `[rows_i, cols]` host tensors into one `[sum rows_i, cols]`.

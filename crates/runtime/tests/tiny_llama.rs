@@ -1,6 +1,7 @@
 //! The tiny random Llama (`testdata/tiny-llama`, made with transformers) through the real
-//! runtime: logits at every position, greedy decoding with the paged KV cache, chunked prefill,
-//! batch invariance, the GGUF path (llama.cpp's q/k permutation), and step errors.
+//! runtime: logits and hidden states at every position, greedy decoding with the paged KV cache,
+//! chunked prefill, batch invariance, the GGUF path (llama.cpp's q/k permutation), Qwen2-style
+//! q/k/v biases, and step errors.
 
 // Helpers outside #[test] fns unwrap too: a test should fail loudly.
 #![allow(clippy::unwrap_used)]
@@ -123,6 +124,58 @@ fn logits_at_every_position_match_transformers() {
     assert_eq!(out[0].rows, 16);
     let diff = max_diff(&out[0].data, &expected);
     assert!(diff < 1e-4, "max |diff| = {diff}");
+}
+
+#[test]
+fn hidden_states_match_transformers_layer_by_layer() {
+    let g = golden();
+    let mut model = load();
+    let input = ids(&g["input_ids"]);
+    // Five blocks of 4: the 16 prompt positions and the decode step after them.
+    let table: Vec<u32> = (0..5).collect();
+    let out = model
+        .hidden_states(&[SeqInput {
+            tokens: &input,
+            start: 0,
+            block_table: &table,
+            all_logits: false,
+        }])
+        .unwrap();
+    // 3 × 16 × 64: the embedding output, after layer 0, after layer 1 + the final norm.
+    let expected = read_f32(&dir().join("hidden_states.f32"));
+    let [seq] = out.as_slice() else {
+        panic!("one sequence in, {} out", out.len())
+    };
+    assert_eq!((seq.rows, seq.hidden, seq.states.len()), (16, 64, 3));
+    for (i, (state, reference)) in seq.states.iter().zip(expected.chunks(16 * 64)).enumerate() {
+        let diff = max_diff(state, reference);
+        assert!(diff < 1e-4, "hidden state {i}: max |diff| = {diff}");
+    }
+    // The cache was written as by `forward`: a decode step on top of it equals one prefill of
+    // all 17 tokens.
+    let next = [5u32];
+    let step = model
+        .forward(&[SeqInput {
+            tokens: &next,
+            start: 16,
+            block_table: &table,
+            all_logits: false,
+        }])
+        .unwrap();
+    let whole: Vec<u32> = input.iter().copied().chain(next).collect();
+    let fresh = load()
+        .forward(&[SeqInput {
+            tokens: &whole,
+            start: 0,
+            block_table: &table,
+            all_logits: false,
+        }])
+        .unwrap();
+    let diff = max_diff(step[0].last(), fresh[0].last());
+    assert!(
+        diff < 1e-5,
+        "decode after hidden_states: max |diff| = {diff}"
+    );
 }
 
 #[test]
@@ -521,4 +574,98 @@ fn sharded_bf16_safetensors_load_and_agree() {
         diff > 0.0,
         "BF16 weights cannot reproduce f32 logits exactly"
     );
+}
+
+/// The tiny model with Qwen2-style q/k/v biases (`bias(layer, name, len)` gives each one) and
+/// `attention_bias: true`, written to `out`; `None` leaves that bias tensor out.
+fn tiny_with_biases(out: &Path, bias: impl Fn(usize, &str, usize) -> Option<Vec<f32>>) {
+    std::fs::create_dir_all(out).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(dir().join("config.json")).unwrap()).unwrap();
+    config["attention_bias"] = true.into();
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+    let bytes = std::fs::read(dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    for layer in 0..2 {
+        for (name, len) in [("q_proj", 64), ("k_proj", 32), ("v_proj", 32)] {
+            if let Some(values) = bias(layer, name, len) {
+                tensors.push((
+                    format!("model.layers.{layer}.self_attn.{name}.bias"),
+                    vec![len],
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
+            }
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn qkv_biases_are_loaded_and_applied() {
+    let input = ids(&golden()["input_ids"]);
+    let run = |dir: &Path| {
+        Model::load(dir, &options())
+            .unwrap()
+            .forward(&[SeqInput {
+                tokens: &input,
+                start: 0,
+                block_table: &[0, 1, 2, 3],
+                all_logits: true,
+            }])
+            .unwrap()
+            .remove(0)
+            .data
+    };
+    let reference = read_f32(&dir().join("logits_all.f32"));
+    let base = std::env::temp_dir().join(format!("kiln-tiny-bias-{}", std::process::id()));
+
+    // Zero biases: the bias path is wired in and changes nothing.
+    let zero = base.join("zero");
+    tiny_with_biases(&zero, |_, _, len| Some(vec![0.0; len]));
+    let diff = max_diff(&run(&zero), &reference);
+    assert!(diff < 1e-5, "zero biases moved the logits by {diff}");
+
+    // A bias on v shifts every attention output by exactly that vector (softmax weights sum to
+    // one), so it must move the logits; one on q and k must too.
+    for (which, shift) in [("v_proj", 0.5f32), ("q_proj", 0.5), ("k_proj", 0.5)] {
+        let path = base.join(which);
+        tiny_with_biases(&path, |_, name, len| {
+            Some(if name == which {
+                (0..len).map(|i| shift * ((i % 7) as f32 - 3.0)).collect()
+            } else {
+                vec![0.0; len]
+            })
+        });
+        let diff = max_diff(&run(&path), &reference);
+        assert!(
+            diff > 1e-2,
+            "a {which} bias left the logits unchanged ({diff})"
+        );
+    }
+
+    // A declared bias that is missing is a load error naming it.
+    let missing = base.join("missing");
+    tiny_with_biases(&missing, |layer, name, len| {
+        ((layer, name) != (1, "k_proj")).then(|| vec![0.0; len])
+    });
+    let err = Model::load(&missing, &options()).unwrap_err().to_string();
+    assert!(
+        err.contains("model.layers.1.self_attn.k_proj.bias"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&base).unwrap();
 }
