@@ -109,7 +109,7 @@ pub(crate) fn run(
             model.block_size(),
             config.prefix_caching,
         ),
-        context_length: model.config().max_position_embeddings,
+        context_length: config.context_length(model.config().max_position_embeddings),
         eos: tokenizer.eos_ids().to_vec(),
         requests: HashMap::new(),
         waiting: VecDeque::new(),

@@ -38,6 +38,17 @@ pub struct EngineConfig {
     pub max_n: usize,
     /// Share full KV blocks between requests with a common prefix.
     pub prefix_caching: bool,
+    /// The context length to serve (prompt + generated tokens), when shorter than the model's:
+    /// bounds every request's cost, and what `max_tokens` defaults to.
+    pub max_model_len: Option<usize>,
+}
+
+impl EngineConfig {
+    /// The context length served for a model of `model_context` positions.
+    pub fn context_length(&self, model_context: usize) -> usize {
+        self.max_model_len
+            .map_or(model_context, |len| len.min(model_context))
+    }
 }
 
 impl Default for EngineConfig {
@@ -48,6 +59,7 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_n: 16,
             prefix_caching: true,
+            max_model_len: None,
         }
     }
 }
@@ -334,7 +346,7 @@ impl Engine {
                 message: e.to_string(),
             })?;
         let info = ModelInfo {
-            context_length: model.config().max_position_embeddings,
+            context_length: config.context_length(model.config().max_position_embeddings),
             vocab_size: model.config().vocab_size,
             kv_capacity_tokens: model.num_blocks() * model.block_size(),
         };

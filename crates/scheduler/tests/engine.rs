@@ -386,6 +386,35 @@ fn the_prefix_cache_hits_and_changes_no_output() {
 }
 
 #[test]
+fn max_model_len_bounds_the_served_context() {
+    let config = EngineConfig {
+        max_model_len: Some(32),
+        ..EngineConfig::default()
+    };
+    let (engine, _) = tiny(64, config);
+    let handle = engine.handle();
+    assert_eq!(handle.model_info().context_length, 32);
+    assert!(matches!(
+        handle
+            .submit(GenerationRequest::greedy(prompt(20, 1), 13))
+            .unwrap_err(),
+        SchedulerError::ContextLengthExceeded {
+            prompt_tokens: 20,
+            max_tokens: 13,
+            context_length: 32
+        }
+    ));
+    // Without max_tokens a request fills what is left of the served context, not the model's.
+    let mut open = GenerationRequest::greedy(prompt(20, 1), 1);
+    open.max_tokens = None;
+    open.stop_at_eos = false;
+    let out = run(&handle, open);
+    assert_eq!(out.choices[0].tokens.len(), 12);
+    assert_eq!(out.choices[0].finish_reason, Some(FinishReason::Length));
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
 fn impossible_requests_are_refused_before_any_work() {
     let (engine, _) = tiny(8, EngineConfig::default());
     let handle = engine.handle();

@@ -68,6 +68,11 @@ const SETTINGS: &[(&str, Kind, &str)] = &[
         "positions per KV block (default 16)",
     ),
     (
+        "max-model-len",
+        Kind::Value,
+        "context length served (prompt + output), at most the model's (default: the model's)",
+    ),
+    (
         "max-n",
         Kind::Value,
         "most choices per request (default 16)",
@@ -341,7 +346,17 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         max_waiting: s.parse("max-queue", 256)?,
         max_n: s.parse("max-n", 16)?,
         prefix_caching: !s.switch("no-prefix-caching")?,
+        max_model_len: s
+            .get("max-model-len")
+            .map(|v| {
+                v.parse::<usize>()
+                    .with_context(|| format!("--max-model-len {v:?}"))
+            })
+            .transpose()?,
     };
+    if engine_config.max_model_len == Some(0) {
+        bail!("--max-model-len must be at least 1");
+    }
     if engine_config.max_batched_tokens == 0 || engine_config.max_running == 0 {
         bail!("--max-batched-tokens and --max-running must be at least 1");
     }
