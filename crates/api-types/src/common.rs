@@ -257,11 +257,13 @@ pub enum FinishReason {
 }
 
 /// An integral `f64` as `i64`: JSON Schema counts `16.0` and `1e3` as integers, so they must
-/// read as such.
+/// read as such. Only up to 2^53 in magnitude, though: beyond it a float may be the rounding of
+/// another number (serde_json reads an integer literal outside `i64`/`u64`, such as
+/// `-9223372036854775809`, as the nearest `f64`, which is exactly `i64::MIN`), and accepting it
+/// would let an out-of-range value through as an in-range one.
 pub(crate) fn integral(v: f64) -> Option<i64> {
-    // The bounds are exact powers of two, so the comparison is exact too.
-    (v.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v))
-        .then_some(v as i64)
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    (v.fract() == 0.0 && (-EXACT..=EXACT).contains(&v)).then_some(v as i64)
 }
 
 /// Reads an optional integer field, accepting integral floats (see [`integral`]).

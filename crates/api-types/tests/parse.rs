@@ -279,6 +279,28 @@ fn type_errors_name_the_field() {
     let v = completion(&json!({"prompt": [1.0, 2], "logprobs": 2.0})).unwrap();
     assert_eq!(v.prompts, vec![PromptInput::Tokens(vec![1, 2])]);
     assert_eq!(v.logprobs, Some(2));
+    // An integer beyond i64 reaches serde as the nearest f64, which is i64::MIN or i64::MAX + 1
+    // exactly: it must not slip through as an in-range seed (found by schemathesis).
+    for seed in [
+        "-9223372036854775809",
+        "9223372036854775808",
+        "-1e19",
+        "1e300",
+    ] {
+        let body = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "seed": {seed}}}"#
+        );
+        let err = parse_chat_request(body.as_bytes()).expect_err(seed);
+        assert_eq!(err.param.as_deref(), Some("seed"), "{seed}: {err:?}");
+    }
+    let body = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": -9223372036854775808}"#;
+    let seed = parse_chat_request(body.as_bytes())
+        .unwrap()
+        .validate(&Default::default())
+        .unwrap()
+        .params
+        .seed;
+    assert_eq!(seed, Some(i64::MIN as u64));
 }
 
 #[test]
