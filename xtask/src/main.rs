@@ -6,6 +6,12 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 use kiln_hub::{DEFAULT_MODEL, FetchEvent, FetchOptions};
 
+mod bench_serve;
+mod llama_cpp;
+mod loadgen;
+mod schemathesis;
+mod server;
+
 const HELP: &str = "\
 usage: cargo xtask <command>
 
@@ -15,8 +21,16 @@ commands:
   e2e-env       create the Python venv (pinned openai client, requests, pytest) the end-to-end
                 tests use, under the kiln cache; prints its python on stdout
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
-                test --workspace (end-to-end tests included), then the tiny-model golden test
-                again on wgpu
+                test --workspace (end-to-end tests included), the tiny-model golden test
+                again on wgpu, a bounded schemathesis run and bench-serve --quick
+  schemathesis [--max-examples N] [--seed S]
+                property-based tests of the real `kiln serve` against its /openapi.json
+                (schemathesis in a venv under the kiln cache): no 5xx, no schema violation
+  bench-serve [--quick] [--kiln-only] [--out FILE.json] [--no-docs]
+                Kiln against llama.cpp's llama-server (built once from the llama-cpp-python
+                sdist) on the default model: TTFT, inter-token latency, tok/s, req/s, peak
+                RSS per scenario; writes docs/perf.md's serving table and a JSON file.
+                --quick: Kiln alone, 1 and 4 streams, few requests (what CI runs)
   help          this text
 ";
 
@@ -53,6 +67,10 @@ fn main() -> ExitCode {
         ["fetch-model"] => fetch_model().map(|path| println!("{}", path.display())),
         ["ci"] => ci(),
         ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
+        ["schemathesis", rest @ ..] => schemathesis::Options::parse(rest)
+            .and_then(|options| schemathesis::run(&workspace_root(), &options)),
+        ["bench-serve", rest @ ..] => bench_serve::Options::parse(rest)
+            .and_then(|options| bench_serve::run(&workspace_root(), &options)),
         _ => {
             eprint!("xtask: unknown arguments {args:?}\n\n{HELP}");
             return ExitCode::from(2);
@@ -78,7 +96,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 /// Fetches the default model, narrating to stderr so stdout carries only the path.
-fn fetch_model() -> anyhow::Result<PathBuf> {
+pub(crate) fn fetch_model() -> anyhow::Result<PathBuf> {
     let options = FetchOptions::from_env()?;
     let spec = &DEFAULT_MODEL;
     let fetched = kiln_hub::fetch_with(spec, &options, |event| match event {
@@ -152,6 +170,22 @@ fn ci() -> anyhow::Result<()> {
     )?;
     let totals = totals.plus(&wgpu);
 
+    // The HTTP API against its own OpenAPI document, bounded so CI stays short.
+    header("schemathesis --max-examples 5");
+    schemathesis::run(
+        &root,
+        &schemathesis::Options {
+            max_examples: 5,
+            seed: 1,
+        },
+    )
+    .context("ci step `schemathesis` failed")?;
+
+    // The serving benchmark's harness must keep working: Kiln alone, a few requests.
+    header("bench-serve --quick");
+    bench_serve::run(&root, &bench_serve::Options::quick())
+        .context("ci step `bench-serve --quick` failed")?;
+
     // Later CI steps go here, once what they check exists. Each one fails fast and names itself.
 
     eprintln!("\n==> ci: all steps passed");
@@ -163,14 +197,19 @@ fn ci() -> anyhow::Result<()> {
 /// The Python environment the end-to-end tests drive `kiln` from: a venv under the kiln cache
 /// with the pinned `openai` client, rebuilt when the requirements change.
 fn e2e_env() -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
-    let requirements = root.join("crates/server/tests/e2e/requirements.txt");
+    let requirements = workspace_root().join("crates/server/tests/e2e/requirements.txt");
     let wanted = std::fs::read_to_string(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
-    let venv = kiln_hub::kiln_home()?.join("venv");
+    venv("venv", &wanted)
+}
+
+/// A venv `name` under the kiln cache holding exactly `requirements` (pip's format), made or
+/// remade when they change; returns its python.
+pub(crate) fn venv(name: &str, requirements: &str) -> anyhow::Result<PathBuf> {
+    let venv = kiln_hub::kiln_home()?.join(name);
     let python = venv.join("bin/python");
     let stamp = venv.join("kiln-requirements.txt");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements) {
         return Ok(python);
     }
     let run = |cmd: &mut Command| -> anyhow::Result<()> {
@@ -181,6 +220,8 @@ fn e2e_env() -> anyhow::Result<PathBuf> {
     run(Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(&venv))?;
+    let file = venv.join("kiln-requirements.in");
+    std::fs::write(&file, requirements)?;
     run(Command::new(&python)
         .args([
             "-m",
@@ -190,8 +231,8 @@ fn e2e_env() -> anyhow::Result<PathBuf> {
             "--disable-pip-version-check",
             "-r",
         ])
-        .arg(&requirements))?;
-    std::fs::write(&stamp, wanted)?;
+        .arg(&file))?;
+    std::fs::write(&stamp, requirements)?;
     Ok(python)
 }
 

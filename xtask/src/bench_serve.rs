@@ -1,0 +1,736 @@
+//! `cargo xtask bench-serve`: Kiln against llama.cpp's `llama-server` on the same GGUF, same
+//! machine, one run — servers started alternately (never both at once), driven by the Rust load
+//! generator, figures and Kiln/llama.cpp ratios written to `docs/perf.md` and a JSON file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::loadgen::{self, RequestResult, Scenario, quantile};
+use crate::server::{Server, cargo_build_bin, free_port, test_kiln};
+
+/// Threads each server may use: the same for both, and all this machine's cores.
+const THREADS: usize = 2;
+/// New tokens per request (EOS suppressed, so every request makes exactly this many).
+const MAX_TOKENS: usize = 128;
+/// Share of the machine (in cores) others may use during a run before its row is marked.
+const BUSY_CORES: f64 = 0.25;
+const PERF_BEGIN: &str = "<!-- bench-serve:begin -->";
+const PERF_END: &str = "<!-- bench-serve:end -->";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Kiln alone, 1 and 4 streams, a few requests: keeps the harness working (CI).
+    pub(crate) quick: bool,
+    pub(crate) kiln_only: bool,
+    pub(crate) out: Option<PathBuf>,
+    /// Write the table into docs/perf.md.
+    pub(crate) docs: bool,
+}
+
+impl Options {
+    pub(crate) fn quick() -> Self {
+        Self {
+            quick: true,
+            kiln_only: true,
+            out: None,
+            docs: false,
+        }
+    }
+
+    pub(crate) fn parse(args: &[&str]) -> anyhow::Result<Self> {
+        let mut options = Self {
+            quick: false,
+            kiln_only: false,
+            out: None,
+            docs: true,
+        };
+        let mut args = args.iter();
+        while let Some(&arg) = args.next() {
+            match arg {
+                "--quick" => {
+                    options.quick = true;
+                    options.kiln_only = true;
+                    options.docs = false;
+                }
+                "--kiln-only" => options.kiln_only = true,
+                "--no-docs" => options.docs = false,
+                "--out" => {
+                    let path = args.next().context("--out needs a path")?;
+                    options.out = Some(PathBuf::from(path));
+                }
+                other => bail!("bench-serve: unknown argument {other:?}"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    let scenario = |prompt_tokens, shared_prefix, concurrency, requests, limit| Scenario {
+        name: if shared_prefix > 0 {
+            format!("{prompt_tokens}-token prompt ({shared_prefix} shared), {concurrency} streams")
+        } else {
+            format!("{prompt_tokens}-token prompt, {concurrency} streams")
+        },
+        prompt_tokens,
+        shared_prefix,
+        concurrency,
+        requests,
+        max_tokens: MAX_TOKENS,
+        time_limit: Duration::from_secs(limit),
+        seed: 20_261_201,
+    };
+    if quick {
+        return vec![scenario(128, 0, 1, 2, 60), scenario(128, 0, 4, 4, 60)];
+    }
+    let mut all = Vec::new();
+    for prompt in [128, 512] {
+        for concurrency in [1, 4, 16, 64] {
+            // Two rounds of requests per stream (8 at least), and no new request after 150 s.
+            all.push(scenario(
+                prompt,
+                0,
+                concurrency,
+                (2 * concurrency).max(8),
+                150,
+            ));
+        }
+    }
+    // A system prompt every request shares: what prefix caching is for.
+    all.push(scenario(512, 384, 16, 32, 150));
+    all
+}
+
+/// How to start one server.
+struct ServerSpec {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl ServerSpec {
+    fn command_line(&self) -> String {
+        let mut line: Vec<String> = self.envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line.push(
+            self.program
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        );
+        line.extend(self.args.iter().cloned());
+        line.join(" ")
+    }
+
+    fn start(&self, port: u16, log: &Path) -> anyhow::Result<Server> {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .args(["--port", &port.to_string()])
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        Server::start(self.name, &mut command, port, log, Duration::from_secs(600))
+    }
+}
+
+/// One server's figures for one scenario.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    requests: usize,
+    errors: usize,
+    first_error: Option<String>,
+    ttft_ms: [Option<f64>; 3],
+    itl_ms: [Option<f64>; 2],
+    stream_tok_s: Option<f64>,
+    aggregate_tok_s: f64,
+    requests_per_s: f64,
+    peak_rss_mb: Option<f64>,
+    /// Cores' worth of CPU that other processes used during the run.
+    others_cores: f64,
+    busy: bool,
+}
+
+impl Figures {
+    fn from_results(
+        results: &[RequestResult],
+        wall: Duration,
+        max_tokens: usize,
+        prompt_tokens: usize,
+    ) -> Self {
+        let mut f = Self {
+            requests: results.len(),
+            ..Self::default()
+        };
+        let mut ttft = Vec::new();
+        let mut itl = Vec::new();
+        let mut rates = Vec::new();
+        let mut generated = 0u64;
+        for r in results {
+            // Honest by construction: a request counts only if the server says it generated
+            // exactly what was asked for, from exactly the prompt that was sent.
+            let error = r.error.clone().or_else(|| {
+                (r.completion_tokens != Some(max_tokens as u64)
+                    || r.prompt_tokens != Some(prompt_tokens as u64))
+                .then(|| {
+                    format!(
+                        "usage says {:?} prompt and {:?} completion tokens, expected {prompt_tokens} and {max_tokens}",
+                        r.prompt_tokens, r.completion_tokens
+                    )
+                })
+            });
+            if let Some(error) = error {
+                f.errors += 1;
+                f.first_error.get_or_insert(error);
+                continue;
+            }
+            generated += r.completion_tokens.unwrap_or(0);
+            if let Some(t) = r.ttft() {
+                ttft.push(t.as_secs_f64() * 1e3);
+            }
+            itl.extend(
+                r.token_times
+                    .windows(2)
+                    .map(|w| w[1].duration_since(w[0]).as_secs_f64() * 1e3),
+            );
+            if let (Some(first), Some(last)) = (r.token_times.first(), r.token_times.last()) {
+                let span = last.duration_since(*first).as_secs_f64();
+                let tokens = r.completion_tokens.unwrap_or(0).saturating_sub(1) as f64;
+                if span > 0.0 && tokens > 0.0 {
+                    rates.push(tokens / span);
+                }
+            }
+        }
+        f.ttft_ms = [0.5, 0.9, 0.99].map(|q| quantile(&ttft, q));
+        f.itl_ms = [0.5, 0.99].map(|q| quantile(&itl, q));
+        f.stream_tok_s = quantile(&rates, 0.5);
+        let secs = wall.as_secs_f64().max(1e-9);
+        f.aggregate_tok_s = generated as f64 / secs;
+        f.requests_per_s = (f.requests - f.errors) as f64 / secs;
+        f
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "ttft_ms": { "p50": self.ttft_ms[0], "p90": self.ttft_ms[1], "p99": self.ttft_ms[2] },
+            "itl_ms": { "p50": self.itl_ms[0], "p99": self.itl_ms[1] },
+            "stream_decode_tok_s": self.stream_tok_s,
+            "aggregate_tok_s": self.aggregate_tok_s,
+            "requests_per_s": self.requests_per_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "other_processes_cores": self.others_cores,
+            "cpu_busy": self.busy,
+        })
+    }
+}
+
+pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
+    let model = crate::fetch_model()?;
+    // The harness check (--quick) takes the dev build CI has already made; a comparison needs
+    // the release build.
+    let kiln = if options.quick {
+        test_kiln(root)?
+    } else {
+        cargo_build_bin(
+            root,
+            &["build", "--release", "-p", "kiln-server", "--bin", "kiln"],
+            "kiln",
+        )?
+    };
+    let mut specs = vec![ServerSpec {
+        name: "kiln",
+        program: kiln,
+        args: [
+            "serve",
+            "--model",
+            &model.display().to_string(),
+            "--max-running",
+            "64",
+            "--kv-cache-memory",
+            "2GiB",
+        ]
+        .map(String::from)
+        .to_vec(),
+        envs: vec![
+            ("RAYON_NUM_THREADS".into(), THREADS.to_string()),
+            ("KILN_LOG".into(), "warn".into()),
+        ],
+    }];
+    let mut cmake_flags = Vec::new();
+    if !options.kiln_only {
+        let llama = crate::llama_cpp::llama_server()?;
+        cmake_flags = llama.cmake_flags.clone();
+        // 16 slots of continuous batching, each with room for the longest prompt plus output.
+        specs.push(ServerSpec {
+            name: "llama.cpp",
+            program: llama.path,
+            args: [
+                "-m",
+                &model.display().to_string(),
+                "--host",
+                "127.0.0.1",
+                "-t",
+                &THREADS.to_string(),
+                "-tb",
+                &THREADS.to_string(),
+                "-np",
+                "16",
+                "-cb",
+                "-c",
+                "16384",
+            ]
+            .map(String::from)
+            .to_vec(),
+            envs: Vec::new(),
+        });
+    }
+
+    let logs = std::env::temp_dir().join("kiln-bench-serve");
+    std::fs::create_dir_all(&logs)?;
+    let scenarios = scenarios(options.quick);
+    let mut rows: Vec<(Scenario, Vec<Figures>)> = Vec::new();
+    for scenario in &scenarios {
+        let mut per_server = Vec::new();
+        for spec in &specs {
+            eprintln!("bench-serve: {} — {}", spec.name, scenario.name);
+            let figures = measure(spec, scenario, &logs)?;
+            eprintln!(
+                "  {:.1} tok/s aggregate, TTFT p50 {}, {} errors{}",
+                figures.aggregate_tok_s,
+                ms(figures.ttft_ms[0]),
+                figures.errors,
+                if figures.busy { " (CPU busy)" } else { "" }
+            );
+            per_server.push(figures);
+        }
+        rows.push((scenario.clone(), per_server));
+    }
+
+    let report = Report {
+        machine: machine(),
+        commit: git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_default()
+            + if git(root, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            },
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+        invocation: if options.quick {
+            "cargo xtask bench-serve --quick".into()
+        } else if options.kiln_only {
+            "cargo xtask bench-serve --kiln-only".into()
+        } else {
+            "cargo xtask bench-serve".into()
+        },
+        commands: specs
+            .iter()
+            .map(|s| (s.name.to_owned(), s.command_line()))
+            .collect(),
+        cmake_flags,
+        names: specs.iter().map(|s| s.name).collect(),
+        rows,
+    };
+    let table = report.markdown();
+    println!("{table}");
+
+    let json_path = match &options.out {
+        Some(path) => path.clone(),
+        None if options.docs => root.join("docs/bench-serve.json"),
+        None => logs.join("bench-serve.json"),
+    };
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&report.to_json())? + "\n",
+    )
+    .with_context(|| format!("writing {}", json_path.display()))?;
+    eprintln!("bench-serve: JSON in {}", json_path.display());
+    if options.docs {
+        let perf = root.join("docs/perf.md");
+        let text = std::fs::read_to_string(&perf).unwrap_or_default();
+        std::fs::write(&perf, splice(&text, &table))?;
+        eprintln!("bench-serve: table written to {}", perf.display());
+    }
+    let errors: usize = report
+        .rows
+        .iter()
+        .flat_map(|(_, f)| f.iter())
+        .map(|f| f.errors)
+        .sum();
+    if errors > 0 {
+        let first = report
+            .rows
+            .iter()
+            .flat_map(|(_, f)| f.iter())
+            .find_map(|f| f.first_error.clone())
+            .unwrap_or_default();
+        bail!("{errors} requests failed or came back short; the first: {first}");
+    }
+    Ok(())
+}
+
+/// Starts the server, warms it up, runs the scenario, stops it; the CPU is checked before and
+/// accounted during the run.
+fn measure(spec: &ServerSpec, scenario: &Scenario, logs: &Path) -> anyhow::Result<Figures> {
+    wait_for_idle_cpu();
+    let port = free_port()?;
+    let log = logs.join(format!("{}-{port}.log", spec.name));
+    let server = spec.start(port, &log)?;
+    // One short request first, so lazy initialisation is not measured.
+    let warm = loadgen::Scenario {
+        requests: 1,
+        concurrency: 1,
+        max_tokens: 4,
+        prompt_tokens: 16,
+        shared_prefix: 0,
+        seed: scenario.seed ^ 0xFFFF,
+        ..scenario.clone()
+    };
+    let (warm_results, _) = loadgen::run(port, &warm)?;
+    if let Some(err) = warm_results.iter().find_map(|r| r.error.clone()) {
+        bail!(
+            "{}: the warm-up request failed: {err} (log {})",
+            spec.name,
+            log.display()
+        );
+    }
+    let before = CpuSample::take(server.pid());
+    let (results, wall) = loadgen::run(port, scenario)?;
+    let after = CpuSample::take(server.pid());
+    let mut figures =
+        Figures::from_results(&results, wall, scenario.max_tokens, scenario.prompt_tokens);
+    figures.peak_rss_mb = server.peak_rss().map(|b| b as f64 / (1 << 20) as f64);
+    if let (Some(a), Some(b)) = (before, after) {
+        figures.others_cores = b.others_since(&a);
+        figures.busy = figures.others_cores > BUSY_CORES;
+    }
+    let status = server.stop(Duration::from_secs(60))?;
+    if !status.success() {
+        eprintln!(
+            "  {} exited with {status} on SIGTERM (log {})",
+            spec.name,
+            log.display()
+        );
+    }
+    Ok(figures)
+}
+
+/// Waits (up to a minute) until the machine is idle before a run: a leftover build or a server
+/// still exiting would be measured with it.
+fn wait_for_idle_cpu() {
+    for attempt in 0..12 {
+        let Some(a) = CpuSample::take(std::process::id()) else {
+            return;
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(b) = CpuSample::take(std::process::id()) else {
+            return;
+        };
+        let busy = b.total_busy - a.total_busy;
+        if busy < BUSY_CORES * b.elapsed_since(&a) {
+            return;
+        }
+        if attempt == 0 {
+            eprintln!(
+                "  waiting for the CPU to be idle ({:.2} cores busy)",
+                busy / b.elapsed_since(&a)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    eprintln!("  the CPU stayed busy; the run will say so");
+}
+
+/// CPU time, in seconds: the whole machine's busy time, the server's and this process's.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    total_busy: f64,
+    server: f64,
+    own: f64,
+}
+
+impl CpuSample {
+    fn take(server_pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+        let busy: f64 = fields
+            .iter()
+            .take(8)
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, v)| v)
+            .sum();
+        Some(Self {
+            at: Instant::now(),
+            total_busy: busy / CLOCK_TICKS,
+            server: process_cpu(server_pid).unwrap_or(0.0),
+            own: process_cpu(std::process::id()).unwrap_or(0.0),
+        })
+    }
+
+    fn elapsed_since(&self, earlier: &Self) -> f64 {
+        self.at.duration_since(earlier.at).as_secs_f64().max(1e-9)
+    }
+
+    /// Cores' worth of CPU used by processes other than the server and the load generator.
+    fn others_since(&self, earlier: &Self) -> f64 {
+        let others = (self.total_busy - earlier.total_busy)
+            - (self.server - earlier.server)
+            - (self.own - earlier.own);
+        others.max(0.0) / self.elapsed_since(earlier)
+    }
+}
+
+/// `USER_HZ`: 100 on every Linux this runs on.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// A process's user + system CPU seconds (all its threads).
+fn process_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+struct Report {
+    machine: String,
+    commit: String,
+    date: String,
+    invocation: String,
+    commands: Vec<(String, String)>,
+    cmake_flags: Vec<String>,
+    names: Vec<&'static str>,
+    rows: Vec<(Scenario, Vec<Figures>)>,
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "## Serving: Kiln against llama.cpp's server\n");
+        let _ = writeln!(
+            out,
+            "Issue 6's benchmark: both servers on loopback, alternately (never both at once), the \
+             default model's GGUF, {THREADS} threads each; a Rust load generator drives OpenAI \
+             streaming `/v1/completions` with C closed-loop streams, token-id prompts from a \
+             fixed seed (distinct per request unless a shared prefix is named), {MAX_TOKENS} new \
+             tokens with EOS suppressed. A request counts only if its `usage` shows the exact \
+             prompt and {MAX_TOKENS} completion tokens. Ratios are Kiln / llama.cpp (for \
+             latencies, below 1 is better for Kiln; for rates, above 1).\n"
+        );
+        let _ = writeln!(out, "- Machine: {}", self.machine);
+        let _ = writeln!(out, "- Commit: {}; date: {}", self.commit, self.date);
+        let _ = writeln!(out, "- Command: `{}`", self.invocation);
+        for (name, line) in &self.commands {
+            let _ = writeln!(out, "- {name}: `{line}`");
+        }
+        if !self.cmake_flags.is_empty() {
+            let _ = writeln!(
+                out,
+                "- llama-server built from llama-cpp-python {} (vendored llama.cpp) with `{}`",
+                crate::llama_cpp::SDIST_VERSION,
+                self.cmake_flags.join(" ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n| Scenario | Server | TTFT p50 / p90 / p99 | ITL p50 / p99 | Stream tok/s | Aggregate tok/s | Req/s | Errors | Peak RSS |"
+        );
+        let _ = writeln!(
+            out,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for (scenario, figures) in &self.rows {
+            for (name, f) in self.names.iter().zip(figures) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {name}{} | {} / {} / {} | {} / {} | {} | {:.1} | {:.2} | {}/{} | {} |",
+                    scenario.name,
+                    if f.busy {
+                        " (CPU busy: not comparable)"
+                    } else {
+                        ""
+                    },
+                    ms(f.ttft_ms[0]),
+                    ms(f.ttft_ms[1]),
+                    ms(f.ttft_ms[2]),
+                    ms(f.itl_ms[0]),
+                    ms(f.itl_ms[1]),
+                    f.stream_tok_s.map_or("—".into(), |v| format!("{v:.1}")),
+                    f.aggregate_tok_s,
+                    f.requests_per_s,
+                    f.errors,
+                    f.requests,
+                    f.peak_rss_mb.map_or("—".into(), |v| format!("{v:.0} MiB")),
+                );
+            }
+            if let [kiln, peer] = figures.as_slice() {
+                let comparable = !kiln.busy && !peer.busy;
+                let ratio = |a: Option<f64>, b: Option<f64>| match (a, b, comparable) {
+                    (Some(a), Some(b), true) if b > 0.0 => format!("{:.2}x", a / b),
+                    _ => "—".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | **ratio** | {} / {} / {} | {} / {} | {} | {} | {} | | {} |",
+                    scenario.name,
+                    ratio(kiln.ttft_ms[0], peer.ttft_ms[0]),
+                    ratio(kiln.ttft_ms[1], peer.ttft_ms[1]),
+                    ratio(kiln.ttft_ms[2], peer.ttft_ms[2]),
+                    ratio(kiln.itl_ms[0], peer.itl_ms[0]),
+                    ratio(kiln.itl_ms[1], peer.itl_ms[1]),
+                    ratio(kiln.stream_tok_s, peer.stream_tok_s),
+                    ratio(Some(kiln.aggregate_tok_s), Some(peer.aggregate_tok_s)),
+                    ratio(Some(kiln.requests_per_s), Some(peer.requests_per_s)),
+                    ratio(kiln.peak_rss_mb, peer.peak_rss_mb),
+                );
+            }
+        }
+        out
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "machine": self.machine,
+            "commit": self.commit,
+            "date": self.date,
+            "command": self.invocation,
+            "servers": self.commands.iter().map(|(n, c)| json!({ "name": n, "command": c })).collect::<Vec<_>>(),
+            "llama_cpp_cmake_flags": self.cmake_flags,
+            "scenarios": self.rows.iter().map(|(s, figures)| json!({
+                "name": s.name,
+                "prompt_tokens": s.prompt_tokens,
+                "shared_prefix_tokens": s.shared_prefix,
+                "concurrency": s.concurrency,
+                "requests": s.requests,
+                "max_tokens": s.max_tokens,
+                "time_limit_s": s.time_limit.as_secs(),
+                "results": self.names.iter().zip(figures)
+                    .map(|(n, f)| (n.to_string(), f.to_json()))
+                    .collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.0} ms"))
+}
+
+/// Replaces the bench-serve section of perf.md (between its markers), or appends one.
+fn splice(perf: &str, table: &str) -> String {
+    let section = format!("{PERF_BEGIN}\n{table}{PERF_END}\n");
+    match (perf.find(PERF_BEGIN), perf.find(PERF_END)) {
+        (Some(begin), Some(end)) if end > begin => {
+            let after = &perf[end + PERF_END.len()..];
+            format!(
+                "{}{section}{}",
+                &perf[..begin],
+                after.strip_prefix('\n').unwrap_or(after)
+            )
+        }
+        _ => format!(
+            "{}\n{section}",
+            perf.trim_end_matches('\n').to_owned() + "\n"
+        ),
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1 << 20) as f64);
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_replaces_its_own_section_only() {
+        let doc = "# Perf\n\nbefore\n";
+        let once = splice(doc, "T1\n");
+        assert!(once.starts_with("# Perf\n\nbefore\n\n<!-- bench-serve:begin -->\nT1\n"));
+        let twice = splice(&(once.clone() + "\nafter\n"), "T2\n");
+        assert!(twice.contains("T2\n<!-- bench-serve:end -->"));
+        assert!(!twice.contains("T1"));
+        assert!(twice.starts_with("# Perf\n\nbefore\n"));
+        assert!(twice.ends_with("after\n"));
+    }
+
+    #[test]
+    fn short_or_failed_requests_are_errors_not_figures() {
+        let now = Instant::now();
+        let ok = RequestResult {
+            start: Some(now),
+            token_times: (1..=4)
+                .map(|i| now + Duration::from_millis(100 * i))
+                .collect(),
+            end: Some(now + Duration::from_millis(450)),
+            prompt_tokens: Some(16),
+            completion_tokens: Some(4),
+            error: None,
+        };
+        let short = RequestResult {
+            completion_tokens: Some(3),
+            ..ok.clone()
+        };
+        let failed = RequestResult {
+            error: Some("HTTP 500".into()),
+            ..ok.clone()
+        };
+        let f = Figures::from_results(&[ok, short, failed], Duration::from_secs(1), 4, 16);
+        assert_eq!((f.requests, f.errors), (3, 2));
+        assert_eq!(f.ttft_ms[0].map(f64::round), Some(100.0));
+        assert_eq!(f.itl_ms[0].map(f64::round), Some(100.0));
+        assert_eq!(f.stream_tok_s.map(f64::round), Some(10.0));
+        assert!((f.aggregate_tok_s - 4.0).abs() < 1e-9);
+        assert!(f.first_error.is_some_and(|e| e.contains("completion")));
+    }
+}
