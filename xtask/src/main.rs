@@ -23,7 +23,7 @@ commands:
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
                 test --workspace (end-to-end tests included), the tiny-model golden test
                 again on wgpu, a bounded schemathesis run and bench-serve --quick
-  schemathesis [--max-examples N] [--seed S]
+  schemathesis [--max-examples N] [--seed S] [--max-time SECONDS]
                 property-based tests of the real `kiln serve` against its /openapi.json
                 (schemathesis in a venv under the kiln cache): no 5xx, no schema violation
   bench-serve [--quick] [--kiln-only] [--out FILE.json] [--no-docs]
@@ -171,12 +171,13 @@ fn ci() -> anyhow::Result<()> {
     let totals = totals.plus(&wgpu);
 
     // The HTTP API against its own OpenAPI document, bounded so CI stays short.
-    header("schemathesis --max-examples 5");
+    header("schemathesis --max-examples 5 --max-time 240");
     schemathesis::run(
         &root,
         &schemathesis::Options {
             max_examples: 5,
             seed: 1,
+            max_time: Some(240),
         },
     )
     .context("ci step `schemathesis` failed")?;

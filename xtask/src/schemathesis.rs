@@ -20,6 +20,9 @@ const API_KEY: &str = "kiln-schemathesis-key";
 pub(crate) struct Options {
     pub(crate) max_examples: u32,
     pub(crate) seed: u64,
+    /// A time budget for the whole run, in seconds (schemathesis stops generating when it is
+    /// spent); CI sets one so its length does not depend on what was drawn.
+    pub(crate) max_time: Option<u32>,
 }
 
 impl Options {
@@ -27,6 +30,7 @@ impl Options {
         let mut options = Self {
             max_examples: 30,
             seed: 1,
+            max_time: None,
         };
         let mut args = args.iter();
         while let Some(&arg) = args.next() {
@@ -40,6 +44,7 @@ impl Options {
                     options.max_examples = value(arg)?.parse().context("--max-examples")?;
                 }
                 "--seed" => options.seed = value(arg)?.parse().context("--seed")?,
+                "--max-time" => options.max_time = Some(value(arg)?.parse().context("--max-time")?),
                 other => bail!("schemathesis: unknown argument {other:?}"),
             }
         }
@@ -63,7 +68,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         "kiln",
         Command::new(&kiln)
             .args(["serve", "--port", &port.to_string(), "--api-key", API_KEY])
-            .args(["--max-model-len", "160", "--max-n", "2"])
+            .args(["--max-model-len", "64", "--max-n", "2"])
             .args(["--request-timeout", "120"])
             .arg("--model")
             .arg(&model)
@@ -79,8 +84,12 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         options.max_examples,
         options.seed
     );
-    let status = Command::new(&schemathesis)
-        .arg("run")
+    let mut command = Command::new(&schemathesis);
+    command.arg("run");
+    if let Some(seconds) = options.max_time {
+        command.args(["--max-time", &seconds.to_string()]);
+    }
+    let status = command
         .arg(format!("{}/openapi.json", server.base_url()))
         .args(["--header", &format!("Authorization: Bearer {API_KEY}")])
         // The document cannot say that a prompt must fit the context or that ids must be in the

@@ -86,10 +86,7 @@ pub fn openapi_for(limits: &Limits) -> Value {
                     "Creates a chat completion",
                     &chat_request,
                     &refs.chat,
-                    &format!(
-                        "Server-sent events, one `data:` line per `ChatCompletionChunk` ({}), ended by `data: [DONE]`.",
-                        refs.chunk["$ref"].as_str().unwrap_or_default()
-                    ),
+                    &sse_event("ChatCompletionChunk", &refs.chunk, &refs.error),
                     deployment,
                 )
             }),
@@ -102,7 +99,7 @@ pub fn openapi_for(limits: &Limits) -> Value {
                     "Creates a completion (legacy API)",
                     &completion_request,
                     &refs.completion,
-                    "Server-sent events, one `data:` line per `Completion` chunk, ended by `data: [DONE]`.",
+                    &sse_event("Completion", &refs.completion, &refs.error),
                     deployment,
                 )
             }),
@@ -296,12 +293,37 @@ fn error_responses(generates: bool) -> Map<String, Value> {
 }
 
 /// A POST that generates text: JSON in, JSON out, or server-sent events when `stream` is true.
+/// One server-sent event of a stream (OpenAPI 3.1 reads an event-stream `schema` as describing
+/// each event): `data` is a `chunk` as JSON, an error envelope if generation fails mid-stream, or
+/// `[DONE]` last.
+fn sse_event(chunk_name: &str, chunk: &Value, error: &Value) -> Value {
+    json!({
+        "type": "object",
+        "description": format!(
+            "One server-sent event: `data` is a `{chunk_name}` as JSON (an error envelope if generation fails mid-stream); the last event's `data` is `[DONE]`."
+        ),
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "anyOf": [
+                    { "const": "[DONE]" },
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": { "anyOf": [chunk, error] }
+                    }
+                ]
+            }
+        }
+    })
+}
+
 fn generate_operation(
     id: &str,
     summary: &str,
     request: &Value,
     response: &Value,
-    stream_description: &str,
+    stream_event: &Value,
     deployment: bool,
 ) -> Value {
     let mut responses = Map::new();
@@ -311,9 +333,7 @@ fn generate_operation(
             "description": "The completion, as one JSON object, or as a stream of events when `stream` is true.",
             "content": {
                 "application/json": { "schema": response },
-                "text/event-stream": {
-                    "schema": { "type": "string", "description": stream_description }
-                }
+                "text/event-stream": { "schema": stream_event }
             }
         }),
     );

@@ -112,7 +112,22 @@ fn streaming_endpoints_offer_event_streams() {
             content["application/json"]["schema"]["$ref"].is_string(),
             "{path}"
         );
-        assert!(content["text/event-stream"].is_object(), "{path}");
+        // OpenAPI 3.1: an event stream's schema describes each event; `data` carries the chunk
+        // as JSON (checked by schemathesis through contentSchema), or `[DONE]`.
+        let event = &content["text/event-stream"]["schema"];
+        assert_eq!(event["required"], serde_json::json!(["data"]), "{path}");
+        let data = &event["properties"]["data"]["anyOf"];
+        assert_eq!(data[0]["const"], "[DONE]", "{path}");
+        assert_eq!(data[1]["contentMediaType"], "application/json", "{path}");
+        let chunk = if path.ends_with("chat/completions") {
+            "#/components/schemas/ChatCompletionChunk"
+        } else {
+            "#/components/schemas/Completion"
+        };
+        assert_eq!(
+            data[1]["contentSchema"]["anyOf"][0]["$ref"], chunk,
+            "{path}"
+        );
     }
     let health = &doc["paths"]["/health"]["get"]["responses"];
     for status in ["200", "503"] {
