@@ -85,7 +85,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         options.seed
     );
     let mut command = Command::new(&schemathesis);
-    command.arg("run");
+    // Its cache directory lands in the working directory: keep it out of the checkout.
+    command.current_dir(&logs).arg("run");
     if let Some(seconds) = options.max_time {
         command.args(["--max-time", &seconds.to_string()]);
     }
