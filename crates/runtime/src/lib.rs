@@ -7,6 +7,8 @@
 
 mod config;
 mod error;
+mod kernels;
+mod linear;
 mod llama;
 mod nn;
 pub mod quant;
@@ -202,6 +204,7 @@ impl Model {
             &weights,
             &device,
             options.dtype,
+            options.device == DeviceKind::Cpu && options.dtype == DType::F32,
             num_blocks,
             options.block_size,
             progress,

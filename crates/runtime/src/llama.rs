@@ -1,25 +1,29 @@
 //! The Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2) on burn: weights on the device, a paged
 //! KV cache, and one forward over a ragged batch of sequences.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType as BurnDType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
+use crate::kernels::PackedMatrix;
+use crate::linear::{Embedding, Linear};
 use crate::nn::{apply_rope, attention, rms_norm, rope_tables, swiglu};
-use crate::weights::{HostTensor, Weights};
+use crate::weights::{HostTensor, RawTensor, Weights};
 use crate::{DType, LoadError, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits};
 
-/// One decoder layer's weights, projections stored `[in, out]` so a step is `x.matmul(w)`.
+/// One decoder layer's weights.
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor<1>,
-    /// q, k and v fused: `[hidden, (heads + 2 * kv_heads) * head_dim]`.
-    qkv: Tensor<2>,
+    /// q, k and v fused: `(heads + 2 * kv_heads) * head_dim` outputs.
+    qkv: Linear,
     qkv_bias: Option<Tensor<1>>,
-    out: Tensor<2>,
+    out: Linear,
     ffn_norm: Tensor<1>,
-    /// gate and up fused: `[hidden, 2 * intermediate]`.
-    gate_up: Tensor<2>,
-    down: Tensor<2>,
+    /// gate and up fused: `2 * intermediate` outputs.
+    gate_up: Linear,
+    down: Linear,
 }
 
 /// K and V for every layer, in fixed-size blocks: slot `block * block_size + offset` of a
@@ -36,21 +40,26 @@ struct KvCache {
 pub(crate) struct Llama {
     config: ModelConfig,
     device: Device,
-    embed: Tensor<2>,
+    dtype: BurnDType,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor<1>,
-    /// `[hidden, vocab]`.
-    lm_head: Tensor<2>,
+    lm_head: Linear,
     inv_freq: Vec<f32>,
     cache: KvCache,
 }
 
 impl Llama {
+    /// With `cpu_kernels` (the CPU in f32), projections stay `[out, in]` for Kiln's kernels and
+    /// Q8_0/Q4_0/Q4_1 GGUF weights stay in their blocks; otherwise everything is dequantized
+    /// to the compute dtype and stored for burn's matmul.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn load(
         config: ModelConfig,
         weights: &Weights,
         device: &Device,
         dtype: DType,
+        cpu_kernels: bool,
         num_blocks: usize,
         block_size: usize,
         progress: &mut dyn FnMut(LoadProgress),
@@ -84,16 +93,59 @@ impl Llama {
             )
         };
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, c);
+        let raw = |name: &str, shape: &[usize]| weights.get_raw(name, shape, c, cpu_kernels);
+        // Row-stacked projections (q/k/v, gate/up) as one linear layer: packed when every part
+        // is packed in the same format, f32 otherwise.
+        let linear = |parts: Vec<RawTensor>| -> Linear {
+            let packed_type = |p: &RawTensor| match p {
+                RawTensor::Packed(m) => Some(m.ggml_type()),
+                RawTensor::F32(_) => None,
+            };
+            let first = parts.first().and_then(packed_type);
+            if first.is_some() && parts.iter().all(|p| packed_type(p) == first) {
+                let matrices: Vec<PackedMatrix> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        RawTensor::Packed(m) => Some(m.clone()),
+                        RawTensor::F32(_) => None,
+                    })
+                    .collect();
+                if let Some(m) = PackedMatrix::concat_rows(matrices) {
+                    return Linear::CpuPacked(Arc::new(m));
+                }
+            }
+            let host = concat_rows(parts.into_iter().map(into_host).collect());
+            if cpu_kernels {
+                Linear::CpuF32(upload(host))
+            } else {
+                Linear::Device(contiguous(upload(host).transpose()))
+            }
+        };
 
-        let embed = upload(get("model.embed_tokens.weight", &[c.vocab_size, hidden])?);
+        let (embed, tied_head) = match raw("model.embed_tokens.weight", &[c.vocab_size, hidden])? {
+            RawTensor::Packed(m) => {
+                let m = Arc::new(m);
+                (Embedding::CpuPacked(m.clone()), Linear::CpuPacked(m))
+            }
+            RawTensor::F32(t) => {
+                let table = upload(t);
+                let head = if cpu_kernels {
+                    Linear::CpuF32(table.clone())
+                } else {
+                    Linear::Device(contiguous(table.clone().transpose()))
+                };
+                (Embedding::Device(table), head)
+            }
+        };
         step(progress);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let q = get(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, hidden])?;
-            let k = get(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, hidden])?;
-            let v = get(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, hidden])?;
-            let qkv = upload(concat_rows(vec![q, k, v])).transpose();
+            let qkv = linear(vec![
+                raw(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, hidden])?,
+                raw(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, hidden])?,
+                raw(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, hidden])?,
+            ]);
             let qkv_bias = if c.attention_bias {
                 let q = get(&format!("{p}.self_attn.q_proj.bias"), &[q_dim])?;
                 let k = get(&format!("{p}.self_attn.k_proj.bias"), &[kv_dim])?;
@@ -102,28 +154,26 @@ impl Llama {
             } else {
                 None
             };
-            let gate = get(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?;
-            let up = get(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?;
             layers.push(Layer {
                 attn_norm: upload1(get(&format!("{p}.input_layernorm.weight"), &[hidden])?),
-                qkv: contiguous(qkv),
+                qkv,
                 qkv_bias,
-                out: contiguous(
-                    upload(get(
-                        &format!("{p}.self_attn.o_proj.weight"),
-                        &[hidden, q_dim],
-                    )?)
-                    .transpose(),
-                ),
+                out: linear(vec![raw(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    &[hidden, q_dim],
+                )?]),
                 ffn_norm: upload1(get(
                     &format!("{p}.post_attention_layernorm.weight"),
                     &[hidden],
                 )?),
-                gate_up: contiguous(upload(concat_rows(vec![gate, up])).transpose()),
-                down: contiguous(
-                    upload(get(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter])?)
-                        .transpose(),
-                ),
+                gate_up: linear(vec![
+                    raw(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?,
+                    raw(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?,
+                ]),
+                down: linear(vec![raw(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    &[hidden, inter],
+                )?]),
             });
             step(progress);
         }
@@ -131,11 +181,11 @@ impl Llama {
         step(progress);
         // A tied output layer reuses the embedding; GGUF marks it by omitting `output.weight`.
         let lm_head = if weights.contains("lm_head.weight") && !c.tie_word_embeddings {
-            let head = upload(get("lm_head.weight", &[c.vocab_size, hidden])?);
+            let head = linear(vec![raw("lm_head.weight", &[c.vocab_size, hidden])?]);
             step(progress);
-            contiguous(head.transpose())
+            head
         } else {
-            contiguous(embed.clone().transpose())
+            tied_head
         };
         let slots = num_blocks * block_size;
         let cache = KvCache {
@@ -152,6 +202,7 @@ impl Llama {
             inv_freq: config.inv_freq(),
             config,
             device: device.clone(),
+            dtype: burn_dtype,
             embed,
             layers,
             norm,
@@ -250,7 +301,7 @@ impl Llama {
         let n_rows = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n_rows]), device);
         let h = rms_norm(x.select(0, rows), &self.norm, c.rms_norm_eps);
-        let data = read_f32(h.matmul(self.lm_head.clone()), "logits")?;
+        let data = read_f32(self.lm_head.forward(h)?, "logits")?;
         let vocab = c.vocab_size;
         let mut out = Vec::with_capacity(batch.len());
         let mut at = 0;
@@ -319,7 +370,7 @@ impl Llama {
         let mut positions = Vec::new();
         let mut slots = Vec::new();
         for seq in batch {
-            ids.extend(seq.tokens.iter().map(|&t| i64::from(t)));
+            ids.extend_from_slice(seq.tokens);
             for (i, _) in seq.tokens.iter().enumerate() {
                 let pos = seq.start + i;
                 positions.push(pos);
@@ -328,7 +379,6 @@ impl Llama {
         }
         let total = ids.len();
         let device = &self.device;
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [total]), device);
         let slots = Tensor::<1, Int>::from_data(TensorData::new(slots, [total]), device);
         // Each sequence reads its whole context back from the cache, new tokens included.
         let contexts: Vec<Tensor<1, Int>> = batch
@@ -339,11 +389,11 @@ impl Llama {
                 Tensor::from_data(TensorData::new(s, [end]), device)
             })
             .collect();
-        let (cos, sin) = rope_tables(&positions, &self.inv_freq, device, self.embed.dtype());
+        let (cos, sin) = rope_tables(&positions, &self.inv_freq, device, self.dtype);
         let (heads, kv_heads, head_dim) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
 
-        let mut x = self.embed.clone().select(0, ids);
+        let mut x = to_dtype(self.embed.forward(&ids, device), self.dtype);
         for (layer, (k_cache, v_cache)) in self
             .layers
             .iter()
@@ -354,7 +404,7 @@ impl Llama {
                 states.push(x.clone());
             }
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
-            let mut qkv = h.matmul(layer.qkv.clone());
+            let mut qkv = layer.qkv.forward(h)?;
             if let Some(bias) = &layer.qkv_bias {
                 qkv = qkv.add(bias.clone().unsqueeze_dim::<2>(0));
             }
@@ -400,9 +450,9 @@ impl Llama {
             } else {
                 Tensor::cat(outputs, 0)
             };
-            x = x.add(attn.matmul(layer.out.clone()));
+            x = x.add(layer.out.forward(attn)?);
             let h = rms_norm(x.clone(), &layer.ffn_norm, c.rms_norm_eps);
-            x = x.add(swiglu(h, &layer.gate_up, &layer.down));
+            x = x.add(swiglu(h, &layer.gate_up, &layer.down)?);
         }
 
         Ok(x)
@@ -438,6 +488,17 @@ fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
 
 fn to_dtype<const D: usize>(t: Tensor<D>, dtype: BurnDType) -> Tensor<D> {
     if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
+/// A loaded weight as f32 values.
+fn into_host(raw: RawTensor) -> HostTensor {
+    match raw {
+        RawTensor::F32(t) => t,
+        RawTensor::Packed(p) => HostTensor {
+            shape: vec![p.rows, p.cols],
+            data: p.dequantize(),
+        },
+    }
 }
 
 /// Materializes a transposed weight once at load, so each step's matmul reads it contiguously.

@@ -5,6 +5,9 @@
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::RuntimeError;
+use crate::linear::Linear;
+
 /// `x * rsqrt(mean(x²) + eps) * weight` over the last dimension, computed in f32 whatever the
 /// compute dtype (as transformers does), then scaled in the compute dtype.
 pub(crate) fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
@@ -116,13 +119,18 @@ pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, start: usize) 
         .reshape([new, heads * head_dim])
 }
 
-/// SwiGLU: `down(silu(gate(x)) * up(x))`, with gate and up fused into one `[hidden, 2 * inter]`.
-pub(crate) fn swiglu(x: Tensor<2>, gate_up: &Tensor<2>, down: &Tensor<2>) -> Tensor<2> {
+/// SwiGLU: `down(silu(gate(x)) * up(x))`, with gate and up fused into one projection of
+/// `2 * intermediate` outputs.
+pub(crate) fn swiglu(
+    x: Tensor<2>,
+    gate_up: &Linear,
+    down: &Linear,
+) -> Result<Tensor<2>, RuntimeError> {
     let [tokens, _] = x.dims();
-    let both = x.matmul(gate_up.clone());
+    let both = gate_up.forward(x)?;
     let [_, width] = both.dims();
     let inter = width / 2;
     let gate = both.clone().slice([0..tokens, 0..inter]);
     let up = both.slice([0..tokens, inter..width]);
-    silu(gate).mul(up).matmul(down.clone())
+    down.forward(silu(gate).mul(up))
 }

@@ -1,5 +1,6 @@
-//! Host-side weights: named f32 tensors in Hugging Face naming and layout, read from a GGUF file
-//! (dequantized, llama.cpp's q/k row permutation undone) or from safetensors (single or sharded;
+//! Host-side weights: named tensors in Hugging Face naming and layout, read from a GGUF file
+//! (dequantized, or kept in the block formats the CPU kernels read; llama.cpp's q/k row
+//! permutation undone) or from safetensors (single or sharded;
 //! F32, F16, BF16). Every tensor is checked against the shape the config implies before use.
 
 use std::collections::HashMap;
@@ -10,12 +11,21 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::LoadError;
 use crate::config::{Architecture, ModelConfig};
+use crate::kernels::PackedMatrix;
 
 /// A weight on the host, row-major, in Hugging Face layout (`[out, in]` for projections).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HostTensor {
     pub(crate) shape: Vec<usize>,
     pub(crate) data: Vec<f32>,
+}
+
+/// A weight as the loader hands it over: f32 values, or GGUF blocks the CPU kernels read as they
+/// are.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RawTensor {
+    F32(HostTensor),
+    Packed(PackedMatrix),
 }
 
 /// Where the weights come from.
@@ -112,13 +122,31 @@ impl Weights {
         }
     }
 
-    /// The tensor `name` (Hugging Face naming), checked to have `shape`.
+    /// The tensor `name` (Hugging Face naming) as f32, checked to have `shape`.
     pub(crate) fn get(
         &self,
         name: &str,
         shape: &[usize],
         config: &ModelConfig,
     ) -> Result<HostTensor, LoadError> {
+        match self.get_raw(name, shape, config, false)? {
+            RawTensor::F32(t) => Ok(t),
+            RawTensor::Packed(p) => Ok(HostTensor {
+                shape: vec![p.rows, p.cols],
+                data: p.dequantize(),
+            }),
+        }
+    }
+
+    /// Like [`get`](Self::get), but with `keep_packed` a GGUF matrix in a format the CPU kernels
+    /// read (Q8_0, Q4_0, Q4_1) stays in its blocks.
+    pub(crate) fn get_raw(
+        &self,
+        name: &str,
+        shape: &[usize],
+        config: &ModelConfig,
+        keep_packed: bool,
+    ) -> Result<RawTensor, LoadError> {
         let tensor = match self {
             Self::Gguf {
                 file,
@@ -136,30 +164,41 @@ impl Weights {
                 let found: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
                 check_shape(&gname, path, &found, shape)?;
                 let data = file.tensor_data(info)?;
+                let tensor_error = |source: crate::quant::QuantError| LoadError::Tensor {
+                    name: gname.clone(),
+                    path: path.clone(),
+                    message: source.to_string(),
+                };
+                let rows = found.first().copied().unwrap_or(0);
+                let heads = if !*unpermute {
+                    None
+                } else if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+                    Some(config.num_heads)
+                } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+                    Some(config.num_kv_heads)
+                } else {
+                    None
+                };
+                if keep_packed
+                    && let [rows, cols] = found[..]
+                    && PackedMatrix::supports(info.ggml_type)
+                    && cols.is_multiple_of(32)
+                {
+                    let mut packed = PackedMatrix::from_gguf(info.ggml_type, data, rows, cols)
+                        .map_err(tensor_error)?;
+                    if let Some(order) = heads.and_then(|h| unpermute_order(rows, h)) {
+                        packed = packed.permute_rows(&order);
+                    }
+                    return Ok(RawTensor::Packed(packed));
+                }
                 let mut values = crate::quant::dequantize_to_vec(
                     info.ggml_type,
                     data,
                     info.n_elements() as usize,
                 )
-                .map_err(|source| LoadError::Tensor {
-                    name: gname.clone(),
-                    path: path.clone(),
-                    message: source.to_string(),
-                })?;
-                if *unpermute {
-                    if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
-                        values = unpermute_rows(
-                            &values,
-                            found.first().copied().unwrap_or(0),
-                            config.num_heads,
-                        );
-                    } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
-                        values = unpermute_rows(
-                            &values,
-                            found.first().copied().unwrap_or(0),
-                            config.num_kv_heads,
-                        );
-                    }
+                .map_err(tensor_error)?;
+                if let Some(h) = heads {
+                    values = unpermute_rows(&values, rows, h);
                 }
                 HostTensor {
                     shape: found,
@@ -199,7 +238,7 @@ impl Weights {
                 }
             }
         };
-        Ok(tensor)
+        Ok(RawTensor::F32(tensor))
     }
 }
 
@@ -290,32 +329,37 @@ fn gguf_name(hf: &str) -> String {
 /// row `s * head_dim / 2 + j` (the halves `rotate_half` expects). Works for weights (rows of
 /// `len / rows` values) and biases (rows of one value).
 fn unpermute_rows(values: &[f32], rows: usize, n_heads: usize) -> Vec<f32> {
-    if rows == 0
-        || n_heads == 0
-        || !rows.is_multiple_of(2 * n_heads)
-        || !values.len().is_multiple_of(rows)
-    {
+    let Some(order) = unpermute_order(rows, n_heads) else {
+        return values.to_vec();
+    };
+    if !values.len().is_multiple_of(rows) {
         return values.to_vec();
     }
     let width = values.len() / rows;
+    order
+        .iter()
+        .flat_map(|&r| values.get(r * width..(r + 1) * width).unwrap_or_default())
+        .copied()
+        .collect()
+}
+
+/// For [`unpermute_rows`]: Hugging Face row `i` is GGUF row `order[i]`; `None` when `rows` is not
+/// whole heads of even size (the tensor is then left as it is).
+fn unpermute_order(rows: usize, n_heads: usize) -> Option<Vec<usize>> {
+    if rows == 0 || n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
+        return None;
+    }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut order = vec![0; rows];
     for h in 0..n_heads {
         for s in 0..2 {
             for j in 0..half {
-                let hf_row = h * head_dim + s * half + j;
-                let gguf_row = h * head_dim + 2 * j + s;
-                let (src, dst) = (gguf_row * width, hf_row * width);
-                if let (Some(from), Some(to)) =
-                    (values.get(src..src + width), out.get_mut(dst..dst + width))
-                {
-                    to.copy_from_slice(from);
-                }
+                order[h * head_dim + s * half + j] = h * head_dim + 2 * j + s;
             }
         }
     }
-    out
+    Some(order)
 }
 
 #[cfg(test)]

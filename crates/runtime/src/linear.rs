@@ -1,0 +1,115 @@
+//! Projections and the embedding table in whichever form suits the device: on a GPU, burn
+//! tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) for the
+//! few-token steps of decode — over f32 rows or GGUF blocks kept packed — and burn's matmul for
+//! larger batches.
+
+use std::sync::Arc;
+
+use burn::backend::Flex;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::RuntimeError;
+use crate::kernels::{GEMV_MAX_ROWS, PackedMatrix, Weight, matmul_t};
+
+/// `y = x Wᵀ` for a weight `W` of `[out, in]` (transformers' layout).
+#[derive(Debug, Clone)]
+pub(crate) enum Linear {
+    /// `Wᵀ` (`[in, out]`, contiguous) on the device: one burn matmul.
+    Device(Tensor<2>),
+    /// `W` in f32 on the CPU (burn's flex backend): Kiln's kernel reads its rows in place for a
+    /// few rows of `x`; burn's matmul takes the transposed view for more.
+    CpuF32(Tensor<2>),
+    /// `W` in GGUF blocks on the host: Kiln's kernel for a few rows of `x`; for more, this one
+    /// matrix is dequantized for the call (exactly, into a temporary) and goes to burn's matmul,
+    /// which is then compute-bound anyway.
+    CpuPacked(Arc<PackedMatrix>),
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {
+        let [m, k] = x.dims();
+        match self {
+            Self::Device(w) => Ok(x.matmul(w.clone())),
+            Self::CpuF32(w) if m > GEMV_MAX_ROWS => Ok(x.matmul(w.clone().transpose())),
+            Self::CpuF32(w) => {
+                let [n, cols] = w.dims();
+                check_width(k, cols)?;
+                let device = x.device();
+                let xs = host_f32(x)?;
+                let w = w
+                    .clone()
+                    .try_into_primitive::<Flex>()
+                    .map_err(|e| RuntimeError::Backend(format!("CPU weight: {e:?}")))?;
+                let data = w.as_slice::<f32>().ok_or_else(|| {
+                    RuntimeError::Backend("CPU weight is not contiguous f32".into())
+                })?;
+                let y = matmul_t(
+                    Weight::F32 {
+                        data,
+                        rows: n,
+                        cols,
+                    },
+                    &xs,
+                    m,
+                );
+                Ok(Tensor::from_data(TensorData::new(y, [m, n]), &device))
+            }
+            Self::CpuPacked(p) => {
+                check_width(k, p.cols)?;
+                let device = x.device();
+                if m > GEMV_MAX_ROWS {
+                    let w = TensorData::new(p.dequantize(), [p.rows, p.cols]);
+                    return Ok(x.matmul(Tensor::<2>::from_data(w, &device).transpose()));
+                }
+                let xs = host_f32(x)?;
+                let y = matmul_t(Weight::Packed(p), &xs, m);
+                Ok(Tensor::from_data(TensorData::new(y, [m, p.rows]), &device))
+            }
+        }
+    }
+}
+
+/// The token embedding table `[vocab, hidden]`.
+#[derive(Debug, Clone)]
+pub(crate) enum Embedding {
+    Device(Tensor<2>),
+    /// GGUF blocks on the host; looked-up rows are dequantized exactly.
+    CpuPacked(Arc<PackedMatrix>),
+}
+
+impl Embedding {
+    /// Rows `ids` (already checked against the vocabulary) as `[ids.len(), hidden]`.
+    pub(crate) fn forward(&self, ids: &[u32], device: &Device) -> Tensor<2> {
+        match self {
+            Self::Device(table) => {
+                let ids: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+                let n = ids.len();
+                table.clone().select(
+                    0,
+                    Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), device),
+                )
+            }
+            Self::CpuPacked(p) => {
+                let ids: Vec<usize> = ids.iter().map(|&t| t as usize).collect();
+                let rows = p.gather_rows(&ids);
+                Tensor::from_data(TensorData::new(rows, [ids.len(), p.cols]), device)
+            }
+        }
+    }
+}
+
+fn check_width(x: usize, w: usize) -> Result<(), RuntimeError> {
+    if x == w {
+        Ok(())
+    } else {
+        Err(RuntimeError::Backend(format!(
+            "a projection of width {w} got rows of width {x}"
+        )))
+    }
+}
+
+/// A few rows of activations, read back to the host as f32.
+fn host_f32(x: Tensor<2>) -> Result<Vec<f32>, RuntimeError> {
+    x.try_into_vec_as::<f32>()
+        .map_err(|e| RuntimeError::Backend(format!("reading activations: {e:?}")))
+}
