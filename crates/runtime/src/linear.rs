@@ -71,6 +71,8 @@ impl Linear {
 
 /// The token embedding table `[vocab, hidden]`.
 #[derive(Debug, Clone)]
+// One per model: boxing the tensor would only add an indirection to every lookup.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Embedding {
     Device(Tensor<2>),
     /// GGUF blocks on the host; looked-up rows are dequantized exactly.
