@@ -6,10 +6,10 @@
 //! position and its KV block table — returning logits per sequence.
 
 mod config;
+mod device;
 mod error;
 mod kernels;
-mod linear;
-mod llama;
+mod models;
 mod nn;
 pub mod quant;
 mod weights;
@@ -17,64 +17,15 @@ mod weights;
 use std::path::Path;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use device::{DType, DeviceKind};
 pub use error::{LoadError, RuntimeError};
 pub use quant::{QuantError, dequantize, dequantize_to_vec};
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceKind {
-    /// burn's `flex` CPU backend (SIMD, rayon).
-    #[default]
-    Cpu,
-    /// A GPU (or a software Vulkan driver) through wgpu; needs the `wgpu` cargo feature.
-    Wgpu,
-}
+/// Positions per KV block unless told otherwise.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-impl std::str::FromStr for DeviceKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "wgpu" | "gpu" => Ok(Self::Wgpu),
-            other => Err(format!("unknown device {other:?} (cpu or wgpu)")),
-        }
-    }
-}
-
-/// The compute dtype: weights are cast to it once at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DType {
-    #[default]
-    F32,
-    F16,
-}
-
-impl std::str::FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            other => Err(format!("unknown dtype {other:?} (f32 or f16)")),
-        }
-    }
-}
-
-impl DType {
-    fn burn(self) -> burn::tensor::DType {
-        match self {
-            Self::F32 => burn::tensor::DType::F32,
-            Self::F16 => burn::tensor::DType::F16,
-        }
-    }
-
-    fn size(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 => 2,
-        }
-    }
-}
+/// KV cache memory unless told otherwise: 1 GiB.
+pub const DEFAULT_KV_CACHE_BYTES: usize = 1 << 30;
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -92,8 +43,8 @@ impl Default for LoadOptions {
         Self {
             device: DeviceKind::Cpu,
             dtype: DType::F32,
-            block_size: 16,
-            kv_cache_bytes: 256 << 20,
+            block_size: DEFAULT_BLOCK_SIZE,
+            kv_cache_bytes: DEFAULT_KV_CACHE_BYTES,
         }
     }
 }
@@ -151,7 +102,7 @@ pub struct SeqHiddenStates {
 /// A loaded model with its KV cache.
 #[derive(Debug)]
 pub struct Model {
-    inner: llama::Llama,
+    inner: models::Family,
 }
 
 impl Model {
@@ -166,50 +117,9 @@ impl Model {
         options: &LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, LoadError> {
-        if options.block_size == 0 {
-            return Err(LoadError::Unsupported("block_size must be positive".into()));
-        }
-        let (config, weights) = if path.is_dir() {
-            let config_path = path.join("config.json");
-            let bytes = std::fs::read(&config_path).map_err(LoadError::io(&config_path))?;
-            let json: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| LoadError::Format {
-                    path: config_path.clone(),
-                    message: e.to_string(),
-                })?;
-            let config = ModelConfig::from_hf_json(&json, &config_path.display().to_string())?;
-            (config, weights::Weights::safetensors(path)?)
-        } else {
-            let file = kiln_gguf::GgufFile::open(path)?;
-            let config = ModelConfig::from_gguf(file.metadata())?;
-            let weights = weights::Weights::gguf(file, path.to_path_buf(), &config);
-            (config, weights)
-        };
-        let device = device(options.device)?;
-        let per_block = 2
-            * config.num_layers
-            * config.num_kv_heads
-            * config.head_dim
-            * options.block_size
-            * options.dtype.size();
-        let num_blocks = options.kv_cache_bytes / per_block.max(1);
-        if num_blocks == 0 {
-            return Err(LoadError::Unsupported(format!(
-                "a KV cache of {} bytes holds no block of {} positions ({per_block} bytes each)",
-                options.kv_cache_bytes, options.block_size
-            )));
-        }
-        let inner = llama::Llama::load(
-            config,
-            &weights,
-            &device,
-            options.dtype,
-            options.device == DeviceKind::Cpu && options.dtype == DType::F32,
-            num_blocks,
-            options.block_size,
-            progress,
-        )?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner: models::Family::load(path, options, progress)?,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -218,12 +128,12 @@ impl Model {
 
     /// Blocks in the KV pool (fixed at load).
     pub fn num_blocks(&self) -> usize {
-        self.inner.num_blocks()
+        self.inner.kv().num_blocks()
     }
 
     /// Positions per KV block.
     pub fn block_size(&self) -> usize {
-        self.inner.block_size()
+        self.inner.kv().block_size()
     }
 
     /// Runs one step over a ragged batch. A sequence's logits do not depend on what else is in
@@ -240,17 +150,5 @@ impl Model {
         batch: &[SeqInput<'_>],
     ) -> Result<Vec<SeqHiddenStates>, RuntimeError> {
         self.inner.hidden_states(batch)
-    }
-}
-
-fn device(kind: DeviceKind) -> Result<burn::tensor::Device, LoadError> {
-    match kind {
-        DeviceKind::Cpu => Ok(burn::tensor::Device::flex()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => Ok(burn::tensor::Device::wgpu(Default::default())),
-        #[cfg(not(feature = "wgpu"))]
-        DeviceKind::Wgpu => Err(LoadError::Unsupported(
-            "this build has no wgpu support (build with `--features wgpu`)".into(),
-        )),
     }
 }

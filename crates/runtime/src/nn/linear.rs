@@ -1,7 +1,9 @@
-//! Projections and the embedding table in whichever form suits the device: on a GPU, burn
-//! tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) for the
-//! few-token steps of decode — over f32 rows or GGUF blocks kept packed — and burn's matmul for
-//! larger batches.
+//! Projections and the embedding table, one variant per [`Placement`]: on a GPU (or in f16),
+//! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) for
+//! the few-token steps of decode — over f32 rows or GGUF blocks kept packed — and burn's matmul
+//! for larger batches.
+//!
+//! [`Placement`]: crate::device::Placement
 
 use std::sync::Arc;
 
@@ -11,7 +13,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::RuntimeError;
 use crate::kernels::{GEMV_MAX_ROWS, PackedMatrix, Weight, matmul_t};
 
-/// `y = x Wᵀ` for a weight `W` of `[out, in]` (transformers' layout).
+/// `y = x Wᵀ` for a weight `W` of `[out, in]` (transformers' layout); the variant is the
+/// matrix's [`Placement`](crate::device::Placement).
 #[derive(Debug, Clone)]
 pub(crate) enum Linear {
     /// `Wᵀ` (`[in, out]`, contiguous) on the device: one burn matmul.

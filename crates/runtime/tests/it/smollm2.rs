@@ -2,17 +2,10 @@
 //! (`testdata/smollm2/golden_smollm2.json` and `logits_last_*.f32`): full last-position logits
 //! within 1e-3, the top-20 ids, and 32 greedy steps with the KV cache, exactly.
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
-use std::path::{Path, PathBuf};
-
-use kiln_runtime::{DeviceKind, LoadOptions, Model, SeqInput};
+use kiln_runtime::{LoadOptions, Model, SeqInput};
 use serde_json::Value;
 
-fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2")
-}
+use crate::common::{argmax, device, ids, testdata};
 
 fn model() -> Model {
     let path = kiln_hub::default_model_path().unwrap();
@@ -21,12 +14,8 @@ fn model() -> Model {
         "{} is missing: run `cargo xtask fetch-model`",
         path.display()
     );
-    let device = std::env::var("KILN_TEST_DEVICE")
-        .ok()
-        .map(|d| d.parse::<DeviceKind>().unwrap())
-        .unwrap_or_default();
     let options = LoadOptions {
-        device,
+        device: device(),
         block_size: 16,
         kv_cache_bytes: 64 << 20,
         ..Default::default()
@@ -34,29 +23,12 @@ fn model() -> Model {
     Model::load(&path, &options).unwrap()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[test]
 fn golden_prompts_match_transformers() {
-    let golden: Value =
-        serde_json::from_slice(&std::fs::read(testdata().join("golden_smollm2.json")).unwrap())
-            .unwrap();
+    let golden: Value = serde_json::from_slice(
+        &std::fs::read(testdata("smollm2").join("golden_smollm2.json")).unwrap(),
+    )
+    .unwrap();
     let mut model = model();
     assert_eq!(model.config().num_layers, 30);
     // Each prompt in its own blocks, so all four also share one pool without interfering.
@@ -72,11 +44,12 @@ fn golden_prompts_match_transformers() {
             }])
             .unwrap();
         let logits = out[0].last().to_vec();
-        let expected: Vec<f32> = std::fs::read(testdata().join(format!("logits_last_{name}.f32")))
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let expected: Vec<f32> =
+            std::fs::read(testdata("smollm2").join(format!("logits_last_{name}.f32")))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
         let diff = logits
             .iter()
             .zip(&expected)

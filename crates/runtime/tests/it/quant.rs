@@ -1,22 +1,15 @@
 //! Dequantization against gguf-py (llama.cpp's Python package) as the independent reference: the
 //! fixtures in `tests/data` (made by `make_quant_fixtures.py`) and slices of the real default model.
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
 use std::path::PathBuf;
 
 use kiln_gguf::{GgmlType, GgufFile};
 use kiln_runtime::quant::{QuantError, dequantize, dequantize_to_vec};
 
+use crate::common::f32s;
+
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
-}
-
-fn read_f32s(bytes: &[u8]) -> Vec<f32> {
-    let (chunks, rest) = bytes.as_chunks::<4>();
-    assert!(rest.is_empty());
-    chunks.iter().map(|c| f32::from_le_bytes(*c)).collect()
 }
 
 /// The indices where `got` and `want` differ in their bits, with both values, for the message.
@@ -51,7 +44,7 @@ fn every_type_is_bit_exact_against_gguf_py() {
     for ty in FIXTURE_TYPES {
         let name = ty.name();
         let blocks = std::fs::read(data_dir().join(format!("quant_{name}.blocks"))).unwrap();
-        let want = read_f32s(&std::fs::read(data_dir().join(format!("quant_{name}.f32"))).unwrap());
+        let want = f32s(&std::fs::read(data_dir().join(format!("quant_{name}.f32"))).unwrap());
         let block_size = ty.block_size().unwrap() as usize;
         assert!(want.len() >= 2 * block_size, "{name}: fixture too small");
 

@@ -3,37 +3,20 @@
 //! chunked prefill, batch invariance, the GGUF path (llama.cpp's q/k permutation), Qwen2-style
 //! q/k/v biases, and step errors.
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 
 use kiln_gguf::{GgmlType, GgufWriter};
 use kiln_runtime::{DeviceKind, LoadOptions, Model, RuntimeError, SeqInput};
 use serde_json::Value;
 
+use crate::common::{argmax, device, f32s, ids, testdata};
+
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-llama")
+    testdata("tiny-llama")
 }
 
 fn golden() -> Value {
     serde_json::from_slice(&std::fs::read(dir().join("tiny_golden.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn device() -> DeviceKind {
-    // CI runs this file a second time on wgpu (Mesa's software Vulkan) via KILN_TEST_DEVICE.
-    std::env::var("KILN_TEST_DEVICE")
-        .ok()
-        .map(|d| d.parse().unwrap())
-        .unwrap_or_default()
 }
 
 fn options() -> LoadOptions {
@@ -50,21 +33,7 @@ fn load() -> Model {
 }
 
 fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
+    f32s(&std::fs::read(path).unwrap())
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

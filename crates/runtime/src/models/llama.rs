@@ -1,0 +1,316 @@
+//! The Llama family — Llama 2/3, SmolLM2, Mistral (no sliding window), Qwen2 (q/k/v biases) —
+//! read as candle's model files are: config → weights (names as in the Hugging Face checkpoint)
+//! → forward. The layers come from [`crate::nn`]; this file only says how they are wired.
+
+use burn::tensor::{DType as BurnDType, Device, Tensor};
+
+use super::CausalLm;
+use crate::config::{Architecture, ModelConfig};
+use crate::nn::{
+    Embedding, LayerKv, Linear, PagedKv, RmsNorm, Rope, RopeTables, StepSlots, SwiGlu, to_dtype,
+};
+use crate::weights::{GgufLayout, Loader};
+use crate::{LoadError, RuntimeError, SeqInput};
+
+/// How llama.cpp's converter names and lays out this family's tensors.
+pub(crate) const GGUF_LAYOUT: GgufLayout = GgufLayout {
+    name: gguf_name,
+    permuted_heads,
+};
+
+/// Self-attention: q, k and v fused into one projection of `(heads + 2 * kv_heads) * head_dim`
+/// outputs (and biases, for Qwen2), then the output projection.
+#[derive(Debug)]
+struct SelfAttention {
+    qkv: Linear,
+    qkv_bias: Option<Tensor<1>>,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn load(loader: &Loader<'_>, p: &str, c: &ModelConfig) -> Result<Self, LoadError> {
+        let (hidden, q_dim, kv_dim) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
+        let qkv = loader.linear(&[
+            (&format!("{p}.q_proj.weight"), [q_dim, hidden]),
+            (&format!("{p}.k_proj.weight"), [kv_dim, hidden]),
+            (&format!("{p}.v_proj.weight"), [kv_dim, hidden]),
+        ])?;
+        let qkv_bias = if c.attention_bias {
+            Some(loader.vectors(&[
+                (&format!("{p}.q_proj.bias"), q_dim),
+                (&format!("{p}.k_proj.bias"), kv_dim),
+                (&format!("{p}.v_proj.bias"), kv_dim),
+            ])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            qkv,
+            qkv_bias,
+            o_proj: loader.linear(&[(&format!("{p}.o_proj.weight"), [hidden, q_dim])])?,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        })
+    }
+
+    /// `x` `[tokens, hidden]` (normed) → attention output `[tokens, hidden]`; this layer's K/V
+    /// are stored in `kv` at the step's slots.
+    fn forward(
+        &self,
+        x: Tensor<2>,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        step: &StepSlots,
+    ) -> Result<Tensor<2>, RuntimeError> {
+        let [total, _] = x.dims();
+        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
+        let mut qkv = self.qkv.forward(x)?;
+        if let Some(bias) = &self.qkv_bias {
+            qkv = qkv.add(bias.clone().unsqueeze_dim::<2>(0));
+        }
+        let q = qkv
+            .clone()
+            .slice([0..total, 0..q_dim])
+            .reshape([total, heads, head_dim]);
+        let k = qkv
+            .clone()
+            .slice([0..total, q_dim..q_dim + kv_dim])
+            .reshape([total, kv_heads, head_dim]);
+        let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
+        let q = rope.apply(q);
+        let k = rope.apply(k).reshape([total, kv_dim]);
+        self.o_proj.forward(kv.attend(step, q, k, v))
+    }
+}
+
+/// One decoder layer: pre-norm attention and pre-norm SwiGLU, each added to the residual.
+#[derive(Debug)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: SelfAttention,
+    post_attention_layernorm: RmsNorm,
+    mlp: SwiGlu,
+}
+
+impl Layer {
+    fn load(loader: &Loader<'_>, i: usize, c: &ModelConfig) -> Result<Self, LoadError> {
+        let p = format!("model.layers.{i}");
+        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let norm = |name: &str| -> Result<RmsNorm, LoadError> {
+            Ok(RmsNorm::new(
+                loader.vector(&format!("{p}.{name}.weight"), hidden)?,
+                c.rms_norm_eps,
+            ))
+        };
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: SelfAttention::load(loader, &format!("{p}.self_attn"), c)?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: SwiGlu::new(
+                loader.linear(&[
+                    (&format!("{p}.mlp.gate_proj.weight"), [inter, hidden]),
+                    (&format!("{p}.mlp.up_proj.weight"), [inter, hidden]),
+                ])?,
+                loader.linear(&[(&format!("{p}.mlp.down_proj.weight"), [hidden, inter])])?,
+            ),
+        })
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<2>,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        step: &StepSlots,
+    ) -> Result<Tensor<2>, RuntimeError> {
+        let h = self.input_layernorm.forward(x.clone());
+        let x = x.add(self.self_attn.forward(h, rope, kv, step)?);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        Ok(x.add(self.mlp.forward(h)?))
+    }
+}
+
+/// A Llama-family model with its KV cache.
+#[derive(Debug)]
+pub(crate) struct Llama {
+    config: ModelConfig,
+    device: Device,
+    dtype: BurnDType,
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    kv: PagedKv,
+}
+
+impl Llama {
+    /// Reads the weights through `loader` (shapes from `config`) and allocates a KV pool of
+    /// `num_blocks` blocks of `block_size` positions.
+    pub(crate) fn load(
+        config: ModelConfig,
+        loader: &mut Loader<'_>,
+        (num_blocks, block_size): (usize, usize),
+    ) -> Result<Self, LoadError> {
+        let c = &config;
+        let hidden = c.hidden_size;
+        // A tied output layer reuses the embedding; GGUF marks it by omitting `output.weight`.
+        let untied_head = loader.contains("lm_head.weight") && !c.tie_word_embeddings;
+        loader.expect_groups(2 + c.num_layers + usize::from(loader.contains("lm_head.weight")));
+        let (embed_tokens, tied_head) =
+            loader.embedding("model.embed_tokens.weight", [c.vocab_size, hidden])?;
+        loader.group_loaded();
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            layers.push(Layer::load(loader, i, c)?);
+            loader.group_loaded();
+        }
+        let norm = RmsNorm::new(loader.vector("model.norm.weight", hidden)?, c.rms_norm_eps);
+        loader.group_loaded();
+        let lm_head = if untied_head {
+            let head = loader.linear(&[("lm_head.weight", [c.vocab_size, hidden])])?;
+            loader.group_loaded();
+            head
+        } else {
+            tied_head
+        };
+        let kv = PagedKv::new(
+            c.num_layers,
+            (c.num_kv_heads, c.head_dim),
+            num_blocks,
+            block_size,
+            (loader.device(), loader.dtype()),
+        );
+        Ok(Self {
+            rope: Rope::new(config.inv_freq()),
+            device: loader.device().clone(),
+            dtype: loader.dtype(),
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            kv,
+        })
+    }
+}
+
+impl CausalLm for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn kv(&self) -> &PagedKv {
+        &self.kv
+    }
+
+    fn embed(&self, ids: &[u32]) -> Tensor<2> {
+        to_dtype(self.embed_tokens.forward(ids, &self.device), self.dtype)
+    }
+
+    fn decode(
+        &mut self,
+        batch: &[SeqInput<'_>],
+        mut x: Tensor<2>,
+        mut capture: Option<&mut Vec<Tensor<2>>>,
+    ) -> Result<Tensor<2>, RuntimeError> {
+        let positions: Vec<usize> = batch
+            .iter()
+            .flat_map(|seq| seq.start..seq.start + seq.tokens.len())
+            .collect();
+        let step = self.kv.slots(batch, &self.device);
+        let rope = self.rope.tables(&positions, &self.device, self.dtype);
+        for (layer, kv) in self.layers.iter().zip(self.kv.layers_mut()) {
+            if let Some(states) = capture.as_deref_mut() {
+                states.push(x.clone());
+            }
+            x = layer.forward(x, &rope, kv, &step)?;
+        }
+        Ok(x)
+    }
+
+    fn final_norm(&self, x: Tensor<2>) -> Tensor<2> {
+        self.norm.forward(x)
+    }
+
+    fn lm_head(&self, h: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {
+        self.lm_head.forward(h)
+    }
+}
+
+/// The GGUF name of a Hugging Face Llama/Qwen2 tensor name.
+fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let Some(rest) = hf.strip_prefix("model.layers.") else {
+        return hf.to_string();
+    };
+    let Some((layer, tail)) = rest.split_once('.') else {
+        return hf.to_string();
+    };
+    let mapped = match tail {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        other => return format!("blk.{layer}.{other}"),
+    };
+    format!("blk.{layer}.{mapped}")
+}
+
+/// llama.cpp permutes q/k rows (weights and biases) for its interleaved RoPE on `llama` models
+/// only.
+fn permuted_heads(name: &str, c: &ModelConfig) -> Option<usize> {
+    if c.architecture != Architecture::Llama {
+        None
+    } else if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+        Some(c.num_heads)
+    } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+        Some(c.num_kv_heads)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.o_proj.weight"),
+            "blk.12.attn_output.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj.weight"),
+            "blk.0.ffn_down.weight"
+        );
+    }
+}

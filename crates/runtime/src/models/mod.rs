@@ -1,0 +1,267 @@
+//! Model families, one file each, and what every family shares: opening a checkpoint, checking
+//! a step before any work, and turning the decoder's output into logits or hidden states.
+//!
+//! A family implements [`CausalLm`] (embed, decode over the paged KV cache, final norm, output
+//! layer); [`Family`] is the enum of them that [`crate::Model`] wraps. To add one: a file here
+//! with its config → weights → forward, its [`GgufLayout`], a variant, and an arm in
+//! [`Family::load`].
+
+mod llama;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::{Architecture, ModelConfig};
+use crate::nn::PagedKv;
+use crate::weights::{GgufLayout, GgufSource, Loader, SafetensorsSource, TensorSource};
+use crate::{
+    LoadError, LoadOptions, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits,
+};
+use llama::Llama;
+
+/// What the shared step logic needs of a family.
+pub(crate) trait CausalLm: std::fmt::Debug + Send {
+    fn config(&self) -> &ModelConfig;
+    fn device(&self) -> &Device;
+    fn kv(&self) -> &PagedKv;
+    /// The embedding of a step's tokens `[tokens, hidden]`, in the compute dtype. Separate from
+    /// [`decode`](Self::decode) so other embeddings (images) can be spliced in between.
+    fn embed(&self, ids: &[u32]) -> Tensor<2>;
+    /// The decoder stack over a checked batch whose embeddings are `x`: writes its K/V into the
+    /// cache and returns the last layer's output `[tokens, hidden]` (before the final norm).
+    /// With `capture`, also keeps each layer's input (the embedding output and every layer's
+    /// output but the last).
+    fn decode(
+        &mut self,
+        batch: &[SeqInput<'_>],
+        x: Tensor<2>,
+        capture: Option<&mut Vec<Tensor<2>>>,
+    ) -> Result<Tensor<2>, RuntimeError>;
+    fn final_norm(&self, x: Tensor<2>) -> Tensor<2>;
+    /// Logits `[rows, vocab]` of final-normed rows.
+    fn lm_head(&self, h: Tensor<2>) -> Result<Tensor<2>, RuntimeError>;
+}
+
+/// Every family Kiln runs.
+#[derive(Debug)]
+pub(crate) enum Family {
+    Llama(Llama),
+}
+
+/// A checkpoint opened far enough to read its config.
+enum Checkpoint<'a> {
+    Gguf(kiln_gguf::GgufFile, &'a Path),
+    Safetensors(&'a Path),
+}
+
+impl Checkpoint<'_> {
+    /// Its tensors, named through `layout` when the checkpoint is GGUF.
+    fn source(
+        self,
+        layout: GgufLayout,
+        config: &ModelConfig,
+    ) -> Result<Box<dyn TensorSource>, LoadError> {
+        Ok(match self {
+            Self::Gguf(file, path) => {
+                Box::new(GgufSource::new(file, path.to_path_buf(), layout, config))
+            }
+            Self::Safetensors(dir) => Box::new(SafetensorsSource::open(dir)?),
+        })
+    }
+}
+
+impl Family {
+    /// Opens a GGUF file or a Hugging Face directory (`config.json` + safetensors) and loads the
+    /// family its config names.
+    pub(crate) fn load(
+        path: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, LoadError> {
+        if options.block_size == 0 {
+            return Err(LoadError::Unsupported("block_size must be positive".into()));
+        }
+        let (config, checkpoint) = if path.is_dir() {
+            let config_path = path.join("config.json");
+            let json = crate::weights::read_json(&config_path)?;
+            let config = ModelConfig::from_hf_json(&json, &config_path.display().to_string())?;
+            (config, Checkpoint::Safetensors(path))
+        } else {
+            let file = kiln_gguf::GgufFile::open(path)?;
+            let config = ModelConfig::from_gguf(file.metadata())?;
+            (config, Checkpoint::Gguf(file, path))
+        };
+        let layout = match config.architecture {
+            Architecture::Llama | Architecture::Qwen2 => llama::GGUF_LAYOUT,
+        };
+        let source = checkpoint.source(layout, &config)?;
+        let device = options.device.burn()?;
+        let num_blocks = PagedKv::blocks_in(
+            options.kv_cache_bytes,
+            config.num_layers,
+            config.num_kv_heads * config.head_dim,
+            options.block_size,
+            options.dtype.size(),
+        )?;
+        let mut loader = Loader::new(&*source, (options.device, options.dtype), device, progress);
+        let kv = (num_blocks, options.block_size);
+        Ok(match config.architecture {
+            Architecture::Llama | Architecture::Qwen2 => {
+                Self::Llama(Llama::load(config, &mut loader, kv)?)
+            }
+        })
+    }
+
+    fn lm(&self) -> &dyn CausalLm {
+        match self {
+            Self::Llama(m) => m,
+        }
+    }
+
+    fn lm_mut(&mut self) -> &mut dyn CausalLm {
+        match self {
+            Self::Llama(m) => m,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &ModelConfig {
+        self.lm().config()
+    }
+
+    pub(crate) fn kv(&self) -> &PagedKv {
+        self.lm().kv()
+    }
+
+    /// Runs one step: every sequence's new tokens, at their positions, through the model;
+    /// their K/V land in the cache slots their block tables name.
+    pub(crate) fn forward(
+        &mut self,
+        batch: &[SeqInput<'_>],
+    ) -> Result<Vec<SeqLogits>, RuntimeError> {
+        let x = self.trunk(batch, None)?;
+        let lm = self.lm();
+        // Only the rows someone asked for go through the (large) output layer.
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        for seq in batch {
+            let n = seq.tokens.len();
+            if seq.all_logits {
+                rows.extend((offset..offset + n).map(|r| r as i64));
+            } else {
+                rows.push((offset + n - 1) as i64);
+            }
+            offset += n;
+        }
+        let n_rows = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n_rows]), lm.device());
+        let h = lm.final_norm(x.select(0, rows));
+        let data = read_f32(lm.lm_head(h)?, "logits")?;
+        let vocab = lm.config().vocab_size;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for seq in batch {
+            let n = if seq.all_logits { seq.tokens.len() } else { 1 };
+            out.push(SeqLogits {
+                rows: n,
+                vocab,
+                data: data
+                    .get(at * vocab..(at + n) * vocab)
+                    .unwrap_or_default()
+                    .to_vec(),
+            });
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Like [`forward`](Self::forward) (the cache is written the same way), returning the hidden
+    /// states at every new position instead of logits, in transformers' `output_hidden_states`
+    /// order: the embedding output, each layer's output but the last, and the last layer's
+    /// output after the final norm.
+    pub(crate) fn hidden_states(
+        &mut self,
+        batch: &[SeqInput<'_>],
+    ) -> Result<Vec<SeqHiddenStates>, RuntimeError> {
+        let layers = self.config().num_layers;
+        let mut captured = Vec::with_capacity(layers + 1);
+        let x = self.trunk(batch, Some(&mut captured))?;
+        captured.push(self.lm().final_norm(x));
+        let hidden = self.config().hidden_size;
+        let mut out: Vec<SeqHiddenStates> = batch
+            .iter()
+            .map(|seq| SeqHiddenStates {
+                rows: seq.tokens.len(),
+                hidden,
+                states: Vec::with_capacity(captured.len()),
+            })
+            .collect();
+        for state in captured {
+            let data = read_f32(state, "hidden states")?;
+            let mut at = 0;
+            for seq in &mut out {
+                let len = seq.rows * hidden;
+                seq.states
+                    .push(data.get(at..at + len).unwrap_or_default().to_vec());
+                at += len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the batch, embeds it and runs the decoder stack.
+    fn trunk(
+        &mut self,
+        batch: &[SeqInput<'_>],
+        capture: Option<&mut Vec<Tensor<2>>>,
+    ) -> Result<Tensor<2>, RuntimeError> {
+        self.validate(batch)?;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let x = self.lm().embed(&ids);
+        self.lm_mut().decode(batch, x, capture)
+    }
+
+    /// Checks a batch against the vocabulary, the context length and the KV pool before any
+    /// work, so a rejected step leaves the cache as it was.
+    fn validate(&self, batch: &[SeqInput<'_>]) -> Result<(), RuntimeError> {
+        if batch.is_empty() {
+            return Err(RuntimeError::EmptyBatch);
+        }
+        let config = self.config();
+        let mut written = HashSet::new();
+        for (sequence, seq) in batch.iter().enumerate() {
+            if seq.tokens.is_empty() {
+                return Err(RuntimeError::EmptySequence { sequence });
+            }
+            if let Some(&id) = seq
+                .tokens
+                .iter()
+                .find(|&&id| id as usize >= config.vocab_size)
+            {
+                return Err(RuntimeError::BadTokenId {
+                    id,
+                    vocab_size: config.vocab_size,
+                });
+            }
+            let end = seq.start + seq.tokens.len();
+            if end > config.max_position_embeddings {
+                return Err(RuntimeError::ContextExceeded {
+                    position: end - 1,
+                    context_length: config.max_position_embeddings,
+                });
+            }
+            self.kv().check(sequence, seq, &mut written)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a tensor back to the host as f32, whatever its dtype.
+fn read_f32(t: Tensor<2>, what: &str) -> Result<Vec<f32>, RuntimeError> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| RuntimeError::Backend(format!("reading {what}: {e:?}")))
+}

@@ -1,0 +1,197 @@
+//! The loader a family's `load` reads its weights through (the role of candle's `VarBuilder`):
+//! checkpoint names and config-derived shapes in, layers on the device out. It fuses
+//! row-stacked projections (q/k/v, gate/up) into one [`Linear`], chooses every matrix's
+//! [`Placement`], casts to the compute dtype once, and reports progress.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{HostTensor, RawTensor, TensorSource};
+use crate::device::{DType, DeviceKind, Placement};
+use crate::kernels::PackedMatrix;
+use crate::nn::{Embedding, Linear, to_dtype};
+use crate::{LoadError, LoadProgress};
+
+/// Reads one checkpoint onto one device.
+pub(crate) struct Loader<'a> {
+    source: &'a dyn TensorSource,
+    device: Device,
+    kind: DeviceKind,
+    dtype: DType,
+    progress: &'a mut dyn FnMut(LoadProgress),
+    progress_at: LoadProgress,
+}
+
+impl std::fmt::Debug for Loader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("source", &self.source)
+            .field("kind", &self.kind)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Loader<'a> {
+    pub(crate) fn new(
+        source: &'a dyn TensorSource,
+        (kind, dtype): (DeviceKind, DType),
+        device: Device,
+        progress: &'a mut dyn FnMut(LoadProgress),
+    ) -> Self {
+        Self {
+            source,
+            device,
+            kind,
+            dtype,
+            progress,
+            progress_at: LoadProgress { done: 0, total: 0 },
+        }
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype as burn's.
+    pub(crate) fn dtype(&self) -> burn::tensor::DType {
+        self.dtype.burn()
+    }
+
+    /// Whether the checkpoint has this tensor (an optional weight, such as an untied head).
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.source.contains(name)
+    }
+
+    /// Says how many groups of weights the family will load, for progress reports.
+    pub(crate) fn expect_groups(&mut self, total: usize) {
+        self.progress_at.total = total;
+    }
+
+    /// Reports one more group of weights on the device.
+    pub(crate) fn group_loaded(&mut self) {
+        self.progress_at.done += 1;
+        (self.progress)(self.progress_at);
+    }
+
+    /// A vector (a norm weight, a bias) of `len` values.
+    pub(crate) fn vector(&self, name: &str, len: usize) -> Result<Tensor<1>, LoadError> {
+        self.vectors(&[(name, len)])
+    }
+
+    /// Vectors concatenated in order (the biases of fused projections).
+    pub(crate) fn vectors(&self, parts: &[(&str, usize)]) -> Result<Tensor<1>, LoadError> {
+        let mut data = Vec::new();
+        for &(name, len) in parts {
+            data.extend(self.source.tensor(name, &[len], false)?.into_host().data);
+        }
+        let len = data.len();
+        Ok(self.upload(TensorData::new(data, [len])))
+    }
+
+    /// The projection `y = x Wᵀ` whose `W` is the checkpoint matrices `parts` (`[out_i, in]`
+    /// each) stacked by rows: packed when every part is packed in the same format and the
+    /// placement keeps blocks, else dense.
+    pub(crate) fn linear(&self, parts: &[(&str, [usize; 2])]) -> Result<Linear, LoadError> {
+        let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
+        let raws = parts
+            .iter()
+            .map(|(name, shape)| self.source.tensor(name, shape, keep_packed))
+            .collect::<Result<Vec<_>, _>>()?;
+        let raws = match stack_packed(raws) {
+            Ok(packed) => return Ok(Linear::CpuPacked(Arc::new(packed))),
+            Err(raws) => raws,
+        };
+        let host = concat_rows(raws.into_iter().map(RawTensor::into_host).collect());
+        Ok(self.dense(self.matrix(host)))
+    }
+
+    /// The token embedding `[vocab, hidden]` and the output layer that shares it (for tied
+    /// embeddings): packed blocks are looked up and multiplied as they are.
+    pub(crate) fn embedding(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<(Embedding, Linear), LoadError> {
+        let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
+        Ok(match self.source.tensor(name, &shape, keep_packed)? {
+            RawTensor::Packed(m) => {
+                let m = Arc::new(m);
+                (Embedding::CpuPacked(m.clone()), Linear::CpuPacked(m))
+            }
+            RawTensor::F32(t) => {
+                let table = self.matrix(t);
+                (Embedding::Device(table.clone()), self.dense(table))
+            }
+        })
+    }
+
+    /// A dense `W` (`[out, in]`) as the projection its placement asks for.
+    fn dense(&self, w: Tensor<2>) -> Linear {
+        if Placement::choose(self.kind, self.dtype, false) == Placement::CpuF32 {
+            Linear::CpuF32(w)
+        } else {
+            Linear::Device(contiguous(w.transpose()))
+        }
+    }
+
+    /// A host matrix on the device in the compute dtype.
+    fn matrix(&self, t: HostTensor) -> Tensor<2> {
+        let shape = [
+            t.shape.first().copied().unwrap_or(1),
+            t.shape.iter().skip(1).product(),
+        ];
+        self.upload(TensorData::new(t.data, shape))
+    }
+
+    fn upload<const D: usize>(&self, data: TensorData) -> Tensor<D> {
+        to_dtype(Tensor::from_data(data, &self.device), self.dtype.burn())
+    }
+}
+
+/// Stacks packed parts of one format into one matrix, or gives the parts back.
+fn stack_packed(parts: Vec<RawTensor>) -> Result<PackedMatrix, Vec<RawTensor>> {
+    let ggml_type = |p: &RawTensor| match p {
+        RawTensor::Packed(m) => Some(m.ggml_type()),
+        RawTensor::F32(_) => None,
+    };
+    let first = parts.first().and_then(ggml_type);
+    if first.is_none() || !parts.iter().all(|p| ggml_type(p) == first) {
+        return Err(parts);
+    }
+    let matrices: Vec<PackedMatrix> = parts
+        .iter()
+        .filter_map(|p| match p {
+            RawTensor::Packed(m) => Some(m.clone()),
+            RawTensor::F32(_) => None,
+        })
+        .collect();
+    PackedMatrix::concat_rows(matrices).ok_or(parts)
+}
+
+/// Stacks `[rows_i, cols]` host tensors into one `[sum rows_i, cols]`.
+fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
+    let cols: usize = parts
+        .first()
+        .map_or(1, |p| p.shape.iter().skip(1).product());
+    let rows: usize = parts
+        .iter()
+        .map(|p| p.shape.first().copied().unwrap_or(1))
+        .sum();
+    let mut data = Vec::with_capacity(rows * cols);
+    for p in parts {
+        data.extend(p.data);
+    }
+    HostTensor {
+        shape: vec![rows, cols],
+        data,
+    }
+}
+
+/// Materializes a transposed weight once at load, so each step's matmul reads it contiguously.
+fn contiguous(t: Tensor<2>) -> Tensor<2> {
+    let dtype = t.dtype();
+    let device = t.device();
+    Tensor::<2>::from_data(t.into_data(), (&device, dtype))
+}

@@ -1,0 +1,49 @@
+//! Helpers the runtime's integration tests share.
+
+use std::path::{Path, PathBuf};
+
+use kiln_runtime::DeviceKind;
+use serde_json::Value;
+
+/// `testdata/NAME` at the repository root.
+pub(crate) fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(name)
+}
+
+/// The device the model tests run on: `KILN_TEST_DEVICE` (CI runs the tiny model's tests a
+/// second time on wgpu, Mesa's software Vulkan), else the CPU.
+pub(crate) fn device() -> DeviceKind {
+    std::env::var("KILN_TEST_DEVICE")
+        .ok()
+        .map(|d| d.parse::<DeviceKind>().unwrap())
+        .unwrap_or_default()
+}
+
+/// A JSON array of token ids.
+pub(crate) fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The index of the largest value (the first, on ties).
+pub(crate) fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Little-endian f32 values.
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
+    let (chunks, rest) = bytes.as_chunks::<4>();
+    assert!(rest.is_empty(), "not a whole number of f32 values");
+    chunks.iter().map(|c| f32::from_le_bytes(*c)).collect()
+}
