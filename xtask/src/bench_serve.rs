@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::loadgen::{self, RequestResult, Scenario, quantile};
+use crate::report;
 use crate::server::{Server, cargo_build_bin, free_port, test_kiln};
 
 /// Threads each server may use: the same for both, and all this machine's cores.
@@ -312,14 +313,9 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     }
 
     let report = Report {
-        machine: machine(),
-        commit: git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_default()
-            + if git(root, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) {
-                " (with uncommitted changes)"
-            } else {
-                ""
-            },
-        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+        machine: report::machine(),
+        commit: report::commit(root),
+        date: report::date(),
         invocation: if options.quick {
             "cargo xtask bench-serve --quick".into()
         } else if options.kiln_only {
@@ -352,7 +348,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if options.docs {
         let perf = root.join("docs/perf.md");
         let text = std::fs::read_to_string(&perf).unwrap_or_default();
-        std::fs::write(&perf, splice(&text, &table))?;
+        std::fs::write(&perf, report::splice(&text, PERF_BEGIN, PERF_END, &table))?;
         eprintln!("bench-serve: table written to {}", perf.display());
     }
     let errors: usize = report
@@ -631,78 +627,9 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.0} ms"))
 }
 
-/// Replaces the bench-serve section of perf.md (between its markers), or appends one.
-fn splice(perf: &str, table: &str) -> String {
-    let section = format!("{PERF_BEGIN}\n{table}{PERF_END}\n");
-    match (perf.find(PERF_BEGIN), perf.find(PERF_END)) {
-        (Some(begin), Some(end)) if end > begin => {
-            let after = &perf[end + PERF_END.len()..];
-            format!(
-                "{}{section}{}",
-                &perf[..begin],
-                after.strip_prefix('\n').unwrap_or(after)
-            )
-        }
-        _ => format!(
-            "{}\n{section}",
-            perf.trim_end_matches('\n').to_owned() + "\n"
-        ),
-    }
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU", |(_, m)| m.trim())
-        .to_owned();
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / (1 << 20) as f64);
-    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
-}
-
-fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(root)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_table_replaces_its_own_section_only() {
-        let doc = "# Perf\n\nbefore\n";
-        let once = splice(doc, "T1\n");
-        assert!(once.starts_with("# Perf\n\nbefore\n\n<!-- bench-serve:begin -->\nT1\n"));
-        let twice = splice(&(once.clone() + "\nafter\n"), "T2\n");
-        assert!(twice.contains("T2\n<!-- bench-serve:end -->"));
-        assert!(!twice.contains("T1"));
-        assert!(twice.starts_with("# Perf\n\nbefore\n"));
-        assert!(twice.ends_with("after\n"));
-    }
 
     #[test]
     fn short_or_failed_requests_are_errors_not_figures() {

@@ -6,9 +6,11 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 use kiln_hub::{DEFAULT_MODEL, FetchEvent, FetchOptions};
 
+mod bench;
 mod bench_serve;
 mod llama_cpp;
 mod loadgen;
+mod report;
 mod schemathesis;
 mod server;
 
@@ -22,10 +24,17 @@ commands:
                 tests use, under the kiln cache; prints its python on stdout
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
                 test --workspace (end-to-end tests included), the tiny-model golden test
-                again on wgpu, a bounded schemathesis run and bench-serve --quick
+                again on wgpu, a bounded schemathesis run, bench-serve --quick and
+                bench --quick
   schemathesis [--max-examples N] [--seed S] [--max-time SECONDS]
                 property-based tests of the real `kiln serve` against its /openapi.json
                 (schemathesis in a venv under the kiln cache): no 5xx, no schema violation
+  bench [--quick] [--no-docs]
+                the criterion benches in benches/ (decode steps at batch 1/8/32/64, prefill
+                128/512, the engine at 1/4/16/64 concurrent requests, tokenizer encode) on
+                KILN_BENCH_MODEL (default: the default model, else random weights of its
+                shapes) and KILN_BENCH_DEVICE (cpu | wgpu); prints one summary table and writes
+                it to docs/perf.md. --quick: fewer sizes, short timings, dev profile (CI)
   bench-serve [--quick] [--kiln-only] [--out FILE.json] [--no-docs]
                 Kiln against llama.cpp's llama-server (built once from the llama-cpp-python
                 sdist) on the default model: TTFT, inter-token latency, tok/s, req/s, peak
@@ -69,6 +78,9 @@ fn main() -> ExitCode {
         ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
         ["schemathesis", rest @ ..] => schemathesis::Options::parse(rest)
             .and_then(|options| schemathesis::run(&workspace_root(), &options)),
+        ["bench", rest @ ..] => {
+            bench::Options::parse(rest).and_then(|options| bench::run(&workspace_root(), &options))
+        }
         ["bench-serve", rest @ ..] => bench_serve::Options::parse(rest)
             .and_then(|options| bench_serve::run(&workspace_root(), &options)),
         _ => {
@@ -164,7 +176,9 @@ fn ci() -> anyhow::Result<()> {
             "--features",
             "wgpu",
             "--test",
-            "tiny_llama",
+            "it",
+            "--",
+            "tiny_llama::",
         ],
         &[("KILN_TEST_DEVICE", "wgpu")],
     )?;
@@ -186,6 +200,17 @@ fn ci() -> anyhow::Result<()> {
     header("bench-serve --quick");
     bench_serve::run(&root, &bench_serve::Options::quick())
         .context("ci step `bench-serve --quick` failed")?;
+
+    // The criterion benches must keep working too: fewer sizes, short timings, the test build.
+    header("bench --quick");
+    bench::run(
+        &root,
+        &bench::Options {
+            quick: true,
+            no_docs: true,
+        },
+    )
+    .context("ci step `bench --quick` failed")?;
 
     // Later CI steps go here, once what they check exists. Each one fails fast and names itself.
 

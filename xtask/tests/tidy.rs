@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("kiln-scheduler", 4),
     ("kiln-gateway", 5),
     ("kiln-server", 6),
+    ("kiln-benches", 6),
     ("xtask", 7),
 ];
 

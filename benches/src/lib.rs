@@ -1,30 +1,73 @@
-//! Criterion benches of the forward pass on SmolLM2 (the real Q4_1 GGUF, dequantized to f32, or
-//! random weights of the same shapes when it is not fetched): one decode step for 1, 8 and 32
-//! running sequences, and a prefill of 128 and 512 tokens.
+//! What Kiln's criterion benches share: which model and device to measure, chosen the same way
+//! by every bench so a user can tune their own hardware with their own model.
+//!
+//! - `KILN_BENCH_MODEL=PATH`: a GGUF file or Hugging Face directory; by default the default
+//!   model if fetched (`cargo xtask fetch-model`), else random weights of its shapes.
+//! - `KILN_BENCH_DEVICE=cpu|wgpu` (default cpu; wgpu needs `--features wgpu`).
+//! - `KILN_BENCH_QUICK=1`: fewer sizes (what `cargo xtask bench --quick` sets).
 
 use std::path::{Path, PathBuf};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kiln_runtime::{LoadOptions, Model, SeqInput};
+use kiln_runtime::{DeviceKind, LoadOptions, Model};
 
-/// Context each decoding sequence already holds.
-const CONTEXT: usize = 64;
-
-fn model() -> Model {
-    let path = match kiln_hub::default_model_path() {
-        Ok(path) if path.exists() => path,
-        _ => {
-            eprintln!(
-                "the default model is not fetched (`cargo xtask fetch-model`): benchmarking \
-                 random weights of SmolLM2-135M's shapes"
-            );
-            random_smollm2()
+/// The model the benches measure, and a line saying which it is.
+pub fn model_path() -> (PathBuf, String) {
+    if let Some(path) = std::env::var_os("KILN_BENCH_MODEL") {
+        let path = PathBuf::from(path);
+        let what = format!("KILN_BENCH_MODEL={}", path.display());
+        return (path, what);
+    }
+    match kiln_hub::default_model_path() {
+        Ok(path) if path.exists() => {
+            let what = format!("the default model ({})", path.display());
+            (path, what)
         }
+        _ => (
+            random_smollm2(),
+            "random weights of SmolLM2-135M's shapes (the default model is not fetched: \
+             `cargo xtask fetch-model`)"
+                .into(),
+        ),
+    }
+}
+
+/// The device `KILN_BENCH_DEVICE` names (default: the CPU).
+pub fn device() -> DeviceKind {
+    match std::env::var("KILN_BENCH_DEVICE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("KILN_BENCH_DEVICE: {e}")),
+        Err(_) => DeviceKind::Cpu,
+    }
+}
+
+/// Whether to measure fewer sizes (`KILN_BENCH_QUICK=1`).
+pub fn quick() -> bool {
+    std::env::var("KILN_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// The bench model loaded on the bench device with `kv_cache_bytes` of KV cache; says on stderr
+/// what it measures.
+pub fn load_model(kv_cache_bytes: usize) -> Model {
+    let (path, what) = model_path();
+    let options = LoadOptions {
+        device: device(),
+        kv_cache_bytes,
+        ..LoadOptions::default()
     };
-    match Model::load(&path, &LoadOptions::default()) {
+    eprintln!("benchmarking {what} on {:?}", options.device);
+    match Model::load(&path, &options) {
         Ok(model) => model,
         Err(err) => panic!("loading {}: {err}", path.display()),
     }
+}
+
+/// Deterministic, varied token ids below `vocab`.
+pub fn tokens(n: usize, seed: usize, vocab: usize) -> Vec<u32> {
+    let span = vocab.saturating_sub(117).max(1);
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % span + 17.min(vocab - 1)) as u32)
+        .collect()
 }
 
 /// SmolLM2-135M's architecture; the speed of a forward pass depends on shapes, not values.
@@ -107,71 +150,15 @@ fn write_random_smollm2(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Deterministic, varied token ids.
-fn tokens(n: usize, seed: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| ((i * 7919 + seed * 104_729) % 49_000 + 17) as u32)
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn bench(c: &mut Criterion) {
-    let mut model = model();
-    let per_seq = (CONTEXT + 1).div_ceil(model.block_size());
-
-    let mut group = c.benchmark_group("decode_step");
-    group.sample_size(10);
-    for batch in [1usize, 8, 32] {
-        let tables: Vec<Vec<u32>> = (0..batch)
-            .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
-            .collect();
-        let prompts: Vec<Vec<u32>> = (0..batch).map(|s| tokens(CONTEXT, s)).collect();
-        for (prompt, table) in prompts.iter().zip(&tables) {
-            let step = [SeqInput {
-                tokens: prompt,
-                start: 0,
-                block_table: table,
-                all_logits: false,
-            }];
-            if let Err(err) = model.forward(&step) {
-                panic!("prefill: {err}");
-            }
+    #[test]
+    fn token_ids_stay_inside_the_vocabulary() {
+        for vocab in [2, 256, 49_152] {
+            assert!(tokens(1000, 3, vocab).iter().all(|&t| (t as usize) < vocab));
         }
-        let next: Vec<[u32; 1]> = (0..batch).map(|s| [(s * 31 + 100) as u32]).collect();
-        let step: Vec<SeqInput<'_>> = next
-            .iter()
-            .zip(&tables)
-            .map(|(t, table)| SeqInput {
-                tokens: t,
-                start: CONTEXT,
-                block_table: table,
-                all_logits: false,
-            })
-            .collect();
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(batch), &step, |b, step| {
-            b.iter(|| model.forward(step))
-        });
+        assert_ne!(tokens(8, 0, 49_152), tokens(8, 1, 49_152));
     }
-    group.finish();
-
-    let mut group = c.benchmark_group("prefill");
-    group.sample_size(10);
-    for n in [128usize, 512] {
-        let prompt = tokens(n, 99);
-        let table: Vec<u32> = (0..n.div_ceil(model.block_size()) as u32).collect();
-        let step = [SeqInput {
-            tokens: &prompt,
-            start: 0,
-            block_table: &table,
-            all_logits: false,
-        }];
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(n), &step, |b, step| {
-            b.iter(|| model.forward(step))
-        });
-    }
-    group.finish();
 }
-
-criterion_group!(benches, bench);
-criterion_main!(benches);

@@ -1,4 +1,6 @@
-//! Encoding speed: a 4,000-token chat through the template and the tokenizer, and raw text.
+//! Encoding speed: a 4,000-token chat through the template and the tokenizer, and its raw text.
+//! The tokenizer is the bench model's (`KILN_BENCH_MODEL`, see `kiln_benches`) or, for random
+//! weights, SmolLM2's from `testdata/`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
@@ -23,11 +25,22 @@ fn long_chat(tok: &Tokenizer, target_tokens: usize) -> Vec<ChatMessage> {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2");
-    let Ok(tok) = Tokenizer::from_hf_dir(dir) else {
-        panic!("testdata/smollm2 must hold the SmolLM2 tokenizer");
+fn tokenizer() -> Tokenizer {
+    let (path, what) = kiln_benches::model_path();
+    let loaded = if path.is_file() {
+        Tokenizer::from_gguf_path(&path)
+    } else if path.join("tokenizer.json").exists() {
+        Tokenizer::from_hf_dir(&path)
+    } else {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/smollm2");
+        eprintln!("{what} has no tokenizer: benchmarking SmolLM2's from testdata/");
+        Tokenizer::from_hf_dir(dir)
     };
+    loaded.unwrap_or_else(|e| panic!("loading the tokenizer: {e}"))
+}
+
+fn bench(c: &mut Criterion) {
+    let tok = tokenizer();
     let messages = long_chat(&tok, 4000);
     let options = ChatTemplateOptions {
         add_generation_prompt: true,
@@ -39,16 +52,14 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(0);
     let mut group = c.benchmark_group("tokenizer");
     group.throughput(Throughput::Elements(n_tokens as u64));
-    group.bench_function(format!("chat_template_{n_tokens}_tokens"), |b| {
+    group.bench_function("chat_template_4k", |b| {
         b.iter(|| tok.apply_chat_template(&messages, &options))
     });
     let text = tok
         .apply_chat_template(&messages, &options)
         .map(|p| p.text)
         .unwrap_or_default();
-    group.bench_function(format!("encode_{n_tokens}_tokens"), |b| {
-        b.iter(|| tok.encode(&text, true, false))
-    });
+    group.bench_function("encode_4k", |b| b.iter(|| tok.encode(&text, true, false)));
     group.finish();
 }
 
