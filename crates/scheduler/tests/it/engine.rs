@@ -481,3 +481,19 @@ fn smollm2_golden_prompts_concurrently_give_the_reference_greedy_ids() {
     }
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn the_default_config_is_the_named_defaults() {
+    let c = EngineConfig::default();
+    assert_eq!(
+        (c.max_batched_tokens, c.max_running, c.max_waiting, c.max_n),
+        (
+            kiln_scheduler::DEFAULT_MAX_BATCHED_TOKENS,
+            kiln_scheduler::DEFAULT_MAX_RUNNING,
+            kiln_scheduler::DEFAULT_MAX_WAITING,
+            kiln_scheduler::DEFAULT_MAX_N
+        )
+    );
+    assert_eq!(c.prefix_caching, kiln_scheduler::DEFAULT_PREFIX_CACHING);
+    assert_eq!(c.max_model_len, None);
+}
