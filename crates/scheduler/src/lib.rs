@@ -11,6 +11,7 @@
 mod blocks;
 mod engine;
 mod metrics;
+mod planner;
 mod sampling;
 mod stop;
 
