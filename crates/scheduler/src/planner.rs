@@ -207,7 +207,10 @@ fn grow(pool: &mut BlockManager, held: usize, new_blocks: &mut Vec<u32>, need: u
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
+    use crate::blocks::chain_hash;
 
     const BS: usize = 4;
 
@@ -521,5 +524,152 @@ mod tests {
         assert_eq!(plan.admit[0].tokens, 4);
         assert_eq!(&plan.admit[0].blocks[..2], &seqs[0].blocks[..2]);
         assert_eq!((plan.admit[1].cached, plan.admit[1].tokens), (0, 2));
+    }
+
+    /// xorshift64: a reproducible stream for the random workloads below.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// Checks one plan against the state it was made from; `in_use` is the pool's count after.
+    fn check(seqs: &[Seq], plan: &Plan, limits: Limits, in_use: usize) {
+        assert!(plan.tokens() <= limits.max_batched_tokens.max(1));
+        // Every running sequence is run, idle or preempted, exactly once.
+        let mut seen: Vec<usize> = plan.run.iter().map(|c| c.seq).collect();
+        seen.extend(&plan.idle);
+        seen.extend(&plan.preempt);
+        seen.sort_unstable();
+        assert_eq!(seen, (0..seqs.len()).collect::<Vec<_>>());
+        // Decodes before prefills, oldest first within each.
+        let keys: Vec<(bool, u64)> = plan
+            .run
+            .iter()
+            .map(|c| {
+                (
+                    seqs[c.seq].tokens.len() - seqs[c.seq].computed > 1,
+                    seqs[c.seq].admitted,
+                )
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        for c in &plan.run {
+            let s = &seqs[c.seq];
+            assert!(c.tokens >= 1 && c.tokens <= s.tokens.len() - s.computed);
+            let held = s.blocks.len() + c.new_blocks.len();
+            assert!(held >= (s.computed + c.tokens).div_ceil(BS));
+        }
+        // Admissions need budget left over once every running sequence is served.
+        assert!(plan.admit.is_empty() || plan.idle.is_empty());
+        let still_running = seqs.len() - plan.preempt.len();
+        assert!(plan.admit.is_empty() || still_running + plan.admit.len() <= limits.max_running);
+        for a in &plan.admit {
+            assert_eq!(a.cached % BS, 0);
+            assert_eq!(a.hashes.len() * BS, a.cached);
+            assert!(a.tokens >= 1);
+            assert_eq!(a.blocks.len(), (a.cached + a.tokens).div_ceil(BS));
+        }
+        // The pool holds exactly the blocks the resulting tables name: nothing leaked, nothing
+        // handed out twice.
+        let mut tables: Vec<u32> = plan
+            .run
+            .iter()
+            .flat_map(|c| seqs[c.seq].blocks.iter().chain(&c.new_blocks))
+            .chain(plan.idle.iter().flat_map(|&s| &seqs[s].blocks))
+            .chain(plan.admit.iter().flat_map(|a| &a.blocks))
+            .copied()
+            .collect();
+        tables.sort_unstable();
+        tables.dedup();
+        assert_eq!(in_use, tables.len());
+    }
+
+    #[test]
+    fn random_workloads_keep_every_plan_consistent() {
+        let mut preemptions = 0;
+        let mut hits = 0;
+        for seed in 1..=200u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let blocks = 4 + (next(&mut rng) % 24) as usize;
+            let mut pool = BlockManager::new(blocks, BS, !next(&mut rng).is_multiple_of(3));
+            let limits = limits(
+                (next(&mut rng) % 40) as usize,
+                1 + (next(&mut rng) % 8) as usize,
+            );
+            let mut running: Vec<Seq> = Vec::new();
+            let mut waiting: VecDeque<Vec<u32>> = VecDeque::new();
+            let mut tick = 0;
+            for _ in 0..150 {
+                for _ in 0..next(&mut rng) % 3 {
+                    // A few shared prefixes, so the cache has something to find; never more
+                    // than the pool can hold with the first generated token.
+                    let len = 1 + (next(&mut rng) as usize) % (blocks * BS - 1);
+                    let prefix = (next(&mut rng) % 3) as u32;
+                    waiting.push_back(
+                        (0..len as u32)
+                            .map(|i| if i < 8 { prefix * 100 + i } else { 1000 + i })
+                            .collect(),
+                    );
+                }
+                let queue: Vec<&[u32]> = waiting.iter().map(Vec::as_slice).collect();
+                let plan = plan(&mut pool, &views(&running), &queue, limits);
+                check(&running, &plan, limits, pool.in_use());
+                preemptions += plan.preempt.len();
+                hits += plan.admit.iter().filter(|a| a.cached > 0).count();
+
+                // Carry the plan out as the engine does, then "run" it.
+                let mut slots: Vec<Option<Seq>> = running.drain(..).map(Some).collect();
+                let mut batch = Vec::new();
+                for c in plan.run {
+                    let mut s = slots[c.seq].take().expect("planned once");
+                    s.blocks.extend(c.new_blocks);
+                    batch.push((s, c.tokens));
+                }
+                for &p in &plan.preempt {
+                    let s = slots[p].take().expect("planned once");
+                    waiting.push_front(s.tokens);
+                }
+                for a in plan.admit {
+                    let tokens = waiting.pop_front().expect("admitted from the queue");
+                    tick += 1;
+                    let s = Seq {
+                        tokens,
+                        computed: a.cached,
+                        blocks: a.blocks,
+                        admitted: tick,
+                    };
+                    batch.push((s, a.tokens));
+                }
+                for (mut s, chunk) in batch {
+                    let before = s.computed / BS;
+                    s.computed += chunk;
+                    // Newly filled blocks go to the prefix cache, chained to those before.
+                    let mut parent = 0;
+                    for b in 0..s.computed / BS {
+                        let block = &s.tokens[b * BS..][..BS];
+                        parent = if b < before {
+                            chain_hash(parent, block)
+                        } else {
+                            pool.register(s.blocks[b], parent, block)
+                        };
+                    }
+                    if s.computed == s.tokens.len() {
+                        s.tokens.push(7);
+                        // Finished: at the pool's limit, or by chance.
+                        if s.tokens.len() + 1 > blocks * BS || next(&mut rng).is_multiple_of(8) {
+                            pool.release(&s.blocks);
+                            continue;
+                        }
+                    }
+                    running.push(s);
+                }
+                running.extend(plan.idle.iter().filter_map(|&s| slots[s].take()));
+            }
+        }
+        // The workloads did exercise preemption and the prefix cache.
+        assert!(preemptions > 50, "{preemptions}");
+        assert!(hits > 50, "{hits}");
     }
 }
