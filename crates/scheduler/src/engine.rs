@@ -1,6 +1,7 @@
-//! The engine thread: owns the model, the KV block manager and every sequence; each step admits
-//! and schedules sequences under the token budget, runs one ragged forward, samples, and streams
-//! the results.
+//! The engine thread: owns the model, the KV block manager and every sequence. Each step asks
+//! the planner (`planner.rs`) who runs, with how many tokens, who is preempted and who is
+//! admitted, carries that plan out on the sequences, runs one ragged forward, samples, and
+//! streams the results.
 //!
 //! Every sequence is `tokens` (prompt, then generated) of which the first `computed` are in its
 //! KV blocks; a step feeds the rest (or a chunk of it), and when nothing is left uncomputed the
@@ -18,6 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::blocks::BlockManager;
 use crate::metrics::Metrics;
+use crate::planner;
 use crate::sampling::{self, Rng};
 use crate::stop::{StopCheck, StopMatcher};
 use crate::{
@@ -263,122 +265,94 @@ impl<'t> State<'t> {
     }
 
     fn update_gauges(&self) {
-        let distinct = |seqs: &mut dyn Iterator<Item = u64>| seqs.collect::<HashSet<_>>().len();
         self.metrics
             .running
-            .set(distinct(&mut self.running.iter().map(|s| s.request)) as i64);
+            .set(distinct(self.running.iter().map(|s| s.request)) as i64);
         self.metrics
             .waiting
-            .set(distinct(&mut self.waiting.iter().map(|s| s.request)) as i64);
+            .set(distinct(self.waiting.iter().map(|s| s.request)) as i64);
         self.metrics.kv_usage.set(self.blocks.usage());
     }
 
-    /// Blocks `seq` needs to hold `upto` positions, allocated now if possible.
-    fn grow(&mut self, seq_blocks: &mut Vec<u32>, upto: usize) -> bool {
-        let need = upto.div_ceil(self.blocks.block_size());
-        while seq_blocks.len() < need {
-            match self.blocks.allocate() {
-                Some(b) => seq_blocks.push(b),
-                None => return false,
+    /// Plans the step, then carries the plan out on the sequences: preempted ones go back to the
+    /// queue to be recomputed, admitted ones take their blocks and prefix-cache progress.
+    /// Returns each batch row's chunk; the batch is the first `chunks.len()` running sequences.
+    fn schedule(&mut self) -> Vec<usize> {
+        let limits = planner::Limits {
+            max_batched_tokens: self.config.max_batched_tokens,
+            max_running: self.config.max_running,
+        };
+        let plan = {
+            let running: Vec<planner::Running<'_>> = self
+                .running
+                .iter()
+                .map(|s| planner::Running {
+                    tokens: &s.tokens,
+                    computed: s.computed,
+                    blocks: &s.blocks,
+                    admitted: s.admitted,
+                })
+                .collect();
+            let waiting: Vec<&[u32]> = self.waiting.iter().map(|s| &s.tokens[..]).collect();
+            planner::plan(&mut self.blocks, &running, &waiting, limits)
+        };
+
+        let mut slots: Vec<Option<Seq<'t>>> = std::mem::take(&mut self.running)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut chunks = Vec::with_capacity(plan.run.len() + plan.admit.len());
+        for c in plan.run {
+            if let Some(mut seq) = slots[c.seq].take() {
+                seq.blocks.extend(c.new_blocks);
+                chunks.push(c.tokens);
+                self.running.push(seq);
             }
         }
-        true
-    }
-
-    /// Frees a running sequence's blocks and puts it first in line, to be recomputed.
-    fn preempt(&mut self, mut seq: Seq<'t>) {
-        self.blocks.release(&seq.blocks);
-        seq.blocks.clear();
-        seq.hashes.clear();
-        seq.computed = 0;
-        self.metrics.preemptions.inc();
-        self.waiting.push_front(seq);
-    }
-
-    fn step(&mut self, model: &mut Model) {
-        let bs = self.blocks.block_size();
-        let mut budget = self.config.max_batched_tokens.max(1);
-        // Decodes first, oldest first, so prefills never starve them.
-        self.running
-            .sort_by_key(|s| (s.uncomputed() > 1, s.admitted));
-        let mut chunks: Vec<usize> = Vec::new();
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let chunk = self.running[i].uncomputed().min(budget);
-            let upto = self.running[i].computed + chunk;
-            let mut blocks = std::mem::take(&mut self.running[i].blocks);
-            let ok = loop {
-                if self.grow(&mut blocks, upto) {
-                    break true;
-                }
-                // Out of blocks: preempt the newest sequence not yet scheduled this step.
-                let victim = (i..self.running.len())
-                    .max_by_key(|&j| self.running[j].admitted)
-                    .unwrap_or(i);
-                if victim == i {
-                    break false;
-                }
-                let v = self.running.remove(victim);
-                self.preempt(v);
-            };
-            self.running[i].blocks = blocks;
-            if ok {
-                chunks.push(chunk);
-                budget -= chunk;
-                i += 1;
-            } else {
-                let v = self.running.remove(i);
-                self.preempt(v);
+        for &p in &plan.preempt {
+            if let Some(mut seq) = slots[p].take() {
+                // The planner has released its blocks.
+                seq.blocks.clear();
+                seq.hashes.clear();
+                seq.computed = 0;
+                self.metrics.preemptions.inc();
+                self.waiting.push_front(seq);
             }
         }
-        // Admit waiting sequences, first come first served, while budget and blocks allow.
-        while budget > 0 && self.running.len() < self.config.max_running {
+        for a in plan.admit {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            let (hit, hashes) = self.blocks.lookup(&seq.tokens);
-            let cached = hit.len() * bs;
-            // Room for the whole prompt and the first generated token, so an admitted
-            // sequence does not immediately preempt another.
-            let need = (seq.tokens.len() + 1).div_ceil(bs) - hit.len();
-            if need > self.blocks.available() {
-                self.blocks.release(&hit);
-                self.waiting.push_front(seq);
-                break;
-            }
             self.metrics.prefix_queries.inc_by(seq.tokens.len() as u64);
-            self.metrics.prefix_hits.inc_by(cached as u64);
+            self.metrics.prefix_hits.inc_by(a.cached as u64);
             if seq.fresh {
                 seq.fresh = false;
                 self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 self.metrics.prompt_tokens.inc_by(seq.prompt_len as u64);
                 if let Some(r) = self.requests.get_mut(&seq.request) {
-                    r.usage.cached_tokens = cached;
+                    r.usage.cached_tokens = a.cached;
                 }
             }
-            seq.blocks = hit;
-            seq.hashes = hashes;
-            seq.computed = cached;
+            seq.blocks = a.blocks;
+            seq.hashes = a.hashes;
+            seq.computed = a.cached;
             self.tick += 1;
             seq.admitted = self.tick;
-            let chunk = seq.uncomputed().min(budget);
-            let upto = seq.computed + chunk;
-            let mut blocks = std::mem::take(&mut seq.blocks);
-            let ok = self.grow(&mut blocks, upto);
-            seq.blocks = blocks;
-            if !ok {
-                // Cannot happen after the check above; stay correct regardless.
-                self.blocks.release(&seq.blocks);
-                seq.blocks.clear();
-                seq.hashes.clear();
-                seq.computed = 0;
-                self.waiting.push_front(seq);
-                break;
-            }
-            budget -= chunk;
-            chunks.push(chunk);
+            chunks.push(a.tokens);
             self.running.push(seq);
         }
+        // Left out by the budget: after the batch (never alongside admissions, which need
+        // budget left over once every running sequence is served).
+        for &s in &plan.idle {
+            self.running.extend(slots[s].take());
+        }
+        debug_assert!(slots.iter().all(Option::is_none), "a sequence was dropped");
+        chunks
+    }
+
+    fn step(&mut self, model: &mut Model) {
+        let bs = self.blocks.block_size();
+        let chunks = self.schedule();
         if chunks.is_empty() {
             return;
         }
@@ -478,9 +452,7 @@ impl<'t> State<'t> {
                     computed: shared.len() * bs,
                     blocks: shared.clone(),
                     hashes: hashes.clone(),
-                    rng: Rng::new(
-                        seed.wrapping_add((choice as u64).wrapping_mul(0xA076_1D64_78BD_642F)),
-                    ),
+                    rng: Rng::new(choice_seed(seed, choice)),
                     detok: self.tokenizer.detokenizer(skip),
                     stop: StopMatcher::new(stops.clone()),
                     pending_forks: 0,
@@ -598,6 +570,17 @@ impl<'t> State<'t> {
     }
 }
 
+/// Requests among sequences (a request's choices are one request).
+fn distinct(requests: impl Iterator<Item = u64>) -> usize {
+    requests.collect::<HashSet<_>>().len()
+}
+
+/// The seed of a request's choice `choice`: choice 0 uses the request's seed itself, so `n = 1`
+/// with a seed replays whatever else is running; the others are spread by an odd constant.
+fn choice_seed(seed: u64, choice: usize) -> u64 {
+    seed.wrapping_add((choice as u64).wrapping_mul(0xA076_1D64_78BD_642F))
+}
+
 /// The text still held when a choice ends without a stop string: the detokenizer's tail, cut at
 /// a stop string if it completes one.
 fn release_tail(stop: &mut StopMatcher, tail: &str) -> String {
@@ -607,5 +590,42 @@ fn release_tail(stop: &mut StopMatcher, tail: &str) -> String {
             text.push_str(&stop.finish());
             text
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_that_completes_a_stop_string_is_cut_before_it() {
+        let mut stop = StopMatcher::new(vec!["END".into()]);
+        assert_eq!(stop.push("ok E"), StopCheck::Continue("ok ".into()));
+        assert_eq!(release_tail(&mut stop, "ND and more"), "");
+    }
+
+    #[test]
+    fn a_tail_releases_everything_held_when_no_stop_string_completes() {
+        let mut stop = StopMatcher::new(vec!["END".into()]);
+        assert_eq!(stop.push("ok E"), StopCheck::Continue("ok ".into()));
+        // "E" was held back as a possible start of "END"; the choice ends, so it is released.
+        assert_eq!(release_tail(&mut stop, "N"), "EN");
+        let mut none = StopMatcher::new(Vec::new());
+        assert_eq!(release_tail(&mut none, "tail"), "tail");
+    }
+
+    #[test]
+    fn choice_zero_keeps_the_seed_and_other_choices_differ() {
+        assert_eq!(choice_seed(42, 0), 42);
+        let seeds: HashSet<u64> = (0..16).map(|c| choice_seed(42, c)).collect();
+        assert_eq!(seeds.len(), 16);
+        // Wraps rather than overflowing.
+        assert_ne!(choice_seed(u64::MAX, 1), choice_seed(u64::MAX, 2));
+    }
+
+    #[test]
+    fn choices_of_one_request_count_once() {
+        assert_eq!(distinct([3, 3, 3, 5].into_iter()), 2);
+        assert_eq!(distinct(std::iter::empty()), 0);
     }
 }

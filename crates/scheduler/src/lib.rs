@@ -11,6 +11,7 @@
 mod blocks;
 mod engine;
 mod metrics;
+mod planner;
 mod sampling;
 mod stop;
 
@@ -25,7 +26,18 @@ use kiln_tokenizer::Tokenizer;
 
 pub use sampling::{Logprobs, SamplingParams, TokenLogprob};
 
-/// Engine limits. Defaults suit a small model on a CPU.
+/// [`EngineConfig::max_batched_tokens`] by default.
+pub const DEFAULT_MAX_BATCHED_TOKENS: usize = 512;
+/// [`EngineConfig::max_running`] by default.
+pub const DEFAULT_MAX_RUNNING: usize = 64;
+/// [`EngineConfig::max_waiting`] by default.
+pub const DEFAULT_MAX_WAITING: usize = 256;
+/// [`EngineConfig::max_n`] by default.
+pub const DEFAULT_MAX_N: usize = 16;
+/// [`EngineConfig::prefix_caching`] by default.
+pub const DEFAULT_PREFIX_CACHING: bool = true;
+
+/// Engine limits. Defaults (the `DEFAULT_*` constants) suit a small model on a CPU.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Tokens one step may feed the model (decodes count one each; prefills are chunked to fit).
@@ -54,11 +66,12 @@ impl EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_batched_tokens: 512,
-            max_running: 64,
-            max_waiting: 256,
-            max_n: 16,
-            prefix_caching: true,
+            max_batched_tokens: DEFAULT_MAX_BATCHED_TOKENS,
+            max_running: DEFAULT_MAX_RUNNING,
+            max_waiting: DEFAULT_MAX_WAITING,
+            max_n: DEFAULT_MAX_N,
+            prefix_caching: DEFAULT_PREFIX_CACHING,
+            // The model's own context length.
             max_model_len: None,
         }
     }

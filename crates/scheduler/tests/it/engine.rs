@@ -1,94 +1,19 @@
 //! The engine end to end on real models (the tiny random Llama with SmolLM2's tokenizer, and
 //! SmolLM2 itself): batch invariance, preemption, cancellation, seeds, stop strings, n > 1,
 //! logprobs, the queue limit, the prefix cache, limits and shutdown.
-#![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_runtime::{LoadOptions, Model};
 use kiln_scheduler::{
-    Completion, Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest,
-    SamplingParams, SchedulerError,
+    Completion, Engine, EngineConfig, Event, FinishReason, GenerationRequest, SamplingParams,
+    SchedulerError,
 };
 use kiln_tokenizer::Tokenizer;
 use prometheus::Registry;
 
-fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
-}
-
-fn tokenizer() -> Arc<Tokenizer> {
-    Arc::new(Tokenizer::from_hf_dir(testdata().join("smollm2")).unwrap())
-}
-
-/// The tiny model with a pool of `blocks` KV blocks of 16 positions.
-fn tiny(blocks: usize, config: EngineConfig) -> (Engine, Registry) {
-    // 2 layers x K and V x 2 kv heads x 16 dims x 16 positions x 4 bytes.
-    let per_block = 2 * 2 * 2 * 16 * 16 * 4;
-    let options = LoadOptions {
-        block_size: 16,
-        kv_cache_bytes: blocks * per_block,
-        ..Default::default()
-    };
-    let model = Model::load(&testdata().join("tiny-llama"), &options).unwrap();
-    assert_eq!(model.num_blocks(), blocks);
-    let registry = Registry::new();
-    let engine = Engine::start(model, tokenizer(), config, &registry).unwrap();
-    (engine, registry)
-}
-
-/// Deterministic prompts of ids the tiny model (vocabulary 512) accepts, avoiding EOS-like ids.
-fn prompt(len: usize, seed: usize) -> Vec<u32> {
-    (0..len)
-        .map(|i| ((i * 37 + seed * 101) % 480 + 20) as u32)
-        .collect()
-}
-
-fn run(handle: &EngineHandle, request: GenerationRequest) -> Completion {
-    let n = request.n;
-    let mut stream = handle.submit(request).unwrap();
-    Completion::collect(std::iter::from_fn(|| stream.blocking_next()), n).unwrap()
-}
-
-/// Runs all requests concurrently (all submitted before any is read).
-fn run_all(handle: &EngineHandle, requests: Vec<GenerationRequest>) -> Vec<Completion> {
-    let streams: Vec<_> = requests
-        .into_iter()
-        .map(|r| (r.n, handle.submit(r).unwrap()))
-        .collect();
-    streams
-        .into_iter()
-        .map(|(n, mut s)| Completion::collect(std::iter::from_fn(|| s.blocking_next()), n).unwrap())
-        .collect()
-}
-
-fn metric(registry: &Registry, name: &str) -> f64 {
-    use prometheus::proto::MetricType;
-    for family in registry.gather() {
-        if family.name() == name {
-            let m = &family.get_metric()[0];
-            return match family.get_field_type() {
-                MetricType::GAUGE => m.get_gauge().get_value(),
-                MetricType::COUNTER => m.get_counter().get_value(),
-                _ => m.get_histogram().get_sample_count() as f64,
-            };
-        }
-    }
-    panic!("no metric {name}");
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use crate::common::{metric, prompt, run, run_all, testdata, tiny, tokenizer, wait_for};
 
 fn greedy_requests() -> Vec<GenerationRequest> {
     (0..16)
@@ -555,4 +480,20 @@ fn smollm2_golden_prompts_concurrently_give_the_reference_greedy_ids() {
         );
     }
     engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_default_config_is_the_named_defaults() {
+    let c = EngineConfig::default();
+    assert_eq!(
+        (c.max_batched_tokens, c.max_running, c.max_waiting, c.max_n),
+        (
+            kiln_scheduler::DEFAULT_MAX_BATCHED_TOKENS,
+            kiln_scheduler::DEFAULT_MAX_RUNNING,
+            kiln_scheduler::DEFAULT_MAX_WAITING,
+            kiln_scheduler::DEFAULT_MAX_N
+        )
+    );
+    assert_eq!(c.prefix_caching, kiln_scheduler::DEFAULT_PREFIX_CACHING);
+    assert_eq!(c.max_model_len, None);
 }

@@ -1,0 +1,6 @@
+//! kiln-scheduler's integration tests, one binary: the engine driven through its public API on
+//! real models.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod engine;
