@@ -25,10 +25,10 @@ Made with (testdata/requirements-golden.txt): transformers 5.23.0, torch 2.15.0 
 which reports 2.15.0+cu132), gguf, float32, CPU, 2 threads, attn_implementation="sdpa".
 
 Run from the repository root:
-    python3 -m venv /tmp/golden-venv
-    /tmp/golden-venv/bin/pip install -r testdata/requirements-golden.txt
-    /tmp/golden-venv/bin/python testdata/smollm2/make_golden.py                # rewrites testdata/smollm2/
-    /tmp/golden-venv/bin/python testdata/smollm2/make_golden.py --out /tmp/s2  # or elsewhere
+    python3 -m venv ~/.cache/kiln/golden-venv
+    ~/.cache/kiln/golden-venv/bin/pip install -r testdata/requirements-golden.txt
+    ~/.cache/kiln/golden-venv/bin/python testdata/smollm2/make_golden.py                # rewrites testdata/smollm2/
+    ~/.cache/kiln/golden-venv/bin/python testdata/smollm2/make_golden.py --out "$(mktemp -d)"  # or elsewhere
 It needs ~2 GB of memory and ~2.5 minutes on 2 cores.
 
 The tokenizer comes from the GGUF too; transformers 5.23 does not know its pre-tokenizer type

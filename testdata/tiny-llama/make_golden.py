@@ -22,10 +22,10 @@ Made with (testdata/requirements-golden.txt): transformers 5.23.0, torch 2.15.0 
 float32, CPU, 2 threads, attn_implementation="sdpa".
 
 Run from the repository root:
-    python3 -m venv /tmp/golden-venv
-    /tmp/golden-venv/bin/pip install -r testdata/requirements-golden.txt
-    /tmp/golden-venv/bin/python testdata/tiny-llama/make_golden.py            # rewrites testdata/tiny-llama/
-    /tmp/golden-venv/bin/python testdata/tiny-llama/make_golden.py --out /tmp/tiny   # or elsewhere
+    python3 -m venv ~/.cache/kiln/golden-venv
+    ~/.cache/kiln/golden-venv/bin/pip install -r testdata/requirements-golden.txt
+    ~/.cache/kiln/golden-venv/bin/python testdata/tiny-llama/make_golden.py            # rewrites testdata/tiny-llama/
+    ~/.cache/kiln/golden-venv/bin/python testdata/tiny-llama/make_golden.py --out "$(mktemp -d)"   # or elsewhere
 
 Deterministic. Checked 2026-12-01 (2-core AMD EPYC, AVX-512) against the committed files, made
 2026-11-22: config.json, generation_config.json, model.safetensors, logits_all.f32 and
