@@ -131,7 +131,7 @@ fn read_results(home: &Path, since: SystemTime) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    rows.sort_by(|a, b| natural_key(&a.id).cmp(&natural_key(&b.id)));
+    rows.sort_by_key(|row| natural_key(&row.id));
     Ok(rows)
 }
 
