@@ -348,4 +348,11 @@ async fn whole_completions_are_their_streams_folded() {
         );
     }
     assert_eq!(whole["usage"]["prompt_tokens"], PROMPT.len() + 3, "{whole}");
+    // Something was generated, so the comparisons above compared something.
+    assert!(
+        choices
+            .iter()
+            .all(|c| !c["logprobs"]["tokens"].as_array().unwrap().is_empty()),
+        "{whole}"
+    );
 }
