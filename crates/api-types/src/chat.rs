@@ -307,7 +307,7 @@ impl JsonSchema for ChatMessage {
     }
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        schema::chat_message(generator)
+        schema::chat_message(&generator.subschema_for::<ImageUrl>().to_value())
     }
 }
 
@@ -472,7 +472,7 @@ impl JsonSchema for ContentPart {
     }
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        schema::any_content_part(generator)
+        schema::any_content_part(&generator.subschema_for::<ImageUrl>().to_value())
     }
 }
 

@@ -8,8 +8,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The most stop sequences a request may give (OpenAI's limit).
-pub const MAX_STOP: usize = 4;
+use crate::limits::MAX_STOP;
 
 /// What a non-finite logprob is written as: JSON has no `-Infinity`, serde_json would write
 /// `null` (which the schema and clients do not expect), and OpenAI itself uses this floor.

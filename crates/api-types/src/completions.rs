@@ -15,6 +15,7 @@ use crate::common::{
     FinishReason, Stop, StreamOptions, TextCompletionObject, Usage, finite_logprob, integral,
     json_object, opt_int, ser_opt_logprobs,
 };
+use crate::limits::Limits;
 use crate::schema;
 
 /// The body of `POST /v1/completions`.
@@ -344,7 +345,7 @@ impl JsonSchema for Prompt {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        schema::prompt(&crate::validate::Limits::default())
+        schema::prompt(&Limits::default())
     }
 }
 

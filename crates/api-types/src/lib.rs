@@ -12,6 +12,7 @@ mod chat;
 mod common;
 mod completions;
 mod error;
+mod limits;
 mod models;
 pub mod openapi;
 mod parse;
@@ -26,16 +27,16 @@ pub use chat::{
 };
 pub use common::{
     AssistantRole, ChatCompletionChunkObject, ChatCompletionObject, FinishReason, LOGPROB_FLOOR,
-    ListObject, MAX_STOP, ModelObject, Stop, StreamOptions, TextCompletionObject, Usage,
+    ListObject, ModelObject, Stop, StreamOptions, TextCompletionObject, Usage,
 };
 pub use completions::{
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Prompt, TopLogprobsMap,
 };
 pub use error::{ErrorBody, ErrorEnvelope, INVALID_REQUEST_ERROR, ValidationError, code};
+pub use limits::{DEFAULT_MAX_IMAGES, DEFAULT_MAX_N, Limits, MAX_STOP};
 pub use models::{Health, HealthStatus, Model, ModelList};
 pub use openapi::{openapi, openapi_for};
 pub use parse::{parse_chat_request, parse_completion_request};
 pub use validate::{
-    GenerationParams, Limits, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion,
-    ValidatedMessage,
+    GenerationParams, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion, ValidatedMessage,
 };

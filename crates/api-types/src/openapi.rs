@@ -12,9 +12,9 @@ use serde_json::{Map, Value, json};
 use crate::chat::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
 use crate::completions::{Completion, CompletionRequest};
 use crate::error::ErrorEnvelope;
+use crate::limits::Limits;
 use crate::models::{Health, Model, ModelList};
 use crate::schema::{Api, apply_request_limits, chat_message_for};
-use crate::validate::Limits;
 
 /// Where schemas live in the document.
 const SCHEMAS: &str = "/components/schemas";

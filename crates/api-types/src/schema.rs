@@ -6,8 +6,7 @@
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Map, Value, json};
 
-use crate::chat::ImageUrl;
-use crate::validate::{Limits, MAX_PROMPTS};
+use crate::limits::{Limits, MAX_PROMPTS};
 
 /// What [`crate::validate::is_accepted_image_url`] accepts, as an ECMA-262 pattern.
 pub(crate) const IMAGE_URL_PATTERN: &str =
@@ -176,17 +175,16 @@ fn content_part(image_url: Option<&Value>) -> Value {
     }
 }
 
-/// [`ContentPart`](crate::ContentPart)'s schema.
-pub(crate) fn any_content_part(generator: &mut SchemaGenerator) -> Schema {
-    let image_url = generator.subschema_for::<ImageUrl>().to_value();
-    to_schema(content_part(Some(&image_url)))
+/// [`ContentPart`](crate::ContentPart)'s schema, given the `ImageUrl` schema (the caller's
+/// generator makes it, so this module need not know the wire types).
+pub(crate) fn any_content_part(image_url: &Value) -> Schema {
+    to_schema(content_part(Some(image_url)))
 }
 
-/// A chat message under the default limits.
-pub(crate) fn chat_message(generator: &mut SchemaGenerator) -> Schema {
-    let image_url = generator.subschema_for::<ImageUrl>().to_value();
+/// A chat message under the default limits, given the `ImageUrl` schema.
+pub(crate) fn chat_message(image_url: &Value) -> Schema {
     to_schema(chat_message_for(
-        Some(&image_url),
+        Some(image_url),
         Limits::default().max_images,
     ))
 }

@@ -65,44 +65,14 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::chat::{ChatCompletionRequest, ContentPart, MessageContent, MessageRole};
-use crate::common::{MAX_STOP, Stop, StreamOptions};
+use crate::common::{Stop, StreamOptions};
 use crate::completions::{CompletionRequest, Prompt};
 use crate::error::{ValidationError, code};
-
-/// The most prompts one legacy completion request may hold.
-pub const MAX_PROMPTS: usize = 64;
-
-/// `max_tokens` of a legacy completion that gives none (OpenAI's default there).
-pub const LEGACY_DEFAULT_MAX_TOKENS: u32 = 16;
-
-/// The most `top_logprobs` a chat request may ask for.
-pub const MAX_TOP_LOGPROBS: u8 = 20;
-
-/// The most `logprobs` a legacy completion request may ask for.
-pub const MAX_LEGACY_LOGPROBS: u8 = 5;
-
-/// Server limits that validation enforces (and that the OpenAPI document states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// The most choices per request (per prompt for legacy completions).
-    pub max_n: u32,
-    /// The most images in one chat request, over all messages; 0 for a model without vision,
-    /// which rejects image parts (and leaves them out of the OpenAPI document).
-    pub max_images: usize,
-    /// The served model's vocabulary size: token ids in prompts and `logit_bias` must be below
-    /// it. `None` checks only that ids fit `u32`, leaving the vocabulary check to the caller.
-    pub vocab_size: Option<u32>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_n: 16,
-            max_images: 12,
-            vocab_size: None,
-        }
-    }
-}
+use crate::limits::MAX_STOP;
+// Re-exported so that the limits this table names keep their `validate::` paths.
+pub use crate::limits::{
+    LEGACY_DEFAULT_MAX_TOKENS, Limits, MAX_LEGACY_LOGPROBS, MAX_PROMPTS, MAX_TOP_LOGPROBS,
+};
 
 /// A message's role after validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -242,12 +242,74 @@ pub struct Completion {
     pub usage: Usage,
 }
 
+/// One choice of a [`Completion`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChoiceOutput {
+    /// Every released text in order, the `Finished` tail included.
     pub text: String,
+    /// The generated token ids (an EOS that ends the choice is not one of them).
     pub tokens: Vec<u32>,
+    /// One per token when the request asked for logprobs, else empty.
     pub logprobs: Vec<Logprobs>,
+    /// One per token: the byte offset in `text` where that token's text starts.
+    pub text_offsets: Vec<usize>,
+    /// `Some` for every choice the engine ran: each finishes before `Done`.
     pub finish_reason: Option<FinishReason>,
+}
+
+/// The one fold of a request's [`Event`]s into a [`Completion`]: feed it the events in order,
+/// whichever way they arrive (an iterator, an async stream, a channel shared by several
+/// requests); [`Completion::collect`] and [`Completion::receive`] drive it for the plain cases.
+#[derive(Debug, Clone)]
+pub struct CompletionFold {
+    choices: Vec<ChoiceOutput>,
+}
+
+impl CompletionFold {
+    /// A fold for a request with `n` choices.
+    pub fn new(n: usize) -> Self {
+        Self {
+            choices: vec![ChoiceOutput::default(); n],
+        }
+    }
+
+    /// Folds the next event; `Some` once the stream is over: the completion at `Done`, the
+    /// error at `Error`. Events for a choice beyond `n` are ignored. A stream that ends before
+    /// either means the engine is gone ([`SchedulerError::EngineStopped`]).
+    pub fn push(&mut self, event: Event) -> Option<Result<Completion, SchedulerError>> {
+        match event {
+            Event::Token {
+                choice,
+                id,
+                text,
+                logprobs,
+            } => {
+                if let Some(c) = self.choices.get_mut(choice) {
+                    c.text_offsets.push(c.text.len());
+                    c.text.push_str(&text);
+                    c.tokens.push(id);
+                    c.logprobs.extend(logprobs);
+                }
+                None
+            }
+            Event::Finished {
+                choice,
+                reason,
+                text,
+            } => {
+                if let Some(c) = self.choices.get_mut(choice) {
+                    c.text.push_str(&text);
+                    c.finish_reason = Some(reason);
+                }
+                None
+            }
+            Event::Done { usage } => Some(Ok(Completion {
+                choices: std::mem::take(&mut self.choices),
+                usage,
+            })),
+            Event::Error(err) => Some(Err(err)),
+        }
+    }
 }
 
 impl Completion {
@@ -256,36 +318,117 @@ impl Completion {
         events: impl IntoIterator<Item = Event>,
         n: usize,
     ) -> Result<Self, SchedulerError> {
-        let mut choices = vec![ChoiceOutput::default(); n];
+        let mut fold = CompletionFold::new(n);
         for event in events {
-            match event {
-                Event::Token {
-                    choice,
-                    id,
-                    text,
-                    logprobs,
-                } => {
-                    if let Some(c) = choices.get_mut(choice) {
-                        c.text.push_str(&text);
-                        c.tokens.push(id);
-                        c.logprobs.extend(logprobs);
-                    }
-                }
-                Event::Finished {
-                    choice,
-                    reason,
-                    text,
-                } => {
-                    if let Some(c) = choices.get_mut(choice) {
-                        c.text.push_str(&text);
-                        c.finish_reason = Some(reason);
-                    }
-                }
-                Event::Done { usage } => return Ok(Self { choices, usage }),
-                Event::Error(err) => return Err(err),
+            if let Some(done) = fold.push(event) {
+                return done;
             }
         }
         Err(SchedulerError::EngineStopped)
+    }
+
+    /// [`Self::collect`] for a stream read in an async task.
+    pub async fn receive(stream: &mut GenerationStream, n: usize) -> Result<Self, SchedulerError> {
+        let mut fold = CompletionFold::new(n);
+        while let Some(event) = stream.next().await {
+            if let Some(done) = fold.push(event) {
+                return done;
+            }
+        }
+        Err(SchedulerError::EngineStopped)
+    }
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+
+    fn token(choice: usize, id: u32, text: &str) -> Event {
+        Event::Token {
+            choice,
+            id,
+            text: text.into(),
+            logprobs: None,
+        }
+    }
+
+    #[test]
+    fn folds_choices_in_any_interleaving() {
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cached_tokens: 0,
+        };
+        let events = vec![
+            token(1, 7, "b"),
+            token(0, 5, "he"),
+            token(0, 6, ""),
+            token(1, 8, "c"),
+            Event::Finished {
+                choice: 1,
+                reason: FinishReason::Length,
+                text: String::new(),
+            },
+            token(0, 9, "l"),
+            Event::Finished {
+                choice: 0,
+                reason: FinishReason::Stop,
+                text: "lo".into(),
+            },
+            Event::Done { usage },
+        ];
+        let c = Completion::collect(events, 2).unwrap();
+        assert_eq!(c.usage, usage);
+        assert_eq!(c.choices[0].text, "hello");
+        assert_eq!(c.choices[0].tokens, vec![5, 6, 9]);
+        assert_eq!(c.choices[0].text_offsets, vec![0, 2, 2]);
+        assert_eq!(c.choices[0].finish_reason, Some(FinishReason::Stop));
+        assert_eq!(c.choices[1].text, "bc");
+        assert_eq!(c.choices[1].text_offsets, vec![0, 1]);
+        assert_eq!(c.choices[1].finish_reason, Some(FinishReason::Length));
+        assert!(c.choices.iter().all(|c| c.logprobs.is_empty()));
+    }
+
+    #[test]
+    fn keeps_logprobs_per_token_and_ignores_unknown_choices() {
+        let lp = |id: u32| Logprobs {
+            chosen: TokenLogprob {
+                id,
+                text: id.to_string(),
+                logprob: -0.5,
+            },
+            top: Vec::new(),
+        };
+        let mut fold = CompletionFold::new(1);
+        for (choice, id) in [(0, 1), (3, 2), (0, 3)] {
+            let event = Event::Token {
+                choice,
+                id,
+                text: "x".into(),
+                logprobs: Some(lp(id)),
+            };
+            assert!(fold.push(event).is_none());
+        }
+        let done = fold.push(Event::Done {
+            usage: Usage::default(),
+        });
+        let c = done.unwrap().unwrap();
+        assert_eq!(c.choices.len(), 1);
+        assert_eq!(c.choices[0].logprobs, vec![lp(1), lp(3)]);
+        assert_eq!(c.choices[0].finish_reason, None);
+    }
+
+    #[test]
+    fn an_error_or_a_cut_stream_fails_the_fold() {
+        let events = vec![token(0, 1, "a"), Event::Error(SchedulerError::ShuttingDown)];
+        assert_eq!(
+            Completion::collect(events, 1),
+            Err(SchedulerError::ShuttingDown)
+        );
+        assert_eq!(
+            Completion::collect(vec![token(0, 1, "a")], 1),
+            Err(SchedulerError::EngineStopped)
+        );
     }
 }
 

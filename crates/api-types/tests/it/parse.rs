@@ -1,11 +1,7 @@
 //! Parsing request bodies as real clients send them, and the errors for bodies that are not
 //! valid JSON or do not fit the types: line and column for broken JSON, the field path otherwise.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use kiln_api_types::{
     Part, PromptInput, Role, Stop, code, parse_chat_request, parse_completion_request,
 };

@@ -1,11 +1,7 @@
 //! Every validation rule: each bad value is rejected with an error naming the right field, and
 //! the good values around it come out as the right typed values.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use kiln_api_types::{Limits, Part, PromptInput, Role, code};
 use serde_json::json;
 

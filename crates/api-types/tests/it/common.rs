@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: parse and validate a JSON literal in one step, and
 //! assert which field an error names.
 
-#![allow(dead_code, clippy::unwrap_used)]
-
 use kiln_api_types::{
     Limits, ValidatedChat, ValidatedCompletion, ValidationError, parse_chat_request,
     parse_completion_request,

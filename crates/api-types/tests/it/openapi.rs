@@ -1,8 +1,6 @@
 //! The OpenAPI document: version, paths, error responses, security, streaming content types,
 //! limits, and that every `$ref` in it resolves inside it.
 
-#![allow(clippy::unwrap_used)]
-
 use kiln_api_types::{Limits, openapi, openapi_for};
 use serde_json::Value;
 

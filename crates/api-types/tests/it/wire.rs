@@ -1,8 +1,6 @@
 //! Response types serialize to exactly OpenAI's JSON shapes (nulls included), read back to the
 //! same values, and keep logprobs finite.
 
-#![allow(clippy::unwrap_used)]
-
 use kiln_api_types::{
     AssistantRole, ChatCompletion, ChatCompletionChoice, ChatCompletionChunk,
     ChatCompletionChunkChoice, ChatCompletionChunkObject, ChatCompletionDelta,

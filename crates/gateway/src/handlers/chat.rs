@@ -1,0 +1,227 @@
+//! `/v1/chat/completions`: a validated chat becomes a prompt through the model's chat
+//! template and one scheduler request; its events become one response or SSE chunks.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use kiln_api_types::{
+    AssistantRole, ChatCompletion, ChatCompletionChoice, ChatCompletionChunk,
+    ChatCompletionChunkChoice, ChatCompletionChunkObject, ChatCompletionDelta,
+    ChatCompletionMessage, ChatCompletionObject, ChatLogprobs, FinishReason, Part, Role,
+    ValidatedMessage,
+};
+use kiln_scheduler::{Completion, Event, SchedulerError};
+use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content};
+
+use super::{fingerprint, finish, generation_request, token_logprob, usage};
+use crate::Gateway;
+use crate::body::{Body, json_response};
+use crate::error::{ApiError, ErrorKind, from_scheduler};
+use crate::ids::{random_hex, unix_now};
+use crate::sse::sse_response;
+
+/// The field that holds a chat's prompt, for errors about it.
+const PROMPT_PARAM: &str = "messages";
+
+/// A validated message as the chat template takes it: text parts joined, images left to the
+/// model's processor.
+fn template_message(m: &ValidatedMessage) -> ChatMessage {
+    let text: Vec<&str> = m
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            Part::Image(_) => None,
+        })
+        .collect();
+    // Templates written for system prompts rarely know `developer`.
+    let role = match m.role {
+        Role::Developer => "system",
+        other => other.as_str(),
+    };
+    let mut msg = ChatMessage {
+        role: role.to_string(),
+        content: Some(Content::Text(text.join("\n"))),
+        extra: serde_json::Map::new(),
+    };
+    if let Some(name) = &m.name {
+        msg.extra
+            .insert("name".into(), serde_json::Value::String(name.clone()));
+    }
+    msg
+}
+
+pub(crate) async fn chat(gw: Arc<Gateway>, body: Bytes) -> Result<Response<Body>, ApiError> {
+    let backend = gw.backend()?.clone();
+    let mut limits = gw.config.limits;
+    limits.vocab_size = Some(backend.engine.model_info().vocab_size as u32);
+    let req = kiln_api_types::parse_chat_request(&body)?.validate(&limits)?;
+    let model = gw.resolve_model(req.model.as_deref())?;
+    if req.image_count > 0 && !gw.config.accepts_images {
+        return Err(ApiError::new(
+            ErrorKind::ImageInputNotSupported,
+            format!("The model `{model}` does not accept image input."),
+        )
+        .param("messages"));
+    }
+    let messages: Vec<ChatMessage> = req.messages.iter().map(template_message).collect();
+    let prompt = backend.tokenizer.apply_chat_template(
+        &messages,
+        &ChatTemplateOptions {
+            add_generation_prompt: true,
+            ..ChatTemplateOptions::default()
+        },
+    )?;
+    let n = req.params.n as usize;
+    let request = generation_request(prompt.ids, &req.params, req.logprobs);
+    let mut stream = backend
+        .engine
+        .submit(request)
+        .map_err(|e| from_scheduler(e, PROMPT_PARAM))?;
+    let id = format!("chatcmpl-{}", random_hex(24));
+    let created = unix_now();
+    if !req.stream {
+        let done = Completion::receive(&mut stream, n)
+            .await
+            .map_err(|e| from_scheduler(e, PROMPT_PARAM))?;
+        let choices = done
+            .choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| ChatCompletionChoice {
+                index: i as u32,
+                logprobs: req.logprobs.map(|_| ChatLogprobs {
+                    content: Some(c.logprobs.iter().map(token_logprob).collect()),
+                    refusal: None,
+                }),
+                message: ChatCompletionMessage::new(c.text),
+                finish_reason: c.finish_reason.map_or(FinishReason::Stop, finish),
+            })
+            .collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &ChatCompletion {
+                id,
+                object: ChatCompletionObject::Value,
+                created,
+                model,
+                choices,
+                usage: usage(done.usage),
+                system_fingerprint: fingerprint(),
+            },
+        ));
+    }
+
+    // Streaming: the first event is awaited here, so an error that comes before any token
+    // is still a proper HTTP error rather than an event in a 200 stream.
+    let first = stream.next().await;
+    if let Some(Event::Error(e)) = &first {
+        return Err(from_scheduler(e.clone(), PROMPT_PARAM));
+    }
+    let (sse, response) = sse_response();
+    let want_logprobs = req.logprobs.is_some();
+    let include_usage = req.include_usage;
+    tokio::spawn(async move {
+        let chunk = |choices: Vec<ChatCompletionChunkChoice>,
+                     usage: Option<kiln_api_types::Usage>| {
+            ChatCompletionChunk {
+                id: id.clone(),
+                object: ChatCompletionChunkObject::Value,
+                created,
+                model: model.clone(),
+                system_fingerprint: fingerprint(),
+                choices,
+                usage,
+            }
+        };
+        let one = |index: usize,
+                   delta: ChatCompletionDelta,
+                   logprobs: Option<ChatLogprobs>,
+                   finish_reason: Option<FinishReason>| {
+            vec![ChatCompletionChunkChoice {
+                index: index as u32,
+                delta,
+                logprobs,
+                finish_reason,
+            }]
+        };
+        for i in 0..n {
+            let delta = ChatCompletionDelta {
+                role: Some(AssistantRole::Value),
+                content: Some(String::new()),
+            };
+            if !sse.send(&chunk(one(i, delta, None, None), None)).await {
+                return;
+            }
+        }
+        let mut next = first;
+        loop {
+            let event = match next.take() {
+                Some(e) => Some(e),
+                None => stream.next().await,
+            };
+            let sent = match event {
+                Some(Event::Token {
+                    choice,
+                    text,
+                    logprobs,
+                    ..
+                }) => {
+                    if text.is_empty() && !want_logprobs {
+                        true
+                    } else {
+                        let lp = logprobs.map(|lp| ChatLogprobs {
+                            content: Some(vec![token_logprob(&lp)]),
+                            refusal: None,
+                        });
+                        let delta = ChatCompletionDelta {
+                            role: None,
+                            content: Some(text),
+                        };
+                        sse.send(&chunk(one(choice, delta, lp, None), None)).await
+                    }
+                }
+                Some(Event::Finished {
+                    choice,
+                    reason,
+                    text,
+                }) => {
+                    if !text.is_empty() {
+                        let delta = ChatCompletionDelta {
+                            role: None,
+                            content: Some(text),
+                        };
+                        if !sse.send(&chunk(one(choice, delta, None, None), None)).await {
+                            return;
+                        }
+                    }
+                    let delta = ChatCompletionDelta::default();
+                    sse.send(&chunk(one(choice, delta, None, Some(finish(reason))), None))
+                        .await
+                }
+                Some(Event::Done { usage: u }) => {
+                    if include_usage {
+                        sse.send(&chunk(Vec::new(), Some(usage(u)))).await;
+                    }
+                    sse.done().await;
+                    return;
+                }
+                Some(Event::Error(e)) => {
+                    sse.error(from_scheduler(e, PROMPT_PARAM)).await;
+                    return;
+                }
+                None => {
+                    sse.error(from_scheduler(SchedulerError::EngineStopped, PROMPT_PARAM))
+                        .await;
+                    return;
+                }
+            };
+            if !sent {
+                // The client went away: dropping `stream` cancels the request.
+                return;
+            }
+        }
+    });
+    Ok(response)
+}

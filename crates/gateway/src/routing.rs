@@ -1,0 +1,192 @@
+//! Routing: which route a path names (and its metrics label), which methods it takes, whether
+//! it needs a key, and the dispatch to its handler.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::{Body, read_body};
+use crate::error::{ApiError, ErrorKind};
+use crate::{Gateway, auth, handlers};
+
+/// Which route a request matched (also the metrics label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    Health,
+    Metrics,
+    OpenApi,
+    Models,
+    Model(String),
+    Chat,
+    Completions,
+    NotFound,
+}
+
+impl Route {
+    /// The route and its metrics label (the path with its variable parts named, so labels stay
+    /// few).
+    pub(crate) fn parse(path: &str) -> (Self, &'static str) {
+        let rest = match path.strip_prefix("/v1") {
+            Some(rest) => rest,
+            None => {
+                return match path {
+                    "/health" => (Self::Health, "/health"),
+                    "/metrics" => (Self::Metrics, "/metrics"),
+                    "/openapi.json" => (Self::OpenApi, "/openapi.json"),
+                    _ => (Self::NotFound, "unknown"),
+                };
+            }
+        };
+        // `/v1/ai/{deployment}/…` is the same API, scoped to a deployment.
+        let (rest, scoped) = match rest.strip_prefix("/ai/") {
+            Some(scoped) => match scoped.split_once('/') {
+                Some((deployment, rest)) if !deployment.is_empty() => (rest, true),
+                _ => return (Self::NotFound, "unknown"),
+            },
+            None => match rest.strip_prefix('/') {
+                Some(rest) => (rest, false),
+                None => return (Self::NotFound, "unknown"),
+            },
+        };
+        let label = |plain: &'static str, deployment: &'static str| {
+            if scoped { deployment } else { plain }
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        match rest {
+            "chat/completions" => (
+                Self::Chat,
+                label(
+                    "/v1/chat/completions",
+                    "/v1/ai/{deployment}/chat/completions",
+                ),
+            ),
+            "completions" => (
+                Self::Completions,
+                label("/v1/completions", "/v1/ai/{deployment}/completions"),
+            ),
+            "models" => (
+                Self::Models,
+                label("/v1/models", "/v1/ai/{deployment}/models"),
+            ),
+            _ => match rest.strip_prefix("models/") {
+                Some(id) if !id.is_empty() => (
+                    Self::Model(id.to_string()),
+                    label("/v1/models/{model}", "/v1/ai/{deployment}/models/{model}"),
+                ),
+                _ => (Self::NotFound, "unknown"),
+            },
+        }
+    }
+
+    fn allowed(&self) -> &'static str {
+        match self {
+            Self::Chat | Self::Completions => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    fn accepts(&self, method: &Method) -> bool {
+        match self {
+            Self::Chat | Self::Completions => method == Method::POST,
+            Self::NotFound => true,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+
+    /// Health and the OpenAPI document are always public; metrics as configured.
+    fn needs_key(&self, metrics_require_key: bool) -> bool {
+        match self {
+            Self::Health | Self::OpenApi => false,
+            Self::Metrics => metrics_require_key,
+            _ => true,
+        }
+    }
+}
+
+impl Gateway {
+    pub(crate) async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        route: &Route,
+    ) -> Result<Response<Body>, ApiError> {
+        if *route == Route::NotFound {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("Invalid URL ({} {}).", req.method(), req.uri().path()),
+            ));
+        }
+        if !route.accepts(req.method()) {
+            return Err(ApiError::method_not_allowed(route.allowed()));
+        }
+        if route.needs_key(self.config.metrics_require_key) {
+            auth::authorize(&self.config.api_keys, &req)?;
+        }
+        match route {
+            Route::Health => Ok(handlers::info::health(self)),
+            Route::Metrics => handlers::info::metrics(self),
+            Route::OpenApi => Ok(handlers::info::openapi(self)),
+            Route::Models => Ok(handlers::info::models(self)),
+            Route::Model(id) => handlers::info::model(self, id),
+            Route::Chat => {
+                let body = read_body(req, self.config.max_body_bytes).await?;
+                self.with_timeout(handlers::chat::chat(self.clone(), body))
+                    .await
+            }
+            Route::Completions => {
+                let body = read_body(req, self.config.max_body_bytes).await?;
+                self.with_timeout(handlers::completions::completions(self.clone(), body))
+                    .await
+            }
+            Route::NotFound => Err(ApiError::internal()),
+        }
+    }
+
+    /// Bounds the time to the response head; a stream's body is not bounded by this.
+    async fn with_timeout(
+        &self,
+        fut: impl std::future::Future<Output = Result<Response<Body>, ApiError>>,
+    ) -> Result<Response<Body>, ApiError> {
+        match tokio::time::timeout(self.config.request_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::timeout()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_plain_and_deployment_scoped() {
+        assert_eq!(Route::parse("/v1/chat/completions").0, Route::Chat);
+        assert_eq!(
+            Route::parse("/v1/ai/my-dep/chat/completions").0,
+            Route::Chat
+        );
+        assert_eq!(
+            Route::parse("/v1/ai/my-dep/completions").0,
+            Route::Completions
+        );
+        assert_eq!(Route::parse("/v1/models").0, Route::Models);
+        assert_eq!(
+            Route::parse("/v1/models/org/name").0,
+            Route::Model("org/name".into())
+        );
+        assert_eq!(Route::parse("/v1/ai//chat/completions").0, Route::NotFound);
+        assert_eq!(Route::parse("/v2/chat/completions").0, Route::NotFound);
+        assert_eq!(Route::parse("/health").0, Route::Health);
+        assert_eq!(Route::parse("/v1/chat/completions/").0, Route::Chat);
+    }
+
+    #[test]
+    fn methods_and_keys_per_route() {
+        assert!(Route::Chat.accepts(&Method::POST) && !Route::Chat.accepts(&Method::GET));
+        assert!(Route::Models.accepts(&Method::HEAD) && !Route::Models.accepts(&Method::POST));
+        assert_eq!(Route::Completions.allowed(), "POST");
+        assert!(!Route::Health.needs_key(true) && !Route::OpenApi.needs_key(true));
+        assert!(Route::Metrics.needs_key(true) && !Route::Metrics.needs_key(false));
+        assert!(Route::Model("m".into()).needs_key(false));
+    }
+}

@@ -1,0 +1,78 @@
+//! Server-sent events: a streamed response body fed by a channel, and the sender that writes
+//! `data:` events into it.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{self, HeaderValue};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use crate::body::Body;
+use crate::error::ApiError;
+
+/// How many events may wait for a slow client before the generating task waits too.
+const SSE_BUFFER: usize = 64;
+
+/// A streamed body fed by a channel; when the client goes away hyper drops it, the sender sees
+/// the channel closed, and the request is cancelled.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// An event-stream response and the sender that feeds it.
+pub(crate) fn sse_response() -> (Sse, Response<Body>) {
+    let (tx, rx) = mpsc::channel(SSE_BUFFER);
+    let mut r = Response::new(ChannelBody { rx }.boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    (Sse { tx }, r)
+}
+
+/// Sends SSE `data:` lines; `false` once the client is gone.
+#[derive(Debug)]
+pub(crate) struct Sse {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Sse {
+    pub(crate) async fn send(&self, value: &impl serde::Serialize) -> bool {
+        let Ok(json) = serde_json::to_string(value) else {
+            return false;
+        };
+        self.tx
+            .send(Bytes::from(format!("data: {json}\n\n")))
+            .await
+            .is_ok()
+    }
+
+    pub(crate) async fn done(&self) {
+        let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    }
+
+    /// A failure after the stream started: an error object as the last event (as vLLM does).
+    pub(crate) async fn error(&self, e: ApiError) {
+        let _ = self.send(&e.envelope()).await;
+    }
+}
