@@ -6,41 +6,39 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use kiln_runtime::{DType, DeviceKind, LoadOptions, Model, SeqInput};
 
-use crate::{Input, encode_input, load_tokenizer, resolve_model};
+use crate::config::{device_name, dtype_name, positive};
+use crate::{InputArgs, encode_input, load_tokenizer, resolve_model};
 
-pub(crate) fn run(args: &[String]) -> Result<()> {
-    let mut model: Option<PathBuf> = None;
-    let mut input: Option<Input> = None;
-    let mut max_tokens = 256usize;
-    let mut device = DeviceKind::Cpu;
-    let mut dtype = DType::F32;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--model" => model = Some(PathBuf::from(value("--model")?)),
-            "--prompt" => input = Some(Input::Prompt(value("--prompt")?)),
-            "--chat" => input = Some(Input::Chat(value("--chat")?)),
-            "--max-tokens" => {
-                max_tokens = value("--max-tokens")?
-                    .parse()
-                    .context("--max-tokens must be a positive integer")?;
-                if max_tokens == 0 {
-                    bail!("--max-tokens must be a positive integer");
-                }
-            }
-            "--device" => device = value("--device")?.parse().map_err(anyhow::Error::msg)?,
-            "--dtype" => dtype = value("--dtype")?.parse().map_err(anyhow::Error::msg)?,
-            other => bail!("unknown argument {other:?}; run `kiln help`"),
-        }
-    }
-    let input = input.context("give --prompt TEXT or --chat TEXT")?;
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// GGUF file or Hugging Face directory [default: the default model]
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+    /// Most tokens to generate
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = positive)]
+    max_tokens: usize,
+    /// cpu | wgpu
+    #[arg(long, default_value = device_name(LoadOptions::default().device))]
+    device: DeviceKind,
+    /// f32 | f16
+    #[arg(long, default_value = dtype_name(LoadOptions::default().dtype))]
+    dtype: DType,
+}
+
+pub(crate) fn run(args: GenerateArgs) -> Result<()> {
+    let GenerateArgs {
+        model,
+        input,
+        max_tokens,
+        device,
+        dtype,
+    } = args;
+    let input = input.input()?;
     let path = resolve_model(model)?;
     let tokenizer = load_tokenizer(&path)?;
     let (_, prompt) = encode_input(&tokenizer, input)?;
@@ -48,14 +46,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("the prompt encodes to no tokens");
     }
 
-    let block_size = 16;
-    let positions = prompt.len() + max_tokens;
     let options = LoadOptions {
         device,
         dtype,
-        block_size,
         ..LoadOptions::default()
     };
+    let block_size = options.block_size;
+    let positions = prompt.len() + max_tokens;
     let started = Instant::now();
     let mut model = Model::load_with_progress(&path, &options, &mut |p| {
         eprint!("\rloading {}: {}/{}", path.display(), p.done, p.total);

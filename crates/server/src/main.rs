@@ -2,118 +2,179 @@
 //!
 //! `serve` runs the OpenAI-compatible server; `generate` (greedy decoding on the burn runtime,
 //! for checking a model end to end) and `tokenize` (exactly what the model will see for a prompt
-//! or a chat message) are tools around it.
+//! or a chat message) are tools around it. Every command's flags are one clap-derived struct.
 
+mod config;
 mod generate;
 mod serve;
+mod tokenize;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 
-const USAGE: &str = "\
-kiln — an OpenAI-compatible LLM inference server
+use crate::config::ServeConfig;
+use crate::generate::GenerateArgs;
+use crate::tokenize::TokenizeArgs;
 
-USAGE:
-    kiln serve [--model PATH] [--served-model-name NAME]... [--host 127.0.0.1] [--port 8000]
-               [--api-key KEY]... [--device cpu|wgpu] [--dtype f32|f16] [--max-batched-tokens N]
-               [--max-queue N] [--kv-cache-memory SIZE] [--config FILE] [...]
-    kiln generate [--model PATH] (--prompt TEXT | --chat TEXT) [--max-tokens N]
-                  [--device cpu|wgpu] [--dtype f32|f16]
-    kiln tokenize [--model PATH] (--prompt TEXT | --chat TEXT) [--json]
+/// kiln — an OpenAI-compatible LLM inference server
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    disable_help_subcommand = true,
+    args_override_self = true
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Commands>,
+}
 
-COMMANDS:
-{SERVE}
-    generate    Greedy decoding: streams only the generated text to stdout, stopping at the
-                model's end-of-sequence token or after --max-tokens (default 256), and prints
-                prefill and decode speed to stderr. --model is a GGUF file or a Hugging Face
-                directory (default: the default model). --chat sends TEXT as one user message
-                through the model's chat template; --prompt feeds raw text.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Commands {
+    /// Serve the OpenAI-compatible API
+    ///
+    /// Every flag is also an environment variable (KILN_MODEL, KILN_API_KEY, …) and a key in
+    /// --config FILE (TOML, the flag with `_`: `max_batched_tokens = 1024`). A flag beats the
+    /// environment, which beats the file.
+    Serve(ServeConfig),
+    /// Greedy decoding of one prompt, with prefill and decode speed
+    ///
+    /// Streams only the generated text to stdout, stopping at the model's end-of-sequence token
+    /// or after --max-tokens, and prints prefill and decode speed to stderr. --chat sends TEXT as
+    /// one user message through the model's chat template; --prompt feeds raw text.
+    Generate(GenerateArgs),
+    /// Print the token ids (and, for --chat, the rendered prompt) the model would see
+    ///
+    /// --prompt encodes raw text (special-token strings are parsed); --chat sends TEXT as one
+    /// user message through the model's chat template (user text is always literal). --json
+    /// prints one JSON object.
+    Tokenize(TokenizeArgs),
+    /// Print this message (every command and its flags), or one command's
+    Help {
+        /// The command to describe
+        command: Option<String>,
+    },
+}
 
-    tokenize    Print the token ids (and, for --chat, the rendered prompt) the model would see.
-                --model is a GGUF file or a Hugging Face directory (default: the default model,
-                fetched by `cargo xtask fetch-model`). --prompt encodes raw text (special-token
-                strings are parsed); --chat sends TEXT as one user message through the model's
-                chat template (user text is always literal). --json prints one JSON object.
+/// What to feed the model: raw text, or one user message through the chat template.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct InputArgs {
+    /// Raw text (special-token strings are parsed)
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+    /// One user message, through the model's chat template
+    #[arg(long, value_name = "TEXT")]
+    chat: Option<String>,
+}
 
-    help        Print this message.
-";
+/// What to feed the model, once clap has made sure exactly one of the two was given.
+pub(crate) enum Input {
+    Prompt(String),
+    Chat(String),
+}
+
+impl InputArgs {
+    pub(crate) fn input(self) -> Result<Input> {
+        match (self.prompt, self.chat) {
+            (Some(text), None) => Ok(Input::Prompt(text)),
+            (None, Some(text)) => Ok(Input::Chat(text)),
+            _ => bail!("give --prompt TEXT or --chat TEXT"),
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    match parse(std::env::args_os()).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // clap's own errors (and --help) print as clap formats them, with its exit code.
+            if let Some(err) = err.downcast_ref::<clap::Error>() {
+                err.exit();
+            }
             eprintln!("kiln: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn usage() -> String {
-    USAGE.replace("{SERVE}", &serve::usage())
+/// The command line, whose help (`kiln help`, `kiln --help`) goes on to every command's own,
+/// flags, environment variables and defaults included.
+fn command() -> clap::Command {
+    let mut full = Cli::command();
+    full.build();
+    let mut details = String::new();
+    for sub in full.get_subcommands_mut() {
+        if sub.get_name() != "help" {
+            details.push_str(&format!("\n{}", sub.render_long_help()));
+        }
+    }
+    Cli::command().after_help(details)
 }
 
-fn run(args: Vec<String>) -> Result<()> {
-    let Some((command, rest)) = args.split_first() else {
-        print!("{}", usage());
-        return Ok(());
-    };
-    match command.as_str() {
-        "serve" => serve::run(rest),
-        "tokenize" => tokenize(rest),
-        "generate" => generate::run(rest),
-        "help" | "--help" | "-h" => {
-            print!("{}", usage());
+/// Parses the command line. For `serve --config FILE` it parses twice: the file's settings
+/// become the defaults of a second parse, so clap's flag > environment > default order puts
+/// the file between the environment and the built-in defaults.
+pub(crate) fn parse<I, T>(args: I) -> Result<Cli>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut matches = command().try_get_matches_from(&args)?;
+    if let Some(("serve", serve)) = matches.subcommand()
+        && let Some(path) = serve.get_one::<PathBuf>("config")
+    {
+        let path = path.clone();
+        let command = command();
+        let settings = config::read_config(
+            command
+                .find_subcommand("serve")
+                .context("kiln has no serve command")?,
+            &path,
+        )?;
+        matches = command
+            .mut_subcommand("serve", |serve| config::with_file_defaults(serve, settings))
+            .try_get_matches_from(&args)?;
+    }
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Some(Commands::Serve(config)), Some(("serve", serve))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        config.split_env_lists(serve);
+    }
+    Ok(cli)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Commands::Serve(config)) => serve::run(config),
+        Some(Commands::Generate(args)) => generate::run(args),
+        Some(Commands::Tokenize(args)) => tokenize::run(args),
+        Some(Commands::Help { command: None }) | None => {
+            command().print_long_help()?;
             Ok(())
         }
-        other => bail!("unknown command {other:?}; run `kiln help`"),
-    }
-}
-
-/// What to feed the model: raw text, or one user message through the chat template.
-enum Input {
-    Prompt(String),
-    Chat(String),
-}
-
-fn tokenize(args: &[String]) -> Result<()> {
-    let mut model: Option<PathBuf> = None;
-    let mut input: Option<Input> = None;
-    let mut as_json = false;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--model" => model = Some(PathBuf::from(value("--model")?)),
-            "--prompt" => input = Some(Input::Prompt(value("--prompt")?)),
-            "--chat" => input = Some(Input::Chat(value("--chat")?)),
-            "--json" => as_json = true,
-            other => bail!("unknown argument {other:?}; run `kiln help`"),
+        Some(Commands::Help {
+            command: Some(name),
+        }) => {
+            let mut full = command();
+            full.build();
+            let Some(sub) = full.find_subcommand_mut(&name) else {
+                bail!("unknown command {name:?}; run `kiln help`");
+            };
+            sub.print_long_help()?;
+            Ok(())
         }
     }
-    let input = input.context("give --prompt TEXT or --chat TEXT")?;
-    let model = resolve_model(model)?;
-    let tokenizer = load_tokenizer(&model)?;
-    let (text, ids) = encode_input(&tokenizer, input)?;
-    if as_json {
-        let out = serde_json::json!({"text": text, "ids": ids, "n_tokens": ids.len()});
-        println!("{out}");
-    } else {
-        println!("{text}");
-        println!("{ids:?}");
-        eprintln!("{} tokens", ids.len());
-    }
-    Ok(())
 }
 
 /// The model to use: the one given, or the default model if it has been fetched.
-fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(path) = model {
         return Ok(path);
     }
@@ -128,7 +189,7 @@ fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// The prompt text the model sees and its ids.
-fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(String, Vec<u32>)> {
+pub(crate) fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(String, Vec<u32>)> {
     Ok(match input {
         Input::Prompt(text) => {
             let ids = tokenizer.encode(&text, true, true)?;
@@ -146,11 +207,52 @@ fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(String, Vec<u32>
     })
 }
 
-fn load_tokenizer(model: &std::path::Path) -> Result<Tokenizer> {
+pub(crate) fn load_tokenizer(model: &std::path::Path) -> Result<Tokenizer> {
     let tokenizer = if model.is_dir() {
         Tokenizer::from_hf_dir(model)
     } else {
         Tokenizer::from_gguf_path(model)
     };
     tokenizer.with_context(|| format!("loading the tokenizer of {}", model.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap's own checks (ids, groups, defaults that parse); cheap to run, loud when broken.
+        command().debug_assert();
+    }
+
+    #[test]
+    fn help_covers_every_command_and_flag() {
+        let help = command().render_long_help().to_string();
+        for needle in [
+            "kiln serve",
+            "kiln generate",
+            "kiln tokenize",
+            "--kv-cache-memory",
+            "[env: KILN_KV_CACHE_MEMORY=",
+            "--max-tokens",
+            "--json",
+        ] {
+            assert!(help.contains(needle), "{needle:?} in\n{help}");
+        }
+    }
+
+    #[test]
+    fn prompt_and_chat_are_one_of_two() {
+        assert!(parse(["kiln", "tokenize"]).is_err());
+        assert!(parse(["kiln", "tokenize", "--prompt", "a", "--chat", "b"]).is_err());
+        let Some(Commands::Generate(args)) =
+            parse(["kiln", "generate", "--chat", "hi"]).unwrap().command
+        else {
+            panic!("not generate");
+        };
+        assert!(matches!(args.input.input().unwrap(), Input::Chat(t) if t == "hi"));
+        assert!(parse(["kiln", "generate", "--prompt", "a", "--max-tokens", "0"]).is_err());
+        assert!(parse(["kiln", "nope"]).is_err());
+    }
 }

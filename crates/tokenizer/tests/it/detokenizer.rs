@@ -1,17 +1,13 @@
 //! The streaming detokenizer: pieces are valid UTF-8 and concatenate to the full decode.
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
 use kiln_tokenizer::Tokenizer;
 use proptest::prelude::*;
 
+use crate::common;
+
 fn hf() -> &'static Tokenizer {
     static TOKENIZER: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
-    TOKENIZER.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2");
-        Tokenizer::from_hf_dir(dir).unwrap()
-    })
+    TOKENIZER.get_or_init(common::hf)
 }
 
 fn stream(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Vec<String> {

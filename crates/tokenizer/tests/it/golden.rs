@@ -1,37 +1,16 @@
 //! SmolLM2's tokenizer, built from the Hugging Face files and from the GGUF, against the
 //! references made with transformers (`testdata/smollm2`, copied from the shared golden set).
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
-use std::path::PathBuf;
-
 use kiln_tokenizer::{
     ChatMessage, ChatTemplateOptions, Content, ContentPart, Tokenizer, TokenizerError,
 };
 use serde_json::Value;
 
-fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2")
-}
+use crate::common::{gguf, hf, smollm2_dir};
 
 fn json(name: &str) -> Value {
-    let bytes = std::fs::read(testdata().join(name)).unwrap();
+    let bytes = std::fs::read(smollm2_dir().join(name)).unwrap();
     serde_json::from_slice(&bytes).unwrap()
-}
-
-fn hf() -> Tokenizer {
-    Tokenizer::from_hf_dir(testdata()).unwrap()
-}
-
-fn gguf() -> Tokenizer {
-    let path = kiln_hub::default_model_path().unwrap();
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask fetch-model`",
-        path.display()
-    );
-    Tokenizer::from_gguf_path(&path).unwrap()
 }
 
 fn both() -> [(&'static str, Tokenizer); 2] {

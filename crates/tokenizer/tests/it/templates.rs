@@ -1,17 +1,13 @@
 //! Chat-template semantics beyond SmolLM2's own template: the Hugging Face extensions (Python
 //! string methods, loop controls, `raise_exception`, `strftime_now`, `tojson`, tools) and errors.
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer, TokenizerError};
 use serde_json::json;
 
+use crate::common;
+
 fn with_template(source: &str) -> Result<Tokenizer, TokenizerError> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2");
-    Tokenizer::from_hf_dir(dir)
-        .unwrap()
-        .with_chat_template("test template", source)
+    common::hf().with_chat_template("test template", source)
 }
 
 fn render(tok: &Tokenizer, messages: &[ChatMessage], options: &ChatTemplateOptions) -> String {
@@ -89,7 +85,7 @@ fn broken_templates_are_errors_naming_the_template() {
 fn no_template_is_a_clear_error() {
     let dir = std::env::temp_dir().join(format!("kiln-no-template-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2");
+    let src = common::smollm2_dir();
     std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let tok = Tokenizer::from_hf_dir(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

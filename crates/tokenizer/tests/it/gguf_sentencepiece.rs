@@ -1,9 +1,6 @@
 //! A `llama` (SentencePiece BPE) vocabulary in GGUF metadata: merges derived from scores, the
 //! `▁` space prefix, byte fallback, BOS, and streaming decode — on a small hand-made vocabulary.
 
-// Helpers outside #[test] fns unwrap too: a test should fail loudly.
-#![allow(clippy::unwrap_used)]
-
 use kiln_gguf::{GgufFile, GgufWriter};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer, TokenizerError};
 

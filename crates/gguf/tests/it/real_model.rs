@@ -1,9 +1,9 @@
 //! Reads the real default model (SmolLM2-135M-Instruct, Q4_1) and checks what is known about it
 //! from independent tools (the Python `gguf` package and the header bytes).
 
-mod common;
-
 use kiln_gguf::{GgmlType, GgufWriter, Value};
+
+use crate::common;
 
 #[test]
 fn header_facts() {

@@ -1,10 +1,9 @@
 //! The real model's header, truncated and bit-flipped: every result is an error or a valid file,
 //! never a panic or an allocation the input cannot back (see `common::parse_checked`).
 
-mod common;
-
-use common::{Rng, parse_checked};
 use kiln_gguf::{GgufError, GgufFile, GgufWriter, TensorInfo};
+
+use crate::common::{self, Rng, parse_checked};
 
 fn expect_truncated(bytes: &[u8], len: usize) {
     let prefix = bytes.get(..len).expect("a prefix of the file").to_vec();

@@ -1,12 +1,11 @@
 //! Property tests: arbitrary bytes after a valid magic and version never panic or over-allocate,
 //! arbitrary metadata survives a writer→reader round trip, and mutated valid files stay safe.
 
-mod common;
-
-use common::parse_checked;
 use kiln_gguf::{Array, GgmlType, GgufFile, GgufWriter, Value};
 use proptest::collection::vec;
 use proptest::prelude::*;
+
+use crate::common::parse_checked;
 
 fn header(version: u32, tensor_count: u64, kv_count: u64) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();

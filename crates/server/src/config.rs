@@ -1,0 +1,569 @@
+//! `kiln serve`'s settings: one `ServeConfig` that flags, `KILN_*` environment variables and a
+//! TOML file (`--config`) fill — a flag beats the environment, which beats the file, which beats
+//! the default — and whose defaults are read from the crates that own each setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Command};
+use kiln_api_types::Limits;
+use kiln_gateway::GatewayConfig;
+use kiln_runtime::{DType, DeviceKind, LoadOptions};
+use kiln_scheduler::EngineConfig;
+
+/// Seconds to drain in-flight requests on SIGINT/SIGTERM. The server owns this default: the
+/// gateway takes the grace period per call and has no setting of its own for it.
+const SHUTDOWN_GRACE_SECS: u64 = 30;
+
+/// Everything `kiln serve` is told. The flag `--foo-bar` is also the environment variable
+/// `KILN_FOO_BAR` and the config-file key `foo_bar` (tested below, so the three never drift).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeConfig {
+    /// GGUF file or Hugging Face directory [default: the default model]
+    #[arg(long, env = "KILN_MODEL", value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+
+    /// Name clients use (repeat for aliases; the first is the default) [default: the model's]
+    #[arg(long, env = "KILN_SERVED_MODEL_NAME", value_name = "NAME")]
+    pub(crate) served_model_name: Vec<String>,
+
+    /// Address to listen on
+    #[arg(long, env = "KILN_HOST", default_value = "127.0.0.1")]
+    pub(crate) host: String,
+
+    /// Port to listen on
+    #[arg(long, env = "KILN_PORT", default_value_t = 8000)]
+    pub(crate) port: u16,
+
+    /// Accepted Bearer key (repeat for more; the environment variable is comma-separated)
+    #[arg(long, env = "KILN_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub(crate) api_key: Vec<String>,
+
+    /// cpu | wgpu
+    #[arg(long, env = "KILN_DEVICE", default_value = device_name(LoadOptions::default().device))]
+    pub(crate) device: DeviceKind,
+
+    /// f32 | f16
+    #[arg(long, env = "KILN_DTYPE", default_value = dtype_name(LoadOptions::default().dtype))]
+    pub(crate) dtype: DType,
+
+    /// Tokens per engine step
+    #[arg(long, env = "KILN_MAX_BATCHED_TOKENS", value_name = "N",
+        default_value_t = EngineConfig::default().max_batched_tokens, value_parser = positive)]
+    pub(crate) max_batched_tokens: usize,
+
+    /// Sequences running at once
+    #[arg(long, env = "KILN_MAX_RUNNING", value_name = "N",
+        default_value_t = EngineConfig::default().max_running, value_parser = positive)]
+    pub(crate) max_running: usize,
+
+    /// Requests waiting before 429
+    #[arg(long, env = "KILN_MAX_QUEUE", value_name = "N",
+        default_value_t = EngineConfig::default().max_waiting)]
+    pub(crate) max_queue: usize,
+
+    /// KV cache size, e.g. 1GiB or 512MiB
+    #[arg(long, env = "KILN_KV_CACHE_MEMORY", value_name = "SIZE",
+        default_value_t = ByteSize(LoadOptions::default().kv_cache_bytes))]
+    pub(crate) kv_cache_memory: ByteSize,
+
+    /// Positions per KV block
+    #[arg(long, env = "KILN_BLOCK_SIZE", value_name = "N",
+        default_value_t = LoadOptions::default().block_size)]
+    pub(crate) block_size: usize,
+
+    /// Context length served (prompt + output), at most the model's [default: the model's]
+    #[arg(long, env = "KILN_MAX_MODEL_LEN", value_name = "N", value_parser = positive)]
+    pub(crate) max_model_len: Option<usize>,
+
+    /// Most choices per request
+    #[arg(long, env = "KILN_MAX_N", value_name = "N",
+        default_value_t = EngineConfig::default().max_n)]
+    pub(crate) max_n: usize,
+
+    /// Request body limit
+    #[arg(long, env = "KILN_MAX_BODY_BYTES", value_name = "SIZE",
+        default_value_t = ByteSize(GatewayConfig::default().max_body_bytes))]
+    pub(crate) max_body_bytes: ByteSize,
+
+    /// Seconds a non-streaming request may take
+    #[arg(long, env = "KILN_REQUEST_TIMEOUT", value_name = "SECONDS",
+        default_value_t = GatewayConfig::default().request_timeout.as_secs())]
+    pub(crate) request_timeout: u64,
+
+    /// Seconds to drain in-flight requests on SIGTERM
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE", value_name = "SECONDS",
+        default_value_t = SHUTDOWN_GRACE_SECS)]
+    pub(crate) shutdown_grace: u64,
+
+    /// Put /metrics behind the API key
+    #[arg(long, env = "KILN_METRICS_REQUIRE_KEY", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_missing_value = "true",
+        default_value_t = GatewayConfig::default().metrics_require_key, value_parser = switch)]
+    pub(crate) metrics_require_key: bool,
+
+    /// Do not share KV blocks between requests
+    #[arg(long, env = "KILN_NO_PREFIX_CACHING", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_missing_value = "true",
+        default_value_t = !EngineConfig::default().prefix_caching, value_parser = switch)]
+    pub(crate) no_prefix_caching: bool,
+
+    /// TOML file with any of these settings (keys are the flags with `_`: `max_running = 8`)
+    #[arg(long, env = "KILN_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// How to load the model.
+    pub(crate) fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            device: self.device,
+            dtype: self.dtype,
+            block_size: self.block_size,
+            kv_cache_bytes: self.kv_cache_memory.0,
+        }
+    }
+
+    /// The engine's limits.
+    pub(crate) fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_batched_tokens: self.max_batched_tokens,
+            max_running: self.max_running,
+            max_waiting: self.max_queue,
+            max_n: self.max_n,
+            prefix_caching: !self.no_prefix_caching,
+            max_model_len: self.max_model_len,
+        }
+    }
+
+    /// The accepted API keys (empty ones dropped: an empty key would let anyone in).
+    pub(crate) fn api_keys(&self) -> Vec<String> {
+        self.api_key
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// The gateway's settings, serving the model under `names`.
+    pub(crate) fn gateway_config(&self, names: Vec<String>) -> GatewayConfig {
+        GatewayConfig {
+            served_model_names: names,
+            api_keys: self.api_keys(),
+            metrics_require_key: self.metrics_require_key,
+            max_body_bytes: self.max_body_bytes.0,
+            request_timeout: Duration::from_secs(self.request_timeout),
+            // The engine enforces `max_n`; validation states the same limit to clients.
+            limits: Limits {
+                max_n: self.max_n as u32,
+                ..Limits::default()
+            },
+            ..GatewayConfig::default()
+        }
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+
+    /// A list given by its environment variable is comma-separated (`KILN_API_KEY=k1,k2`); on
+    /// the command line and in the file each value is one item. clap cannot split by source,
+    /// so this runs on the parsed matches.
+    pub(crate) fn split_env_lists(&mut self, matches: &ArgMatches) {
+        for (id, list) in [
+            ("served_model_name", &mut self.served_model_name),
+            ("api_key", &mut self.api_key),
+        ] {
+            if matches.value_source(id) == Some(ValueSource::EnvVariable) {
+                *list = split_env_list(list);
+            }
+        }
+    }
+}
+
+/// `k1, k2,,k3` → `[k1, k2, k3]`.
+fn split_env_list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The settings of a config file, checked against `serve` (each key a flag, each value what
+/// that flag accepts), as `(argument id, values)`. A file key may not be `config` itself.
+pub(crate) fn read_config(serve: &Command, path: &Path) -> Result<Vec<(String, Vec<String>)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let Some(arg) = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()) && flag != "config")
+        else {
+            bail!("{}: unknown setting `{key}`", path.display());
+        };
+        let scalar = |v: &toml::Value| -> Result<String> {
+            Ok(match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "{}: `{key}` cannot be a {}",
+                    path.display(),
+                    other.type_str()
+                ),
+            })
+        };
+        let mut values = match &value {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Result<Vec<_>>>()?,
+            v => vec![scalar(v)?],
+        };
+        // A single-valued setting given an array takes its last item, as a repeated flag does.
+        if !matches!(arg.get_action(), ArgAction::Append) && values.len() > 1 {
+            values.drain(..values.len() - 1);
+        }
+        // Checked here, by the flag's own parser, so a bad value names the file and the key.
+        for v in &values {
+            let probe = Command::new("kiln serve")
+                .no_binary_name(true)
+                .arg(arg.clone().env(None::<&str>));
+            if let Err(e) = probe.try_get_matches_from([format!("--{flag}={v}")]) {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(|| e.kind().to_string(), ToString::to_string);
+                bail!("{}: `{key}` = {v:?}: {why}", path.display());
+            }
+        }
+        if !values.is_empty() {
+            out.push((arg.get_id().to_string(), values));
+        }
+    }
+    Ok(out)
+}
+
+/// `serve` with the file's settings as its defaults: clap then applies flag > environment >
+/// default itself, which is exactly flag > environment > file > built-in default.
+pub(crate) fn with_file_defaults(serve: Command, settings: Vec<(String, Vec<String>)>) -> Command {
+    settings.into_iter().fold(serve, |serve, (id, values)| {
+        serve.mut_arg(id, |arg| arg.default_values(values))
+    })
+}
+
+/// A byte count that reads `1GiB`, `512MiB`, `64mb`, `1000000` and prints the largest exact
+/// binary unit, so a default shown by `--help` reads back as the same value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByteSize(pub(crate) usize);
+
+impl std::str::FromStr for ByteSize {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_bytes(s).map(Self)
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (unit, size) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// `1GiB`, `512MiB`, `64mb`, `1000000` → bytes.
+fn parse_bytes(s: &str) -> Result<usize> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().context("not a size")?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"),
+    };
+    let bytes = num * mult;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        bail!("must be a positive size");
+    }
+    Ok(bytes as usize)
+}
+
+/// A count that must be at least 1.
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A switch's value (`--flag`, `--flag=false`, `KILN_FLAG=1`, `flag = true` in the file).
+fn switch(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
+    }
+}
+
+/// The flag value naming `device` (what the runtime's `FromStr` reads back).
+pub(crate) fn device_name(device: DeviceKind) -> &'static str {
+    match device {
+        DeviceKind::Cpu => "cpu",
+        DeviceKind::Wgpu => "wgpu",
+    }
+}
+
+/// The flag value naming `dtype` (what the runtime's `FromStr` reads back).
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::{Cli, Commands, parse};
+
+    fn serve(args: &[&str]) -> Result<ServeConfig> {
+        let argv = ["kiln", "serve"].iter().chain(args).map(|s| s.to_string());
+        match parse(argv)?.command {
+            Some(Commands::Serve(config)) => Ok(config),
+            other => panic!("not a serve command: {other:?}"),
+        }
+    }
+
+    fn serve_command() -> Command {
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        cli.build();
+        cli.find_subcommand("serve").cloned().unwrap()
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("64mb").unwrap(), 64_000_000);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes_print_as_they_parse() {
+        for bytes in [1 << 30, 256 << 20, 32 << 20, 3 << 10, 1000, 1, 1536 << 20] {
+            let shown = ByteSize(bytes).to_string();
+            assert_eq!(
+                shown.parse::<ByteSize>().unwrap(),
+                ByteSize(bytes),
+                "{shown}"
+            );
+        }
+        assert_eq!(ByteSize(1 << 30).to_string(), "1GiB");
+        assert_eq!(ByteSize(32 << 20).to_string(), "32MiB");
+    }
+
+    #[test]
+    fn flags_override_and_lists_repeat() {
+        let args = [
+            "--port",
+            "9000",
+            "--api-key",
+            "a",
+            "--api-key=b",
+            "--port",
+            "9001",
+        ];
+        let s = serve(&args).unwrap();
+        assert_eq!(s.port, 9001);
+        assert_eq!(s.api_key, vec!["a", "b"]);
+        assert!(serve(&["--nope"]).is_err());
+        assert!(serve(&["--port"]).is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_owning_crates_defaults() {
+        let s = serve(&[]).unwrap();
+        // Debug output compares every field, including ones added later.
+        assert_eq!(
+            format!("{:?}", s.load_options()),
+            format!("{:?}", LoadOptions::default())
+        );
+        assert_eq!(
+            format!("{:?}", s.engine_config()),
+            format!("{:?}", EngineConfig::default())
+        );
+        let names = vec!["m".to_string()];
+        let gateway = s.gateway_config(names.clone());
+        let default = GatewayConfig {
+            served_model_names: names,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(format!("{gateway:?}"), format!("{default:?}"));
+        assert_eq!(s.shutdown_grace(), Duration::from_secs(30));
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8000));
+    }
+
+    #[test]
+    fn values_are_typed_and_checked() {
+        let s = serve(&[
+            "--kv-cache-memory",
+            "512MiB",
+            "--max-body-bytes=1MiB",
+            "--device",
+            "cpu",
+            "--dtype",
+            "f16",
+            "--max-model-len",
+            "64",
+            "--no-prefix-caching",
+            "--metrics-require-key=false",
+        ])
+        .unwrap();
+        assert_eq!(s.load_options().kv_cache_bytes, 512 << 20);
+        assert_eq!(s.gateway_config(vec![]).max_body_bytes, 1 << 20);
+        assert_eq!(s.load_options().dtype, DType::F16);
+        assert_eq!(s.engine_config().max_model_len, Some(64));
+        assert!(!s.engine_config().prefix_caching);
+        assert!(!s.metrics_require_key);
+        for bad in [
+            &["--kv-cache-memory", "12 parsecs"][..],
+            &["--device", "tpu"],
+            &["--dtype", "f8"],
+            &["--max-model-len", "0"],
+            &["--max-running", "0"],
+            &["--max-batched-tokens", "0"],
+            &["--port", "65536"],
+            &["--no-prefix-caching=maybe"],
+            &["extra"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_unset() {
+        let file = config_file(
+            "port = 9100\nhost = \"0.0.0.0\"\napi_key = [\"x\", \"y\"]\n\
+             kv_cache_memory = \"512MiB\"\nmax_body_bytes = 4096\n\
+             metrics_require_key = true\nmax_running = [2, 3]\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let s = serve(&["--config", path, "--port", "9200"]).unwrap();
+        assert_eq!(s.port, 9200);
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(s.api_key, vec!["x", "y"]);
+        assert_eq!(s.kv_cache_memory, ByteSize(512 << 20));
+        assert_eq!(s.max_body_bytes, ByteSize(4096));
+        assert!(s.metrics_require_key);
+        assert_eq!(s.max_running, 3);
+        // A list flag replaces the file's list rather than adding to it (flag beats file).
+        let s = serve(&["--config", path, "--api-key", "z"]).unwrap();
+        assert_eq!(s.api_key, vec!["z"]);
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_the_file_and_key() {
+        for (text, expected) in [
+            ("nope = 1\n", "unknown setting `nope`"),
+            ("config = \"other.toml\"\n", "unknown setting `config`"),
+            ("port = \"http\"\n", "`port` = \"http\""),
+            (
+                "max_running = 0\n",
+                "`max_running` = \"0\": must be at least 1",
+            ),
+            ("kv_cache_memory = \"1 parsec\"\n", "unknown unit"),
+            ("port = { a = 1 }\n", "`port` cannot be a table"),
+            ("port = \n", "parsing"),
+        ] {
+            let file = config_file(text);
+            let path = file.path().to_str().unwrap();
+            let err = format!("{:#}", serve(&["--config", path]).unwrap_err());
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(err.contains(path), "{text:?}: {err}");
+        }
+        let err = serve(&["--config", "/nonexistent/kiln.toml"]).unwrap_err();
+        assert!(format!("{err:#}").contains("reading the config file"));
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let values = vec![" k1, k2,,k3 ".to_string()];
+        assert_eq!(split_env_list(&values), vec!["k1", "k2", "k3"]);
+        assert!(split_env_list(&[String::new()]).is_empty());
+    }
+
+    #[test]
+    fn every_flag_is_an_env_var_and_a_file_key() {
+        let serve = serve_command();
+        let mut seen = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let env = format!("KILN_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env(), Some(OsStr::new(&env)), "--{long}");
+            // The file key is the flag with `_`; the argument id is what clap fills from it.
+            assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
+            seen += 1;
+        }
+        assert_eq!(seen, 20);
+    }
+
+    #[test]
+    fn help_shows_every_flag_with_its_env_var_and_default() {
+        let mut serve = serve_command();
+        let help = serve.render_long_help().to_string();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            assert!(help.contains(&format!("--{long}")), "--{long} in\n{help}");
+            if let Some(env) = arg.get_env() {
+                let env = env.to_str().unwrap();
+                assert!(help.contains(&format!("[env: {env}")), "{env} in\n{help}");
+            }
+            for default in arg.get_default_values() {
+                let default = default.to_str().unwrap();
+                assert!(help.contains(&format!("[default: {default}]")), "{default}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_read_back_through_the_runtime() {
+        for device in [DeviceKind::Cpu, DeviceKind::Wgpu] {
+            assert_eq!(device_name(device).parse::<DeviceKind>().unwrap(), device);
+        }
+        for dtype in [DType::F32, DType::F16] {
+            assert_eq!(dtype_name(dtype).parse::<DType>().unwrap(), dtype);
+        }
+    }
+}

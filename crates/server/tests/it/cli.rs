@@ -1,0 +1,132 @@
+//! The real `kiln` binary's command line: `kiln help` is complete, a setting comes from the
+//! flag, else the environment, else the config file, and bad input fails with a clear message.
+//! No model is needed: a model path that does not exist fails at its first use, naming it.
+
+use std::io::Write as _;
+use std::process::{Command, Output};
+
+/// `kiln ARGS` with `env` as its only `KILN_*` variables (the caller's are removed).
+fn kiln(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KILN_") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args).envs(env.iter().copied());
+    command.output().expect("running kiln")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_command_and_serve_flag_with_env_and_default() {
+    let out = kiln(&["help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).expect("UTF-8 help");
+    for command in ["kiln serve", "kiln generate", "kiln tokenize"] {
+        assert!(help.contains(command), "{command} in\n{help}");
+    }
+    // The settings this repository's own tools and docs use, each with its variable.
+    for flag in [
+        "model",
+        "served-model-name",
+        "host",
+        "port",
+        "api-key",
+        "device",
+        "dtype",
+        "max-batched-tokens",
+        "max-running",
+        "max-queue",
+        "kv-cache-memory",
+        "block-size",
+        "max-model-len",
+        "max-n",
+        "max-body-bytes",
+        "request-timeout",
+        "shutdown-grace",
+        "metrics-require-key",
+        "no-prefix-caching",
+        "config",
+    ] {
+        let env = format!("[env: KILN_{}", flag.to_uppercase().replace('-', "_"));
+        assert!(help.contains(&format!("--{flag}")), "--{flag} in\n{help}");
+        assert!(help.contains(&env), "{env} in\n{help}");
+    }
+    for default in ["[default: 127.0.0.1]", "[default: 8000]", "[default: cpu]"] {
+        assert!(help.contains(default), "{default} in\n{help}");
+    }
+    let serve = kiln(&["serve", "--help"], &[]);
+    assert!(serve.status.success());
+    let serve = String::from_utf8(serve.stdout).expect("UTF-8 help");
+    assert!(serve.contains("--kv-cache-memory <SIZE>"), "{serve}");
+    assert!(
+        help.contains(&serve),
+        "`kiln help` includes `kiln serve --help`"
+    );
+}
+
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("kiln.toml");
+    let mut f = std::fs::File::create(&file).expect("creating kiln.toml");
+    writeln!(f, "model = \"/nonexistent/from-file.gguf\"\nport = 0").expect("writing kiln.toml");
+    let config = file.to_str().expect("a UTF-8 path");
+
+    let from_file = kiln(&["serve", "--config", config], &[]);
+    let env = [("KILN_MODEL", "/nonexistent/from-env.gguf")];
+    let from_env = kiln(&["serve", "--config", config], &env);
+    let from_flag = kiln(
+        &["serve", "--model", "/nonexistent/from-flag.gguf"],
+        &[("KILN_CONFIG", config), env[0]],
+    );
+    for (out, expected) in [
+        (from_file, "from-file.gguf"),
+        (from_env, "from-env.gguf"),
+        (from_flag, "from-flag.gguf"),
+    ] {
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("loading the tokenizer of /nonexistent/{expected}")),
+            "{expected}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_values_and_files_are_clear_errors() {
+    let out = kiln(&["serve", "--port", "nope"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid value 'nope' for '--port <PORT>'"));
+
+    let out = kiln(&["serve"], &[("KILN_KV_CACHE_MEMORY", "12 parsecs")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown unit \"parsecs\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = kiln(&["serve", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--no-such-flag"));
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("kiln.toml");
+    std::fs::write(&file, "max_runing = 4\n").expect("writing kiln.toml");
+    let out = kiln(&["serve", "--config", file.to_str().expect("UTF-8")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown setting `max_runing`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = kiln(&["tokenize", "--prompt", "a", "--chat", "b"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
