@@ -63,7 +63,14 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .current_dir(root)
         // `--workspace` with the bench targets named: features unify as in `cargo test
         // --workspace`, so the quick run reuses the test build instead of building burn again.
-        .args(["bench", "--workspace", "--bench", "runtime", "--bench", "engine"])
+        .args([
+            "bench",
+            "--workspace",
+            "--bench",
+            "runtime",
+            "--bench",
+            "engine",
+        ])
         .args(["--bench", "tokenizer"])
         .env("CRITERION_HOME", &criterion_home);
     if std::env::var("KILN_BENCH_DEVICE").is_ok_and(|d| d != "cpu") {
