@@ -131,10 +131,11 @@ fn unpacked_sdist(home: &Path) -> anyhow::Result<PathBuf> {
     let script = r#"
 import hashlib, json, os, sys, urllib.parse, urllib.request
 version, want, dest = sys.argv[1:4]
-api = f"https://pypi.org/pypi/llama-cpp-python/{version}/json"
+# The project-wide document (some PyPI mirrors serve no per-version one); URLs may be relative.
+api = "https://pypi.org/pypi/llama-cpp-python/json"
 with urllib.request.urlopen(api, timeout=120) as r:
-    info = json.load(r)
-(url,) = [urllib.parse.urljoin(api, u["url"]) for u in info["urls"] if u["packagetype"] == "sdist"]
+    files = json.load(r)["releases"][version]
+(url,) = [urllib.parse.urljoin(api, u["url"]) for u in files if u["packagetype"] == "sdist"]
 h = hashlib.sha256()
 with urllib.request.urlopen(url, timeout=600) as r, open(dest + ".partial", "wb") as f:
     while chunk := r.read(1 << 20):
