@@ -1,6 +1,6 @@
 //! `cargo xtask bench [--quick] [--no-docs]`: runs the top-level criterion benches
 //! (`benches/`, package kiln-benches: the runtime's decode steps and prefills, the engine under
-//! concurrent load, the tokenizer) and prints one summary table of this run's results, which it
+//! concurrent load, the tokenizer, the CPU kernels per format and instruction set) and prints one summary table of this run's results, which it
 //! also writes to docs/perf.md between its markers.
 //!
 //! `--quick` measures fewer sizes with short criterion timings in the dev profile (whose
@@ -49,6 +49,8 @@ struct Row {
     mean_ns: f64,
     /// Elements (tokens) per iteration, when the bench declared a throughput.
     elements: Option<u64>,
+    /// Bytes per iteration, when the bench declared that throughput instead.
+    bytes: Option<u64>,
 }
 
 pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
@@ -71,7 +73,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             "--bench",
             "engine",
         ])
-        .args(["--bench", "tokenizer"])
+        .args(["--bench", "tokenizer", "--bench", "kernels"])
         .env("CRITERION_HOME", &criterion_home);
     if std::env::var("KILN_BENCH_DEVICE").is_ok_and(|d| d != "cpu") {
         command.args(["--features", "kiln-benches/wgpu"]);
@@ -162,10 +164,14 @@ fn parse_row(benchmark: &Value, estimates: &Value) -> anyhow::Result<Row> {
     let elements = benchmark
         .pointer("/throughput/Elements")
         .and_then(Value::as_u64);
+    let bytes = benchmark
+        .pointer("/throughput/Bytes")
+        .and_then(Value::as_u64);
     Ok(Row {
         id,
         mean_ns,
         elements,
+        bytes,
     })
 }
 
@@ -192,9 +198,12 @@ fn table(rows: &[Row], invocation: &str, root: &Path) -> String {
     let _ = writeln!(out, "| bench | mean per iteration | throughput |");
     let _ = writeln!(out, "| --- | ---: | ---: |");
     for row in rows {
-        let throughput = row.elements.map_or("—".into(), |n| {
-            format!("{:.1} tok/s", n as f64 / (row.mean_ns / 1e9))
-        });
+        let seconds = row.mean_ns / 1e9;
+        let throughput = match (row.elements, row.bytes) {
+            (Some(n), _) => format!("{:.1} tok/s", n as f64 / seconds),
+            (None, Some(b)) => format!("{:.1} GB/s", b as f64 / seconds / 1e9),
+            (None, None) => "—".into(),
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {throughput} |",
@@ -232,7 +241,8 @@ mod tests {
             Row {
                 id: "decode_step/8".into(),
                 mean_ns: 2.0e7,
-                elements: Some(8)
+                elements: Some(8),
+                bytes: None
             }
         );
         let t = table(&[row], "cargo xtask bench", Path::new("."));

@@ -8,7 +8,7 @@
 mod config;
 mod device;
 mod error;
-mod kernels;
+pub mod kernels;
 mod models;
 mod nn;
 pub mod quant;

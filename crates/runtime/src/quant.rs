@@ -146,7 +146,7 @@ fn half(lo: u8, hi: u8) -> f32 {
 /// values. Pairs 0..4 are the low 6 bits of bytes 0..4 (scales) and 4..8 (mins); pairs 4..8 take
 /// their low 4 bits from bytes 8..12 and their top 2 bits from the spare top bits of 0..8.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -265,7 +265,7 @@ fn q2_k(b: &[u8; 84], y: &mut [f32; 256]) {
 /// Q3_K's sixteen 6-bit scales, less 32: the low 4 bits of scale `s` are nibble `s / 8` of byte
 /// `s % 8`, its top 2 bits are bits `2 * (s / 4)..` of byte `8 + s % 4`.
 #[inline]
-fn q3_k_scales(packed: &[u8; 12]) -> [i16; 16] {
+pub(crate) fn q3_k_scales(packed: &[u8; 12]) -> [i16; 16] {
     std::array::from_fn(|s| {
         let low = (packed[s % 8] >> (4 * (s / 8))) & 0x0F;
         let high = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;

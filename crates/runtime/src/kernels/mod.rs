@@ -1,96 +1,224 @@
-//! Kiln's own CPU kernels for the steps decode spends its time in: `y = x Wᵀ` for a few rows of
-//! `x`, reading each weight once — straight from GGUF's Q8_0/Q4_0/Q4_1 blocks or from f32 rows —
-//! on every core (rayon) with the widest SIMD the CPU has.
+//! Kiln's CPU kernels for the products decode and prefill spend their time in: `y = x Wᵀ` for
+//! any number of rows of `x`, reading `W` in place — GGUF blocks of every common format
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K) or f32 rows — on every core with the widest SIMD
+//! the CPU has.
 //!
-//! A decode step multiplies one row per sequence by every weight matrix, so it is bound by
-//! reading the weights, and burn's general matmul runs such a product on one thread. Keeping the
-//! weights in their 4.5–8.5-bit blocks reads 4–7x fewer bytes than f32. Activations stay f32 and
-//! the weights take exactly the values of ggml's reference dequantizer ([`crate::quant`]); only
-//! the order of the additions differs from a dequantize-then-matmul, so logits agree with the
-//! f32 path to rounding. Each output element is computed by the same sequence of operations
-//! whatever the number of rows, the row's place in the batch or the thread that runs it, so a
-//! sequence's logits do not depend on what else is in the batch.
+//! Decode multiplies a few rows by every weight, so it is bound by reading the weights: kept in
+//! their 2.6–8.5-bit blocks they are 4–12x fewer bytes than f32. Each block is decoded into
+//! registers ([`formats`]) with the reference dequantizer's arithmetic and used at once for every
+//! row of the tile of `x` in flight (up to [`Lanes::MAX_TILE`] rows: the decode is paid once per
+//! tile, then one FMA per 16 values per row). Activations stay f32, so logits are those of a
+//! dequantized f32 model up to the order of additions.
 //!
-//! Rooms: [`packed`] holds the block formats and the one walk over them; [`portable`] the
-//! generic decoder and dot products; `x86` the AVX2 decoder. This file is the one dispatch
-//! point: [`Isa::detect`] picks the decoder at run time (never assumed at compile time), and
-//! pulp's `Arch::dispatch` compiles the callers for the vector width the CPU has.
+//! That order is fixed: an output element accumulates position `c` of each 32-value group into
+//! lane `c % 32` (one fused multiply-add per value, groups in order), then folds the 32 lanes
+//! by [`lanes::tree_sum`]. [`lanes::Scalar`] does exactly that on arrays and is the reference;
+//! the AVX-512 and AVX2 paths do the same lane-wise operations, so every path, tile size, batch
+//! size, row position and thread count gives the same bits, and a sequence's logits do not
+//! depend on what else is in the batch or which machine ran it.
+//!
+//! Why not `d·Σqᵢxᵢ + m·Σxᵢ` with `Σxᵢ` shared: folding `d` and `m` into the decoded values costs
+//! two operations per 16 values once per tile, while the factored form adds a scale FMA per
+//! block *per row*; and the dequantized values keep the reference's bits, which the factored
+//! form would round differently.
+//!
+//! Rooms: [`lanes`] (the operations, and the reference), `x86` (AVX-512 and AVX2 lanes),
+//! [`formats`] (one decoder per block format, written once over [`Lanes`]), [`packed`] (the
+//! matrices). This file is the one dispatch point: [`Isa::active`] picks the path at run time —
+//! never assumed at compile time, capped by `KILN_CPU_ISA` — and the work is split by rows of
+//! `W` over rayon's pool.
 
+mod formats;
+mod lanes;
 mod packed;
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use pulp::{Arch, Simd, WithSimd};
+use std::sync::OnceLock;
+
+pub use kiln_gguf::GgmlType;
 use rayon::prelude::*;
 
-pub(crate) use packed::PackedMatrix;
-use packed::{Blocks, dequantize_blocks};
-use portable::{Portable, dots};
+use formats::{Format, GROUP};
+use lanes::{Lanes, Scalar, tree_sum};
+use packed::Part;
+pub use packed::{PackedMatrix, synthetic_blocks};
 
-/// The most rows of `x` the kernels take; a larger batch is compute-bound and goes to burn's
-/// matmul, which tiles for the cache.
+/// The most rows of `x` a dense f32 weight goes through the kernel with; beyond, burn's matmul
+/// (which tiles f32 for the cache) is faster. Packed weights take the kernel at every size.
 pub(crate) const GEMV_MAX_ROWS: usize = 64;
 
-/// Values per quantization block in the formats kept packed.
-const BLOCK: usize = 32;
+/// The environment variable that caps the instruction set: `avx512`, `avx2` or `scalar`.
+pub const ISA_ENV: &str = "KILN_CPU_ISA";
 
-/// The instruction sets this CPU has beyond what pulp's portable operations cover: widening
-/// bytes to f32 lanes, which LLVM leaves scalar in the dequantization loops.
+/// An instruction set the kernels have a path for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsaKind {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl IsaKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Scalar, Self::Avx2, Self::Avx512]
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// A path the kernels can run on this CPU: holding one proves the CPU has its instructions.
 #[derive(Debug, Clone, Copy)]
-struct Isa {
+pub struct Isa(IsaImpl);
+
+#[derive(Debug, Clone, Copy)]
+enum IsaImpl {
+    Scalar,
     #[cfg(target_arch = "x86_64")]
-    v3: Option<pulp::x86::V3>,
+    Avx2(pulp::x86::V3),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(pulp::x86::V4),
 }
 
 impl Isa {
-    fn detect() -> Self {
-        Self {
-            #[cfg(target_arch = "x86_64")]
-            v3: pulp::x86::V3::try_new(),
+    /// Every path this CPU can run, widest last.
+    pub fn available() -> Vec<Self> {
+        let mut all = vec![Self(IsaImpl::Scalar)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            all.extend(pulp::x86::V3::try_new().map(|s| Self(IsaImpl::Avx2(s))));
+            all.extend(pulp::x86::V4::try_new().map(|s| Self(IsaImpl::Avx512(s))));
+        }
+        all
+    }
+
+    /// The widest path at most `cap`.
+    pub fn best(cap: Option<IsaKind>) -> Self {
+        let cap = cap.unwrap_or(IsaKind::Avx512);
+        Self::available()
+            .into_iter()
+            .rfind(|isa| isa.kind() as u8 <= cap as u8)
+            .unwrap_or(Self(IsaImpl::Scalar))
+    }
+
+    /// The process's path: the widest the CPU has, capped by `KILN_CPU_ISA` (read once; a value
+    /// [`requested`](Self::requested) rejects caps nothing).
+    pub fn active() -> Self {
+        static ACTIVE: OnceLock<Isa> = OnceLock::new();
+        *ACTIVE.get_or_init(|| Self::best(Self::requested().ok().flatten()))
+    }
+
+    /// The cap `KILN_CPU_ISA` asks for, or why its value means nothing (the server reports it).
+    pub fn requested() -> Result<Option<IsaKind>, String> {
+        match std::env::var(ISA_ENV) {
+            Err(_) => Ok(None),
+            Ok(v) => IsaKind::parse(&v)
+                .map(Some)
+                .ok_or_else(|| format!("{ISA_ENV}={v:?} is not scalar, avx2 or avx512")),
         }
     }
 
-    /// Blocks `first_block..` into `out` with the best decoder this CPU has.
-    #[inline(always)]
-    fn dequantize_blocks(self, blocks: &Blocks, first_block: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(v3) = self.v3 {
-            return dequantize_blocks(v3, blocks, first_block, out);
+    pub fn kind(self) -> IsaKind {
+        match self.0 {
+            IsaImpl::Scalar => IsaKind::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx2(_) => IsaKind::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx512(_) => IsaKind::Avx512,
         }
-        dequantize_blocks(Portable, blocks, first_block, out);
+    }
+
+    /// `y = x Wᵀ` for `m` rows of `x` (`[m, cols]` row-major): returns `[m, rows]` row-major.
+    /// The caller checks the shapes; a mismatch gives zeros, not a panic.
+    pub fn matmul_t(self, w: Weight<'_>, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = w.dims();
+        if m == 0 || x.len() != m * k || k == 0 {
+            return vec![0.0; m * n];
+        }
+        // Results are gathered `[rows, m]` (a task owns whole rows of W) and transposed.
+        let mut out_t = vec![0.0f32; n * m];
+        let threads = rayon::current_num_threads().max(1);
+        let rows_per_task = n.div_ceil(threads * 8).max(4);
+        let mut tasks = Vec::new();
+        let mut rest = out_t.as_mut_slice();
+        let parts: Vec<Rows<'_>> = match w {
+            Weight::F32 { data, rows, cols } => vec![Rows::F32 { data, rows, cols }],
+            Weight::Packed(p) => p.parts.iter().map(Rows::Packed).collect(),
+        };
+        for rows in parts {
+            let (here, later) = rest.split_at_mut((rows.count() * m).min(rest.len()));
+            rest = later;
+            for (t, out) in here.chunks_mut(rows_per_task * m).enumerate() {
+                tasks.push(Task {
+                    rows,
+                    first: t * rows_per_task,
+                    out,
+                });
+            }
+        }
+        let tiles = XTile::split(x, m, k, self.max_tile());
+        tasks
+            .into_par_iter()
+            .for_each(|task| self.run(task, (x, &tiles), m, k));
+        if m == 1 {
+            return out_t;
+        }
+        let mut out = vec![0.0f32; m * n];
+        for (r, vals) in out_t.chunks_exact(m).enumerate() {
+            for (i, &v) in vals.iter().enumerate() {
+                if let Some(o) = out.get_mut(i * n + r) {
+                    *o = v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows of `x` this path's kernel keeps in registers at once.
+    fn max_tile(self) -> usize {
+        match self.0 {
+            IsaImpl::Scalar => <Scalar as Lanes>::MAX_TILE,
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx2(_) => <pulp::x86::V3 as Lanes>::MAX_TILE,
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx512(_) => <pulp::x86::V4 as Lanes>::MAX_TILE,
+        }
+    }
+
+    /// Runs one task on this path: the generic code below, compiled for its instructions.
+    fn run(self, task: Task<'_>, x: (&[f32], &[XTile]), m: usize, k: usize) {
+        match self.0 {
+            IsaImpl::Scalar => task.run(Scalar, x, m, k),
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx2(simd) => simd.vectorize(
+                #[inline(always)]
+                || task.run(simd, x, m, k),
+            ),
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx512(simd) => simd.vectorize(
+                #[inline(always)]
+                || task.run(simd, x, m, k),
+            ),
+        }
     }
 }
 
-/// Dequantizes consecutive blocks into `out` (whole blocks) inside pulp's dispatch, so the
-/// fixed-size loops vectorize for the CPU at hand.
-fn dequantize_into(blocks: &Blocks, first_block: usize, out: &mut [f32]) {
-    struct Dequantize<'a> {
-        isa: Isa,
-        blocks: &'a Blocks,
-        first_block: usize,
-        out: &'a mut [f32],
-    }
-    impl WithSimd for Dequantize<'_> {
-        type Output = ();
-
-        #[inline(always)]
-        fn with_simd<S: Simd>(self, _simd: S) -> Self::Output {
-            self.isa
-                .dequantize_blocks(self.blocks, self.first_block, self.out);
-        }
-    }
-    Arch::new().dispatch(Dequantize {
-        isa: Isa::detect(),
-        blocks,
-        first_block,
-        out,
-    });
+/// `y = x Wᵀ` on the process's path ([`Isa::active`]).
+pub fn matmul_t(w: Weight<'_>, x: &[f32], m: usize) -> Vec<f32> {
+    Isa::active().matmul_t(w, x, m)
 }
 
 /// The weights a kernel call reads: f32 rows, or packed blocks.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Weight<'a> {
+pub enum Weight<'a> {
     /// `[rows, cols]` row-major.
     F32 {
         data: &'a [f32],
@@ -109,283 +237,587 @@ impl Weight<'_> {
     }
 }
 
-/// `y = x Wᵀ` for `m` rows of `x` (`[m, cols]` row-major, `1 <= m <= GEMV_MAX_ROWS`): returns
-/// `[m, rows]` row-major. The caller checks the shapes; a mismatch gives zeros, not a panic.
-pub(crate) fn matmul_t(w: Weight<'_>, x: &[f32], m: usize) -> Vec<f32> {
-    let (n, k) = w.dims();
-    if m == 0 || m > GEMV_MAX_ROWS || x.len() != m * k || k == 0 {
-        return vec![0.0; m * n];
-    }
-    // Rows are out-features; results are gathered `[rows, m]` and transposed at the end.
-    let mut out_t = vec![0.0f32; n * m];
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = n.div_ceil(threads * 8).max(4);
-    let arch = Arch::new();
-    let isa = Isa::detect();
-    out_t
-        .par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(t, out)| {
-            arch.dispatch(RowDots {
-                isa,
-                w,
-                x,
-                m,
-                k,
-                first: t * rows_per_task,
-                out,
-            });
-        });
-    if m == 1 {
-        return out_t;
-    }
-    let mut out = vec![0.0f32; m * n];
-    for (r, vals) in out_t.chunks_exact(m).enumerate() {
-        for (i, &v) in vals.iter().enumerate() {
-            if let Some(o) = out.get_mut(i * n + r) {
-                *o = v;
-            }
-        }
-    }
-    out
+/// A run of rows of `W` in one format.
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    F32 {
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+    },
+    Packed(&'a Part),
 }
 
-/// One task's rows: `out` is `[rows, m]` for rows `first..`.
-struct RowDots<'a> {
-    isa: Isa,
-    w: Weight<'a>,
-    x: &'a [f32],
-    m: usize,
-    k: usize,
+impl Rows<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Self::F32 { rows, .. } => *rows,
+            Self::Packed(p) => p.rows,
+        }
+    }
+}
+
+/// Rows `first..` of one run, with their results `[rows, m]` in `out`.
+#[derive(Debug)]
+struct Task<'a> {
+    rows: Rows<'a>,
     first: usize,
     out: &'a mut [f32],
 }
 
-impl WithSimd for RowDots<'_> {
-    type Output = ();
-
+impl Task<'_> {
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
-        let Self {
-            isa,
-            w,
-            x,
-            m,
-            k,
-            first,
-            out,
-        } = self;
-        // A packed row is dequantized once into this buffer (it stays in L1), then dotted with
-        // every row of x: the same values and the same sums as a dense f32 row.
-        let mut buffer = match w {
-            Weight::Packed(_) => vec![0.0f32; k],
-            Weight::F32 { .. } => Vec::new(),
-        };
-        for (i, out_row) in out.chunks_exact_mut(m).enumerate() {
-            let r = first + i;
-            let row: &[f32] = match w {
-                Weight::F32 { data, .. } => data.get(r * k..(r + 1) * k).unwrap_or_default(),
-                Weight::Packed(p) => {
-                    p.dequantize_row_with(isa, r, &mut buffer);
-                    &buffer
-                }
-            };
-            // Two rows of x at a time share the loads of the weight row.
-            let mut xs = x.chunks_exact(k);
-            let mut outs = out_row.chunks_mut(2);
-            for o in outs.by_ref() {
-                match o {
-                    [a, b] => {
-                        let (Some(x0), Some(x1)) = (xs.next(), xs.next()) else {
-                            break;
-                        };
-                        [*a, *b] = dots(simd, row, [x0, x1]);
-                    }
-                    [a] => {
-                        let Some(x0) = xs.next() else { break };
-                        [*a] = dots(simd, row, [x0]);
-                    }
-                    _ => break,
+    fn run<L: Lanes>(self, l: L, x: (&[f32], &[XTile]), m: usize, k: usize) {
+        let Self { rows, first, out } = self;
+        match rows {
+            Rows::F32 { data, cols, .. } => {
+                let full = cols / GROUP * GROUP;
+                let row = |r: usize| {
+                    let row = data.get(r * cols..(r + 1) * cols).unwrap_or_default();
+                    let (body, tail) = row.split_at(full.min(row.len()));
+                    (body.as_chunks::<GROUP>().0, tail)
+                };
+                tiles::<L, formats::F32>(l, row, first, x, m, k, out);
+            }
+            Rows::Packed(part) => {
+                use GgmlType as T;
+                let data = part.data.as_slice();
+                match part.ty {
+                    T::Q4_0 => packed_rows::<L, formats::Q4_0>(l, data, first, x, m, k, out),
+                    T::Q4_1 => packed_rows::<L, formats::Q4_1>(l, data, first, x, m, k, out),
+                    T::Q5_0 => packed_rows::<L, formats::Q5_0>(l, data, first, x, m, k, out),
+                    T::Q5_1 => packed_rows::<L, formats::Q5_1>(l, data, first, x, m, k, out),
+                    T::Q8_0 => packed_rows::<L, formats::Q8_0>(l, data, first, x, m, k, out),
+                    T::Q2_K => packed_rows::<L, formats::Q2_K>(l, data, first, x, m, k, out),
+                    T::Q3_K => packed_rows::<L, formats::Q3_K>(l, data, first, x, m, k, out),
+                    T::Q4_K => packed_rows::<L, formats::Q4_K>(l, data, first, x, m, k, out),
+                    T::Q5_K => packed_rows::<L, formats::Q5_K>(l, data, first, x, m, k, out),
+                    T::Q6_K => packed_rows::<L, formats::Q6_K>(l, data, first, x, m, k, out),
+                    // A part is only ever made of the formats above (`packed::block_shape`).
+                    _ => {}
                 }
             }
         }
     }
 }
 
+/// [`tiles`] over rows of blocks of format `Fm`.
+#[inline(always)]
+fn packed_rows<L: Lanes, Fm: Format>(
+    l: L,
+    data: &[u8],
+    first: usize,
+    x: (&[f32], &[XTile]),
+    m: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let blocks: &[Fm::Block] = bytemuck::try_cast_slice(data).unwrap_or_default();
+    let per_row = k / Fm::VALUES;
+    let row = |r: usize| {
+        let row: &[Fm::Block] = blocks
+            .get(r * per_row..(r + 1) * per_row)
+            .unwrap_or_default();
+        (row, &[][..])
+    };
+    tiles::<L, Fm>(l, row, first, x, m, k, out);
+}
+
+/// Bytes of `x` a tile keeps in the L1 cache while a stretch of every weight row of a task
+/// goes through it: longer rows are done in stretches of columns (the accumulators wait in
+/// memory between stretches; the order of operations per lane does not change).
+const L1_TILE_BYTES: usize = 16 << 10;
+
+/// One group of 32 values of `x`, as the two halves the lanes load.
+type XGroup = [[f32; 16]; 2];
+
+/// Rows `first..` of `W` (`row(r)` gives row `r`'s blocks and any f32 tail past the last whole
+/// group) times every row of `x`, into `out` (`[rows, m]`): the rows of `x` go in `tiles` (of
+/// at most `L::MAX_TILE`), each weight block decoded once per tile. A row of `x` gets the same
+/// operations whatever tile it lands in.
+#[inline(always)]
+fn tiles<'w, L: Lanes, Fm: Format>(
+    l: L,
+    row: impl Fn(usize) -> (&'w [Fm::Block], &'w [f32]),
+    first: usize,
+    (x, tiles): (&[f32], &[XTile]),
+    m: usize,
+    k: usize,
+    out: &mut [f32],
+) where
+    Fm::Block: 'w,
+{
+    for tile in tiles {
+        let xs = x
+            .get(tile.start * k..(tile.start + tile.size) * k)
+            .unwrap_or_default();
+        let task = TileRows {
+            first,
+            start: tile.start,
+            m,
+            k,
+            xs,
+        };
+        let packed = tile.packed.as_slice();
+        match tile.size {
+            8 => task.run::<L, Fm, 8>(l, &row, packed, out),
+            4 => task.run::<L, Fm, 4>(l, &row, packed, out),
+            2 => task.run::<L, Fm, 2>(l, &row, packed, out),
+            _ => task.run::<L, Fm, 1>(l, &row, packed, out),
+        }
+    }
+}
+
+/// Rows `start..start + size` of `x` interleaved by group (`[group][row]`): one bounds check
+/// and one base pointer per group for all the rows of a tile, and a stretch of columns
+/// contiguous. Made once per call and shared by every task.
+#[derive(Debug)]
+struct XTile {
+    start: usize,
+    size: usize,
+    packed: Vec<XGroup>,
+}
+
+impl XTile {
+    /// `x` (`[m, k]`) in tiles of at most `max` rows.
+    fn split(x: &[f32], m: usize, k: usize, max: usize) -> Vec<Self> {
+        let groups = k / GROUP;
+        let mut tiles = Vec::new();
+        let mut start = 0;
+        while start < m {
+            let size = [8, 4, 2, 1]
+                .into_iter()
+                .find(|&t| t <= max && t <= m - start)
+                .unwrap_or(1);
+            let mut packed = vec![[[0.0; 16]; 2]; groups * size];
+            for i in 0..size {
+                let row = x
+                    .get((start + i) * k..(start + i + 1) * k)
+                    .unwrap_or_default();
+                for (g, values) in row.as_chunks::<GROUP>().0.iter().enumerate() {
+                    if let Some(slot) = packed.get_mut(g * size + i) {
+                        *slot = bytemuck::cast(*values);
+                    }
+                }
+            }
+            tiles.push(Self {
+                start,
+                size,
+                packed,
+            });
+            start += size;
+        }
+        tiles
+    }
+}
+
+/// One tile of rows of `x` (`start..start + M` of `m`, values `xs`) against a task's rows of W.
+struct TileRows<'a> {
+    first: usize,
+    start: usize,
+    m: usize,
+    k: usize,
+    xs: &'a [f32],
+}
+
+impl TileRows<'_> {
+    #[inline(always)]
+    fn run<'w, L: Lanes, Fm: Format, const M: usize>(
+        self,
+        l: L,
+        row: &impl Fn(usize) -> (&'w [Fm::Block], &'w [f32]),
+        packed: &[XGroup],
+        out: &mut [f32],
+    ) where
+        Fm::Block: 'w,
+    {
+        let Self {
+            first,
+            start,
+            m,
+            k,
+            xs,
+        } = self;
+        let (x_groups, _) = packed.as_chunks::<M>();
+        let n_rows = out.len() / m;
+        // Columns per stretch: whole blocks, as many as keep the tile's x in L1.
+        let per_stretch = (L1_TILE_BYTES / (M * GROUP * 4) / (Fm::VALUES / GROUP)).max(1);
+        let n_blocks = k / Fm::VALUES;
+        let zero = l.splat(0.0);
+        let mut waiting: Vec<[[L::F; 2]; M]> = Vec::new();
+        if n_blocks > per_stretch {
+            waiting.resize(n_rows, [[zero; 2]; M]);
+        }
+        let mut b0 = 0;
+        loop {
+            let b1 = (b0 + per_stretch).min(n_blocks);
+            let last = b1 >= n_blocks;
+            for r in 0..n_rows {
+                let (blocks, tail) = row(first + r);
+                let mut acc = match waiting.get(r) {
+                    Some(acc) if b0 > 0 => *acc,
+                    _ => [[zero; 2]; M],
+                };
+                let mut g = b0 * (Fm::VALUES / GROUP);
+                for b in blocks.get(b0..b1).unwrap_or_default() {
+                    Fm::decode(
+                        l,
+                        b,
+                        #[inline(always)]
+                        |w| {
+                            if let Some(xg) = x_groups.get(g) {
+                                for (acc, [x0, x1]) in acc.iter_mut().zip(xg) {
+                                    acc[0] = l.fma(w[0], l.load(x0), acc[0]);
+                                    acc[1] = l.fma(w[1], l.load(x1), acc[1]);
+                                }
+                            }
+                            g += 1;
+                        },
+                    );
+                }
+                if !last {
+                    if let Some(slot) = waiting.get_mut(r) {
+                        *slot = acc;
+                    }
+                    continue;
+                }
+                let sums = finish::<L, M>(l, &acc, tail, xs, k, n_blocks * Fm::VALUES);
+                if let Some(out) = out.get_mut(r * m + start..r * m + start + M) {
+                    out.copy_from_slice(&sums);
+                }
+            }
+            if last {
+                break;
+            }
+            b0 = b1;
+        }
+    }
+}
+
+/// The tile's sums from its accumulators, with the f32 `tail` past column `done` (its values
+/// take lanes 0.. as they would in a group) folded in first.
+#[inline(always)]
+fn finish<L: Lanes, const M: usize>(
+    l: L,
+    acc: &[[L::F; 2]; M],
+    tail: &[f32],
+    xs: &[f32],
+    k: usize,
+    done: usize,
+) -> [f32; M] {
+    let mut sums = [0.0f32; M];
+    for (i, (sum, acc)) in sums.iter_mut().zip(acc).enumerate() {
+        *sum = if tail.is_empty() {
+            l.sum(acc[0], acc[1])
+        } else {
+            let mut lanes = [0.0f32; 32];
+            let (lo, hi) = lanes.split_at_mut(16);
+            lo.copy_from_slice(&l.store(acc[0]));
+            hi.copy_from_slice(&l.store(acc[1]));
+            let x_tail = xs.get(i * k + done..(i + 1) * k).unwrap_or_default();
+            for ((lane, &w), &x) in lanes.iter_mut().zip(tail).zip(x_tail) {
+                *lane = w.mul_add(x, *lane);
+            }
+            tree_sum(&lanes)
+        };
+    }
+    sums
+}
+
 #[cfg(test)]
 mod tests {
-    use half::f16;
     use kiln_gguf::GgmlType;
 
     use super::*;
     use crate::quant::QuantError;
 
-    /// Deterministic pseudo-random bytes (xorshift), so the tests need no dependency.
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 24) as u8
-            })
-            .collect()
-    }
+    const ALL: [GgmlType; 10] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
 
-    /// GGUF blocks of `ty` with sane f16 scales (random bytes would make NaNs and infinities).
     fn blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
-        let (size, scales) = match ty {
-            GgmlType::Q8_0 => (34, 1),
-            GgmlType::Q4_0 => (18, 1),
-            _ => (20, 2),
-        };
-        let mut data = bytes(n_blocks * size, seed);
-        for (i, block) in data.chunks_exact_mut(size).enumerate() {
-            for s in 0..scales {
-                let v = 0.01 + ((i * 7 + s * 3) % 13) as f32 * 0.004;
-                let v = if s == 1 { -v * 4.0 } else { v };
-                block[2 * s..2 * s + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
-            }
-        }
-        data
+        packed::synthetic_blocks(ty, n_blocks, seed).unwrap()
     }
 
-    fn reference_product(w: &[f32], x: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; m * n];
-        for i in 0..m {
-            for r in 0..n {
-                let mut s = 0.0f64;
-                for c in 0..k {
-                    s += f64::from(w[r * k + c]) * f64::from(x[i * k + c]);
-                }
-                out[i * n + r] = s as f32;
-            }
-        }
-        out
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        // Q8_0's quants are plain random bytes; its scales are not read here.
+        packed::synthetic_blocks(GgmlType::Q8_0, n.div_ceil(34), seed).unwrap()[..n].to_vec()
     }
 
-    fn x_values(m: usize, k: usize) -> Vec<f32> {
-        bytes(m * k, 99)
+    fn cols_for(ty: GgmlType) -> usize {
+        let (values, _) = packed::block_shape(ty).unwrap();
+        // Several blocks — more than one stretch of columns for tiles of 4 and 8 rows — and for
+        // the 32-value formats an odd number of them.
+        if values == 256 { 1280 } else { 1184 }
+    }
+
+    fn x_values(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        bytes(m * k, seed)
             .into_iter()
             .map(|b| (f32::from(b) - 127.5) / 64.0)
             .collect()
     }
 
-    #[test]
-    fn packed_values_equal_the_reference_dequantizer() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-            let (rows, cols) = (5, 96);
-            let data = blocks(ty, rows * cols / BLOCK, 7);
-            let reference = crate::quant::dequantize_to_vec(ty, &data, rows * cols).unwrap();
-            let packed = PackedMatrix::from_gguf(ty, &data, rows, cols).unwrap();
-            assert_eq!(packed.ggml_type(), ty);
-            assert_eq!(packed.dequantize(), reference, "{ty}");
-            assert_eq!(
-                packed.gather_rows(&[3, 0]),
-                [&reference[3 * cols..4 * cols], &reference[..cols]].concat()
+    /// `x Wᵀ` in f64, and for each element the sum of its terms' magnitudes (the scale of an
+    /// f32 sum's rounding).
+    fn reference_product(w: &[f32], x: &[f32], n: usize, k: usize, m: usize) -> Vec<(f32, f64)> {
+        let mut out = vec![(0.0f32, 0.0f64); m * n];
+        for i in 0..m {
+            for r in 0..n {
+                let (mut s, mut size) = (0.0f64, 0.0f64);
+                for c in 0..k {
+                    let t = f64::from(w[r * k + c]) * f64::from(x[i * k + c]);
+                    s += t;
+                    size += t.abs();
+                }
+                out[i * n + r] = (s as f32, size);
+            }
+        }
+        out
+    }
+
+    /// Within f32 rounding of a sum of terms of total magnitude `size`.
+    fn close(got: f32, (want, size): (f32, f64)) -> bool {
+        f64::from((got - want).abs()) <= 1e-6 * (1.0 + size)
+    }
+
+    fn scalar() -> Isa {
+        Isa(IsaImpl::Scalar)
+    }
+
+    /// Every block of `data` through `Fm`'s decoder on `l`.
+    fn decode_all<L: Lanes, Fm: Format>(l: L, data: &[u8]) -> Vec<f32> {
+        let blocks: &[Fm::Block] = bytemuck::cast_slice(data);
+        let mut out = Vec::new();
+        for b in blocks {
+            Fm::decode(
+                l,
+                b,
+                #[inline(always)]
+                |w| {
+                    out.extend(l.store(w[0]));
+                    out.extend(l.store(w[1]));
+                },
             );
+        }
+        out
+    }
+
+    fn decode_on<L: Lanes>(l: L, ty: GgmlType, data: &[u8]) -> Vec<f32> {
+        use GgmlType as T;
+        match ty {
+            T::Q4_0 => decode_all::<L, formats::Q4_0>(l, data),
+            T::Q4_1 => decode_all::<L, formats::Q4_1>(l, data),
+            T::Q5_0 => decode_all::<L, formats::Q5_0>(l, data),
+            T::Q5_1 => decode_all::<L, formats::Q5_1>(l, data),
+            T::Q8_0 => decode_all::<L, formats::Q8_0>(l, data),
+            T::Q2_K => decode_all::<L, formats::Q2_K>(l, data),
+            T::Q3_K => decode_all::<L, formats::Q3_K>(l, data),
+            T::Q4_K => decode_all::<L, formats::Q4_K>(l, data),
+            T::Q5_K => decode_all::<L, formats::Q5_K>(l, data),
+            _ => decode_all::<L, formats::Q6_K>(l, data),
+        }
+    }
+
+    fn decode(isa: Isa, ty: GgmlType, data: &[u8]) -> Vec<f32> {
+        match isa.0 {
+            IsaImpl::Scalar => decode_on(Scalar, ty, data),
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx2(s) => s.vectorize(|| decode_on(s, ty, data)),
+            #[cfg(target_arch = "x86_64")]
+            IsaImpl::Avx512(s) => s.vectorize(|| decode_on(s, ty, data)),
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn every_path_decodes_every_format_to_the_reference_dequantizers_bits() {
+        for ty in ALL {
+            let (values, _) = packed::block_shape(ty).unwrap();
+            let data = blocks(ty, 6, 7);
+            let reference = crate::quant::dequantize_to_vec(ty, &data, 6 * values).unwrap();
+            for isa in Isa::available() {
+                let got = decode(isa, ty, &data);
+                assert_eq!(bits(&got), bits(&reference), "{ty} on {:?}", isa.kind());
+            }
         }
     }
 
     #[test]
-    fn products_match_a_dequantized_reference_for_every_format_and_row_count() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-            let (n, k) = (70, 160);
-            let data = blocks(ty, n * k / BLOCK, 11);
+    fn the_scalar_reference_is_the_dot_product_of_the_dequantized_rows() {
+        for ty in ALL {
+            let (n, k) = (13, cols_for(ty));
+            let data = blocks(ty, n * k / packed::block_shape(ty).unwrap().0, 11);
             let dense = crate::quant::dequantize_to_vec(ty, &data, n * k).unwrap();
             let packed = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
-            for m in 1..=GEMV_MAX_ROWS {
-                let x = x_values(m, k);
+            for m in [1, 3, 9] {
+                let x = x_values(m, k, 99);
                 let want = reference_product(&dense, &x, n, k, m);
-                for (name, got) in [
-                    ("packed", matmul_t(Weight::Packed(&packed), &x, m)),
-                    (
-                        "f32",
-                        matmul_t(
-                            Weight::F32 {
-                                data: &dense,
-                                rows: n,
-                                cols: k,
-                            },
-                            &x,
-                            m,
-                        ),
-                    ),
-                ] {
-                    for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                            "{ty} {name} m={m}: {g} vs {w}"
-                        );
-                    }
+                let got = scalar().matmul_t(Weight::Packed(&packed), &x, m);
+                for (&g, &w) in got.iter().zip(&want) {
+                    assert!(close(g, w), "{ty} m={m}: {g} vs {w:?}");
                 }
             }
         }
     }
 
     #[test]
-    fn a_row_gives_the_same_bits_alone_and_among_others() {
-        let (n, k) = (33, 64);
-        let data = blocks(GgmlType::Q4_1, n * k / BLOCK, 3);
-        let packed = PackedMatrix::from_gguf(GgmlType::Q4_1, &data, n, k).unwrap();
-        let x = x_values(GEMV_MAX_ROWS, k);
-        let batched = matmul_t(Weight::Packed(&packed), &x, GEMV_MAX_ROWS);
-        for i in 0..GEMV_MAX_ROWS {
-            let alone = matmul_t(Weight::Packed(&packed), &x[i * k..(i + 1) * k], 1);
-            assert_eq!(alone, batched[i * n..(i + 1) * n]);
+    fn every_path_and_batch_size_gives_the_scalar_references_bits() {
+        for ty in ALL {
+            let (n, k) = (19, cols_for(ty));
+            let data = blocks(ty, n * k / packed::block_shape(ty).unwrap().0, 5);
+            let packed = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
+            let x = x_values(70, k, 3);
+            let reference = scalar().matmul_t(Weight::Packed(&packed), &x, 70);
+            for isa in Isa::available() {
+                for m in [1, 2, 3, 5, 8, 9, 16, 17, 33, 64, 70] {
+                    let got = isa.matmul_t(Weight::Packed(&packed), &x[..m * k], m);
+                    assert_eq!(
+                        bits(&got),
+                        bits(&reference[..m * n]),
+                        "{ty} on {:?}, m={m}",
+                        isa.kind()
+                    );
+                }
+                // A row alone is the same row among others.
+                let alone = isa.matmul_t(Weight::Packed(&packed), &x[40 * k..41 * k], 1);
+                assert_eq!(bits(&alone), bits(&reference[40 * n..41 * n]));
+            }
         }
     }
 
     #[test]
-    fn odd_widths_and_rows_use_the_scalar_tail() {
-        let (n, k) = (3, 13);
-        let w: Vec<f32> = (0..n * k).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let x = x_values(2, k);
-        let got = matmul_t(
-            Weight::F32 {
+    fn the_thread_count_does_not_change_a_bit() {
+        let ty = GgmlType::Q4_K;
+        let (n, k) = (300, 512);
+        let data = blocks(ty, n * k / 256, 9);
+        let packed = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
+        let x = x_values(5, k, 1);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| matmul_t(Weight::Packed(&packed), &x, 5))
+        };
+        let one = run(1);
+        for threads in [2, 3, 7] {
+            assert_eq!(bits(&run(threads)), bits(&one), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn f32_rows_of_any_width_match_on_every_path() {
+        for (n, k) in [(3, 13), (5, 32), (7, 45), (4, 100)] {
+            let w: Vec<f32> = (0..n * k).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+            let weight = Weight::F32 {
                 data: &w,
                 rows: n,
                 cols: k,
-            },
-            &x,
-            2,
-        );
-        let want = reference_product(&w, &x, n, k, 2);
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()));
+            };
+            let x = x_values(11, k, 4);
+            let want = reference_product(&w, &x, n, k, 11);
+            let reference = scalar().matmul_t(weight, &x, 11);
+            for (&g, &w) in reference.iter().zip(&want) {
+                assert!(close(g, w), "{n}x{k}: {g} vs {w:?}");
+            }
+            for isa in Isa::available() {
+                for m in [1, 2, 11] {
+                    let got = isa.matmul_t(weight, &x[..m * k], m);
+                    assert_eq!(bits(&got), bits(&reference[..m * n]), "{n}x{k} m={m}");
+                }
+            }
         }
     }
 
     #[test]
-    fn concat_and_permute_move_whole_rows() {
-        let ty = GgmlType::Q4_1;
-        let (rows, cols) = (4, 64);
-        let a = blocks(ty, rows * cols / BLOCK, 5);
-        let b = blocks(ty, 2 * cols / BLOCK, 6);
-        let pa = PackedMatrix::from_gguf(ty, &a, rows, cols).unwrap();
-        let pb = PackedMatrix::from_gguf(ty, &b, 2, cols).unwrap();
-        let both = PackedMatrix::concat_rows(vec![pa.clone(), pb.clone()]).unwrap();
-        assert_eq!(both.rows, 6);
+    fn a_stack_of_formats_is_its_parts_one_after_another() {
+        let k = 256;
+        let parts: Vec<PackedMatrix> = [
+            (GgmlType::Q4_K, 5),
+            (GgmlType::Q6_K, 3),
+            (GgmlType::Q8_0, 4),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ty, rows))| {
+            let values = packed::block_shape(ty).unwrap().0;
+            PackedMatrix::from_gguf(ty, &blocks(ty, rows * k / values, i as u64 + 1), rows, k)
+                .unwrap()
+        })
+        .collect();
+        let stacked = PackedMatrix::concat_rows(parts.clone()).unwrap();
+        assert_eq!(stacked.rows, 12);
         assert_eq!(
-            both.dequantize(),
-            [pa.dequantize(), pb.dequantize()].concat()
+            stacked.ggml_types().collect::<Vec<_>>(),
+            [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0]
         );
-        let swapped = pa.permute_rows(&[1, 0, 3, 2]);
-        let d = pa.dequantize();
+        let dense: Vec<f32> = parts.iter().flat_map(PackedMatrix::dequantize).collect();
+        assert_eq!(bits(&stacked.dequantize()), bits(&dense));
         assert_eq!(
-            swapped.dequantize(),
-            [
-                &d[cols..2 * cols],
-                &d[..cols],
-                &d[3 * cols..],
-                &d[2 * cols..3 * cols]
-            ]
-            .concat()
+            bits(&stacked.gather_rows(&[6, 0, 11])),
+            bits(&[&dense[6 * k..7 * k], &dense[..k], &dense[11 * k..]].concat())
         );
-        let q8 = PackedMatrix::from_gguf(GgmlType::Q8_0, &blocks(GgmlType::Q8_0, 2, 1), 1, cols)
-            .unwrap();
-        assert!(PackedMatrix::concat_rows(vec![pa, q8]).is_none());
+        let x = x_values(3, k, 8);
+        let got = matmul_t(Weight::Packed(&stacked), &x, 3);
+        let by_part: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|p| matmul_t(Weight::Packed(p), &x, 3))
+            .collect();
+        for i in 0..3 {
+            let row: Vec<f32> = by_part
+                .iter()
+                .zip([5, 3, 4])
+                .flat_map(|(p, rows)| p[i * rows..(i + 1) * rows].to_vec())
+                .collect();
+            assert_eq!(bits(&got[i * 12..(i + 1) * 12]), bits(&row));
+        }
+        // A permutation moves whole rows, across parts too.
+        let order = [11, 0, 5, 6, 1];
+        let permuted = stacked.permute_rows(&order);
+        let want: Vec<f32> = order
+            .iter()
+            .flat_map(|&r| dense[r * k..(r + 1) * k].to_vec())
+            .collect();
+        assert_eq!(bits(&permuted.dequantize()), bits(&want));
+        let other =
+            PackedMatrix::from_gguf(GgmlType::Q8_0, &blocks(GgmlType::Q8_0, 4, 1), 1, 128).unwrap();
+        assert!(PackedMatrix::concat_rows(vec![stacked, other]).is_none());
+    }
+
+    #[test]
+    fn f16_scales_convert_exactly_as_half_does() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            assert_eq!(lanes::f16_to_f32(h).to_bits(), want.to_bits(), "{h:#06x}");
+            for isa in Isa::available() {
+                let got = match isa.0 {
+                    IsaImpl::Scalar => Scalar.f16(h),
+                    #[cfg(target_arch = "x86_64")]
+                    IsaImpl::Avx2(s) => s.vectorize(|| s.f16(h)),
+                    #[cfg(target_arch = "x86_64")]
+                    IsaImpl::Avx512(s) => s.vectorize(|| s.f16(h)),
+                };
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{h:#06x} on {:?}",
+                    isa.kind()
+                );
+            }
+        }
     }
 
     #[test]
@@ -399,8 +831,25 @@ mod tests {
             Err(QuantError::NotBlockMultiple { .. })
         ));
         assert!(matches!(
-            PackedMatrix::from_gguf(GgmlType::Q6_K, &[0; 210], 1, 256),
+            PackedMatrix::from_gguf(GgmlType::Q4_K, &[0; 144], 1, 128),
+            Err(QuantError::NotBlockMultiple { .. })
+        ));
+        assert!(matches!(
+            PackedMatrix::from_gguf(GgmlType::F16, &[0; 64], 1, 32),
             Err(QuantError::UnsupportedType(_))
         ));
+        assert!(!PackedMatrix::supports(GgmlType::Q6_K, 576));
+        assert!(PackedMatrix::supports(GgmlType::Q6_K, 512));
+        assert!(PackedMatrix::supports(GgmlType::Q5_0, 576));
+    }
+
+    #[test]
+    fn the_isa_cap_is_parsed_and_never_exceeds_the_cpu() {
+        assert_eq!(IsaKind::parse(" AVX2 "), Some(IsaKind::Avx2));
+        assert_eq!(IsaKind::parse("neon"), None);
+        assert_eq!(Isa::best(Some(IsaKind::Scalar)).kind(), IsaKind::Scalar);
+        let widest = Isa::available().last().unwrap().kind();
+        assert_eq!(Isa::best(None).kind(), widest);
+        assert!(Isa::best(Some(IsaKind::Avx2)).kind() as u8 <= IsaKind::Avx2 as u8);
     }
 }

@@ -1,66 +1,84 @@
-//! The GGUF block formats the CPU kernels read as they are (Q8_0, Q4_0, Q4_1): a matrix kept in
-//! its blocks with the f16 scales widened once at load, and the one walk over blocks that every
-//! instruction set's [`BlockDecoder`] plugs into, so dequantization is written once.
+//! Weight matrices kept in their GGUF blocks: the file's bytes as they are (no widening, no
+//! reordering inside a block), so a K-quant model takes its file size in memory, not 8x it. A
+//! matrix is a stack of parts, each a run of rows in one format, because a fused projection (q, k
+//! and v; gate and up) mixes formats in a `Q4_K_M` file. The reference dequantizer
+//! ([`crate::quant`]) unpacks them where f32 values are needed (embedding rows, a dense copy).
 
-use half::f16;
 use kiln_gguf::GgmlType;
-use rayon::prelude::*;
 
-use super::{BLOCK, Isa};
 use crate::quant::QuantError;
 
-/// A weight matrix `[rows, cols]` (rows are output features) kept in a GGUF block format, with the
-/// f16 scales widened to f32 once at load.
+/// A weight matrix `[rows, cols]` (rows are output features) in GGUF blocks.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PackedMatrix {
-    pub(crate) rows: usize,
-    pub(crate) cols: usize,
-    pub(super) blocks: Blocks,
+pub struct PackedMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub(super) parts: Vec<Part>,
 }
 
+/// Consecutive rows in one format: `rows * row_bytes` bytes of whole blocks.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Blocks {
-    /// `d * q`, one signed byte per value.
-    Q8_0 { d: Vec<f32>, qs: Vec<i8> },
-    /// `d * (q - 8)`: byte `j` of a block holds value `j` (low nibble) and `j + 16` (high).
-    Q4_0 { d: Vec<f32>, qs: Vec<u8> },
-    /// `d * q + m`, nibbles as Q4_0.
-    Q4_1 {
-        d: Vec<f32>,
-        m: Vec<f32>,
-        qs: Vec<u8>,
-    },
+pub(super) struct Part {
+    pub(super) ty: GgmlType,
+    pub(super) rows: usize,
+    pub(super) data: Vec<u8>,
+}
+
+/// The block shape (values, bytes) of a format the kernels read packed.
+pub(super) fn block_shape(ty: GgmlType) -> Option<(usize, usize)> {
+    use GgmlType as T;
+    let packable = matches!(
+        ty,
+        T::Q4_0
+            | T::Q4_1
+            | T::Q5_0
+            | T::Q5_1
+            | T::Q8_0
+            | T::Q2_K
+            | T::Q3_K
+            | T::Q4_K
+            | T::Q5_K
+            | T::Q6_K
+    );
+    if !packable {
+        return None;
+    }
+    let values = usize::try_from(ty.block_size()?).ok()?;
+    let bytes = usize::try_from(ty.block_bytes()?).ok()?;
+    Some((values, bytes))
+}
+
+impl Part {
+    fn row_bytes(&self, cols: usize) -> usize {
+        block_shape(self.ty).map_or(0, |(values, bytes)| cols / values * bytes)
+    }
 }
 
 impl PackedMatrix {
-    /// Whether [`from_gguf`](Self::from_gguf) keeps this type packed (others are dequantized).
-    pub(crate) fn supports(ggml_type: GgmlType) -> bool {
-        matches!(ggml_type, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+    /// Whether [`from_gguf`](Self::from_gguf) keeps a `[_, cols]` tensor of this type packed:
+    /// a quantized format whose blocks do not straddle rows.
+    pub fn supports(ggml_type: GgmlType, cols: usize) -> bool {
+        block_shape(ggml_type).is_some_and(|(values, _)| cols > 0 && cols.is_multiple_of(values))
     }
 
-    /// Repacks a GGUF tensor's blocks (`rows * cols` values, rows whole blocks).
-    pub(crate) fn from_gguf(
+    /// Keeps a GGUF tensor's blocks (`rows * cols` values, each row whole blocks).
+    pub fn from_gguf(
         ggml_type: GgmlType,
         data: &[u8],
         rows: usize,
         cols: usize,
     ) -> Result<Self, QuantError> {
+        let (values, bytes) =
+            block_shape(ggml_type).ok_or(QuantError::UnsupportedType(ggml_type))?;
         let n_elements = rows.saturating_mul(cols);
-        if !cols.is_multiple_of(BLOCK) {
+        if !cols.is_multiple_of(values) {
             return Err(QuantError::NotBlockMultiple {
                 ggml_type,
                 n_elements: cols,
-                block_size: BLOCK,
+                block_size: values,
             });
         }
-        let bytes = match ggml_type {
-            GgmlType::Q8_0 => 34,
-            GgmlType::Q4_0 => 18,
-            GgmlType::Q4_1 => 20,
-            other => return Err(QuantError::UnsupportedType(other)),
-        };
-        let n_blocks = n_elements / BLOCK;
-        let expected = n_blocks.saturating_mul(bytes);
+        let expected = (n_elements / values).saturating_mul(bytes);
         if data.len() != expected {
             return Err(QuantError::DataLength {
                 ggml_type,
@@ -69,44 +87,28 @@ impl PackedMatrix {
                 actual: data.len(),
             });
         }
-        let scale = |b: &[u8], at: usize| {
-            f16::from_le_bytes([
-                b.get(at).copied().unwrap_or(0),
-                b.get(at + 1).copied().unwrap_or(0),
-            ])
-            .to_f32()
-        };
-        let blocks = data.chunks_exact(bytes);
-        let blocks = match ggml_type {
-            GgmlType::Q8_0 => Blocks::Q8_0 {
-                d: blocks.clone().map(|b| scale(b, 0)).collect(),
-                qs: blocks
-                    .flat_map(|b| b.iter().skip(2).map(|q| q.cast_signed()))
-                    .collect(),
-            },
-            GgmlType::Q4_0 => Blocks::Q4_0 {
-                d: blocks.clone().map(|b| scale(b, 0)).collect(),
-                qs: blocks.flat_map(|b| b.iter().skip(2).copied()).collect(),
-            },
-            _ => Blocks::Q4_1 {
-                d: blocks.clone().map(|b| scale(b, 0)).collect(),
-                m: blocks.clone().map(|b| scale(b, 2)).collect(),
-                qs: blocks.flat_map(|b| b.iter().skip(4).copied()).collect(),
-            },
-        };
-        Ok(Self { rows, cols, blocks })
+        Ok(Self {
+            rows,
+            cols,
+            parts: vec![Part {
+                ty: ggml_type,
+                rows,
+                data: data.to_vec(),
+            }],
+        })
     }
 
-    /// The format the blocks came in.
-    pub(crate) fn ggml_type(&self) -> GgmlType {
-        match self.blocks {
-            Blocks::Q8_0 { .. } => GgmlType::Q8_0,
-            Blocks::Q4_0 { .. } => GgmlType::Q4_0,
-            Blocks::Q4_1 { .. } => GgmlType::Q4_1,
-        }
+    /// The formats of the parts, top to bottom.
+    pub fn ggml_types(&self) -> impl Iterator<Item = GgmlType> + '_ {
+        self.parts.iter().map(|p| p.ty)
     }
 
-    /// Stacks matrices of one format and width, rows of the first first.
+    /// Bytes the blocks take.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.data.len()).sum()
+    }
+
+    /// Stacks matrices of one width, rows of the first first; `None` if the widths differ.
     pub(crate) fn concat_rows(parts: Vec<Self>) -> Option<Self> {
         let mut parts = parts.into_iter();
         let mut out = parts.next()?;
@@ -114,147 +116,117 @@ impl PackedMatrix {
             if p.cols != out.cols {
                 return None;
             }
-            match (&mut out.blocks, p.blocks) {
-                (Blocks::Q4_0 { d, qs }, Blocks::Q4_0 { d: d2, qs: q2 }) => {
-                    d.extend(d2);
-                    qs.extend(q2);
-                }
-                (Blocks::Q8_0 { d, qs }, Blocks::Q8_0 { d: d2, qs: q2 }) => {
-                    d.extend(d2);
-                    qs.extend(q2);
-                }
-                (
-                    Blocks::Q4_1 { d, m, qs },
-                    Blocks::Q4_1 {
-                        d: d2,
-                        m: m2,
-                        qs: q2,
-                    },
-                ) => {
-                    d.extend(d2);
-                    m.extend(m2);
-                    qs.extend(q2);
-                }
-                _ => return None,
-            }
             out.rows += p.rows;
+            for part in p.parts {
+                out.push_rows(part.ty, part.rows, &part.data);
+            }
         }
         Some(out)
     }
 
-    /// Applies a row permutation: row `i` of the result is row `order[i]` of `self`.
+    /// Appends rows to the last part when it has their format, else as a new part.
+    fn push_rows(&mut self, ty: GgmlType, rows: usize, data: &[u8]) {
+        match self.parts.last_mut() {
+            Some(last) if last.ty == ty => {
+                last.rows += rows;
+                last.data.extend_from_slice(data);
+            }
+            _ => self.parts.push(Part {
+                ty,
+                rows,
+                data: data.to_vec(),
+            }),
+        }
+    }
+
+    /// Row `r`: its part's format and bytes.
+    fn row(&self, mut r: usize) -> Option<(GgmlType, &[u8])> {
+        for part in &self.parts {
+            if r < part.rows {
+                let width = part.row_bytes(self.cols);
+                return Some((part.ty, part.data.get(r * width..(r + 1) * width)?));
+            }
+            r -= part.rows;
+        }
+        None
+    }
+
+    /// Applies a row permutation: row `i` of the result is row `order[i]` of `self` (indices
+    /// past the end are skipped).
     pub(crate) fn permute_rows(&self, order: &[usize]) -> Self {
-        let per_row = self.cols / BLOCK;
-        fn gather<T: Copy>(v: &[T], order: &[usize], width: usize) -> Vec<T> {
-            order
-                .iter()
-                .flat_map(|&r| v.get(r * width..(r + 1) * width).unwrap_or_default())
-                .copied()
-                .collect()
-        }
-        let blocks = match &self.blocks {
-            Blocks::Q8_0 { d, qs } => Blocks::Q8_0 {
-                d: gather(d, order, per_row),
-                qs: gather(qs, order, self.cols),
-            },
-            Blocks::Q4_0 { d, qs } => Blocks::Q4_0 {
-                d: gather(d, order, per_row),
-                qs: gather(qs, order, self.cols / 2),
-            },
-            Blocks::Q4_1 { d, m, qs } => Blocks::Q4_1 {
-                d: gather(d, order, per_row),
-                m: gather(m, order, per_row),
-                qs: gather(qs, order, self.cols / 2),
-            },
-        };
-        Self {
-            rows: order.len(),
+        let mut out = Self {
+            rows: 0,
             cols: self.cols,
-            blocks,
+            parts: Vec::new(),
+        };
+        for &r in order {
+            if let Some((ty, bytes)) = self.row(r) {
+                out.push_rows(ty, 1, bytes);
+                out.rows += 1;
+            }
         }
-    }
-
-    /// Rows `first..first + out.len() / cols` as f32, with the reference dequantizer's arithmetic
-    /// (bit for bit: a product and a sum, never fused).
-    fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
-        super::dequantize_into(&self.blocks, first * self.cols / BLOCK, out);
-    }
-
-    /// The whole matrix as f32 `[rows, cols]`, row-major (on every core).
-    pub(crate) fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.rows * self.cols];
-        let rows_per_task = 16;
-        out.par_chunks_mut(rows_per_task * self.cols)
-            .enumerate()
-            .for_each(|(t, chunk)| self.dequantize_rows(t * rows_per_task, chunk));
         out
     }
 
-    /// Rows `ids` as f32 `[ids.len(), cols]` (an embedding lookup).
+    /// The whole matrix as f32 `[rows, cols]`, row-major, by the reference dequantizer.
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        let mut rest = out.as_mut_slice();
+        for part in &self.parts {
+            let n = part.rows * self.cols;
+            let (here, later) = rest.split_at_mut(n.min(rest.len()));
+            // The lengths were checked when the part was made.
+            let _ = crate::quant::dequantize(part.ty, &part.data, n, here);
+            rest = later;
+        }
+        out
+    }
+
+    /// Rows `ids` as f32 `[ids.len(), cols]` (an embedding lookup); an id past the end gives
+    /// zeros.
     pub(crate) fn gather_rows(&self, ids: &[usize]) -> Vec<f32> {
         let mut out = vec![0.0; ids.len() * self.cols];
         for (&id, y) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
-            if id < self.rows {
-                self.dequantize_rows(id, y);
+            if let Some((ty, bytes)) = self.row(id) {
+                let _ = crate::quant::dequantize(ty, bytes, self.cols, y);
             }
         }
         out
     }
-
-    /// Dequantizes row `r` into `out` (`cols` values) with the decoder `isa` picked.
-    #[inline(always)]
-    pub(super) fn dequantize_row_with(&self, isa: Isa, r: usize, out: &mut [f32]) {
-        isa.dequantize_blocks(&self.blocks, r * (self.cols / BLOCK), out);
-    }
 }
 
-/// One instruction set's way of turning one block into its 32 values, with the reference
-/// dequantizer's arithmetic (a product and a sum per value, never fused).
-pub(super) trait BlockDecoder: Copy {
-    fn q8_0(self, d: f32, q: &[i8; BLOCK], y: &mut [f32; BLOCK]);
-    fn q4_0(self, d: f32, q: &[u8; 16], y: &mut [f32; BLOCK]);
-    fn q4_1(self, d: f32, m: f32, q: &[u8; 16], y: &mut [f32; BLOCK]);
-}
-
-/// Blocks `first_block..` into `out` (whole blocks): the walk over a format's arrays, written
-/// once; `decoder` does each block. Inlined into a dispatched caller, so a decoder's fixed-size
-/// loops vectorize for the CPU at hand.
-#[inline(always)]
-pub(super) fn dequantize_blocks<D: BlockDecoder>(
-    decoder: D,
-    blocks: &Blocks,
-    first_block: usize,
-    out: &mut [f32],
-) {
-    let (ys, _) = out.as_chunks_mut::<BLOCK>();
-    let range = first_block..first_block + ys.len();
-    match blocks {
-        Blocks::Q8_0 { d, qs } => {
-            let d = d.get(range.clone()).unwrap_or_default();
-            let qs = qs
-                .get(range.start * BLOCK..range.end * BLOCK)
-                .unwrap_or_default();
-            let (qs, _) = qs.as_chunks::<BLOCK>();
-            for ((y, q), &d) in ys.iter_mut().zip(qs).zip(d) {
-                decoder.q8_0(d, q, y);
-            }
-        }
-        Blocks::Q4_0 { d, qs } => {
-            let d = d.get(range.clone()).unwrap_or_default();
-            let qs = qs.get(range.start * 16..range.end * 16).unwrap_or_default();
-            let (qs, _) = qs.as_chunks::<16>();
-            for ((y, q), &d) in ys.iter_mut().zip(qs).zip(d) {
-                decoder.q4_0(d, q, y);
-            }
-        }
-        Blocks::Q4_1 { d, m, qs } => {
-            let d = d.get(range.clone()).unwrap_or_default();
-            let m = m.get(range.clone()).unwrap_or_default();
-            let qs = qs.get(range.start * 16..range.end * 16).unwrap_or_default();
-            let (qs, _) = qs.as_chunks::<16>();
-            for (((y, q), &d), &m) in ys.iter_mut().zip(qs).zip(d).zip(m) {
-                decoder.q4_1(d, m, q, y);
+/// `n_blocks` blocks of `ty` with pseudo-random quants and sub-scales and small f16 scales (and
+/// mins of both signs): weights of a real format's shape for tests and benches (random bytes
+/// would put NaNs and infinities in the scales). `None` for a format not kept packed.
+pub fn synthetic_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Option<Vec<u8>> {
+    use GgmlType as T;
+    let (_, size) = block_shape(ty)?;
+    // Byte offsets of the f16 scale and, where there is one, the min.
+    let scales: &[usize] = match ty {
+        T::Q4_1 | T::Q5_1 | T::Q4_K | T::Q5_K => &[0, 2],
+        T::Q2_K => &[80, 82],
+        T::Q3_K => &[108],
+        T::Q6_K => &[208],
+        _ => &[0],
+    };
+    let mut state = seed | 1;
+    let mut data: Vec<u8> = (0..n_blocks * size)
+        .map(|_| {
+            // xorshift: deterministic, and no dependency.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    for (i, block) in data.chunks_exact_mut(size).enumerate() {
+        for (s, &at) in scales.iter().enumerate() {
+            let v = 0.002 + ((i * 7 + s * 3) % 13) as f32 * 0.0007;
+            let v = if s == 1 && i % 2 == 0 { -v * 3.0 } else { v };
+            if let Some(field) = block.get_mut(at..at + 2) {
+                field.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
             }
         }
     }
+    Some(data)
 }

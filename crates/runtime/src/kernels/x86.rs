@@ -1,84 +1,251 @@
-//! The x86-64 path: AVX2 block decoding (pulp's safe `V3` intrinsics), eight values per
-//! instruction with the same arithmetic as the portable decoder — a product and a sum per value,
-//! never fused — so both give the reference dequantizer's bits. Chosen at run time by
-//! [`super::Isa::detect`]; AVX-512 machines run it too (the dot products already use the widest
-//! vectors through pulp).
+//! The x86-64 lanes: AVX-512 (one 512-bit register per 16 lanes) and AVX2 (two 256-bit halves),
+//! through pulp's safe intrinsics. Each op is the IEEE operation [`Scalar`](super::lanes::Scalar)
+//! does per lane, and [`Lanes::sum`] folds register halves in the reference tree's order, so both
+//! give the reference bits. Chosen at run time ([`super::Isa::detect`]).
 
-use core::arch::x86_64::{__m128i, __m256};
+use core::arch::x86_64::{__m128, __m128i, __m256, __m256i, __m512, __m512i};
 
-use pulp::x86::V3;
+use pulp::x86::{V3, V4};
 
-use super::BLOCK;
-use super::packed::BlockDecoder;
+use super::lanes::Lanes;
 
-/// A block's 16 bytes of nibbles as 4 vectors of 8 values: low nibbles (values 0..16) first.
+/// The last three steps of the reference tree on four lanes: `j + 2`, then `j + 1`.
 #[inline(always)]
-fn nibbles(simd: V3, q: &[u8; 16]) -> [__m256; 4] {
-    let q: __m128i = bytemuck::cast(*q);
-    let mask = simd.sse2._mm_set1_epi8(0x0F);
-    let lo = simd.sse2._mm_and_si128(q, mask);
-    let hi = simd
-        .sse2
-        ._mm_and_si128(simd.sse2._mm_srli_epi16::<4>(q), mask);
-    let widen = |v: __m128i| {
-        simd.avx
-            ._mm256_cvtepi32_ps(simd.avx2._mm256_cvtepu8_epi32(v))
-    };
-    [
-        widen(lo),
-        widen(simd.sse2._mm_srli_si128::<8>(lo)),
-        widen(hi),
-        widen(simd.sse2._mm_srli_si128::<8>(hi)),
-    ]
+fn sum4(simd: V3, s4: __m128) -> f32 {
+    let sse = simd.sse;
+    let s2 = sse._mm_add_ps(s4, sse._mm_movehl_ps(s4, s4));
+    let s1 = sse._mm_add_ss(s2, simd.sse3._mm_movehdup_ps(s2));
+    sse._mm_cvtss_f32(s1)
 }
 
-/// 32 signed bytes as 4 vectors of 8 values.
+/// Eight lanes of 32-bit values, for the AVX2 halves.
 #[inline(always)]
-fn bytes(simd: V3, q: &[i8; BLOCK]) -> [__m256; 4] {
-    let [a, b]: [__m128i; 2] = bytemuck::cast(*q);
-    let widen = |v: __m128i| {
-        simd.avx
-            ._mm256_cvtepi32_ps(simd.avx2._mm256_cvtepi8_epi32(v))
-    };
-    [
-        widen(a),
-        widen(simd.sse2._mm_srli_si128::<8>(a)),
-        widen(b),
-        widen(simd.sse2._mm_srli_si128::<8>(b)),
-    ]
+fn sum8(simd: V3, s8: __m256) -> f32 {
+    let avx = simd.avx;
+    let s4 = simd.sse._mm_add_ps(
+        avx._mm256_castps256_ps128(s8),
+        avx._mm256_extractf128_ps::<1>(s8),
+    );
+    sum4(simd, s4)
 }
 
-impl BlockDecoder for V3 {
-    #[inline(always)]
-    fn q8_0(self, d: f32, q: &[i8; BLOCK], y: &mut [f32; BLOCK]) {
-        let avx = self.avx;
-        let d = avx._mm256_set1_ps(d);
-        let mut v = bytes(self, q);
-        for v in &mut v {
-            *v = avx._mm256_mul_ps(*v, d);
-        }
-        *y = bytemuck::cast(v);
-    }
+impl Lanes for V4 {
+    type F = __m512;
+    type I = __m512i;
+    const MAX_TILE: usize = 8;
 
     #[inline(always)]
-    fn q4_0(self, d: f32, q: &[u8; 16], y: &mut [f32; BLOCK]) {
-        let avx = self.avx;
-        let (d, eight) = (avx._mm256_set1_ps(d), avx._mm256_set1_ps(-8.0));
-        let mut v = nibbles(self, q);
-        for v in &mut v {
-            *v = avx._mm256_mul_ps(avx._mm256_add_ps(*v, eight), d);
-        }
-        *y = bytemuck::cast(v);
+    fn splat(self, v: f32) -> Self::F {
+        self.avx512f._mm512_set1_ps(v)
     }
+    #[inline(always)]
+    fn load(self, x: &[f32; 16]) -> Self::F {
+        bytemuck::cast(*x)
+    }
+    #[inline(always)]
+    fn store(self, v: Self::F) -> [f32; 16] {
+        bytemuck::cast(v)
+    }
+    #[inline(always)]
+    fn add(self, a: Self::F, b: Self::F) -> Self::F {
+        self.avx512f._mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    fn sub(self, a: Self::F, b: Self::F) -> Self::F {
+        self.avx512f._mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    fn mul(self, a: Self::F, b: Self::F) -> Self::F {
+        self.avx512f._mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F {
+        self.avx512f._mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    fn widen_u8(self, b: &[u8; 16]) -> Self::I {
+        self.avx512f
+            ._mm512_cvtepu8_epi32(bytemuck::cast::<[u8; 16], __m128i>(*b))
+    }
+    #[inline(always)]
+    fn widen_i8(self, b: &[u8; 16]) -> Self::I {
+        self.avx512f
+            ._mm512_cvtepi8_epi32(bytemuck::cast::<[u8; 16], __m128i>(*b))
+    }
+    #[inline(always)]
+    fn splat_i(self, v: i32) -> Self::I {
+        self.avx512f._mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    fn and(self, a: Self::I, b: Self::I) -> Self::I {
+        self.avx512f._mm512_and_si512(a, b)
+    }
+    #[inline(always)]
+    fn or(self, a: Self::I, b: Self::I) -> Self::I {
+        self.avx512f._mm512_or_si512(a, b)
+    }
+    #[inline(always)]
+    fn sub_i(self, a: Self::I, b: Self::I) -> Self::I {
+        self.avx512f._mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    fn shr_v(self, a: Self::I, n: Self::I) -> Self::I {
+        self.avx512f._mm512_srlv_epi32(a, n)
+    }
+    #[inline(always)]
+    fn shl_v(self, a: Self::I, n: Self::I) -> Self::I {
+        self.avx512f._mm512_sllv_epi32(a, n)
+    }
+    #[inline(always)]
+    fn to_f32(self, a: Self::I) -> Self::F {
+        self.avx512f._mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    fn iota(self) -> Self::I {
+        bytemuck::cast([0i32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    }
+    #[inline(always)]
+    fn f16(self, h: u16) -> f32 {
+        // `vcvtph2ps` (AVX-512F's form: F16C's is not in this path's feature set) on lane 0.
+        let v = self
+            .avx512f
+            ._mm512_cvtph_ps(self.avx._mm256_set1_epi16(h.cast_signed()));
+        self.sse
+            ._mm_cvtss_f32(self.avx512f._mm512_castps512_ps128(v))
+    }
+    #[inline(always)]
+    fn sum(self, a: Self::F, b: Self::F) -> f32 {
+        let s16 = self.avx512f._mm512_add_ps(a, b);
+        let s8 = self.avx._mm256_add_ps(
+            self.avx512f._mm512_castps512_ps256(s16),
+            self.avx512dq._mm512_extractf32x8_ps::<1>(s16),
+        );
+        sum8(*self, s8)
+    }
+}
+
+/// Two AVX2 registers: lanes 0..8 and 8..16.
+type Pair<T> = [T; 2];
+
+impl Lanes for V3 {
+    type F = Pair<__m256>;
+    type I = Pair<__m256i>;
+    // Four rows take 16 registers of accumulators: all there are, so the tile stops at two.
+    const MAX_TILE: usize = 2;
 
     #[inline(always)]
-    fn q4_1(self, d: f32, m: f32, q: &[u8; 16], y: &mut [f32; BLOCK]) {
+    fn splat(self, v: f32) -> Self::F {
+        [self.avx._mm256_set1_ps(v); 2]
+    }
+    #[inline(always)]
+    fn load(self, x: &[f32; 16]) -> Self::F {
+        bytemuck::cast(*x)
+    }
+    #[inline(always)]
+    fn store(self, v: Self::F) -> [f32; 16] {
+        bytemuck::cast(v)
+    }
+    #[inline(always)]
+    fn add(self, a: Self::F, b: Self::F) -> Self::F {
+        [
+            self.avx._mm256_add_ps(a[0], b[0]),
+            self.avx._mm256_add_ps(a[1], b[1]),
+        ]
+    }
+    #[inline(always)]
+    fn sub(self, a: Self::F, b: Self::F) -> Self::F {
+        [
+            self.avx._mm256_sub_ps(a[0], b[0]),
+            self.avx._mm256_sub_ps(a[1], b[1]),
+        ]
+    }
+    #[inline(always)]
+    fn mul(self, a: Self::F, b: Self::F) -> Self::F {
+        [
+            self.avx._mm256_mul_ps(a[0], b[0]),
+            self.avx._mm256_mul_ps(a[1], b[1]),
+        ]
+    }
+    #[inline(always)]
+    fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F {
+        [
+            self.fma._mm256_fmadd_ps(a[0], b[0], c[0]),
+            self.fma._mm256_fmadd_ps(a[1], b[1], c[1]),
+        ]
+    }
+    #[inline(always)]
+    fn widen_u8(self, b: &[u8; 16]) -> Self::I {
+        let q: __m128i = bytemuck::cast(*b);
+        [
+            self.avx2._mm256_cvtepu8_epi32(q),
+            self.avx2
+                ._mm256_cvtepu8_epi32(self.sse2._mm_srli_si128::<8>(q)),
+        ]
+    }
+    #[inline(always)]
+    fn widen_i8(self, b: &[u8; 16]) -> Self::I {
+        let q: __m128i = bytemuck::cast(*b);
+        [
+            self.avx2._mm256_cvtepi8_epi32(q),
+            self.avx2
+                ._mm256_cvtepi8_epi32(self.sse2._mm_srli_si128::<8>(q)),
+        ]
+    }
+    #[inline(always)]
+    fn splat_i(self, v: i32) -> Self::I {
+        [self.avx._mm256_set1_epi32(v); 2]
+    }
+    #[inline(always)]
+    fn and(self, a: Self::I, b: Self::I) -> Self::I {
+        [
+            self.avx2._mm256_and_si256(a[0], b[0]),
+            self.avx2._mm256_and_si256(a[1], b[1]),
+        ]
+    }
+    #[inline(always)]
+    fn or(self, a: Self::I, b: Self::I) -> Self::I {
+        [
+            self.avx2._mm256_or_si256(a[0], b[0]),
+            self.avx2._mm256_or_si256(a[1], b[1]),
+        ]
+    }
+    #[inline(always)]
+    fn sub_i(self, a: Self::I, b: Self::I) -> Self::I {
+        [
+            self.avx2._mm256_sub_epi32(a[0], b[0]),
+            self.avx2._mm256_sub_epi32(a[1], b[1]),
+        ]
+    }
+    #[inline(always)]
+    fn shr_v(self, a: Self::I, n: Self::I) -> Self::I {
+        [
+            self.avx2._mm256_srlv_epi32(a[0], n[0]),
+            self.avx2._mm256_srlv_epi32(a[1], n[1]),
+        ]
+    }
+    #[inline(always)]
+    fn shl_v(self, a: Self::I, n: Self::I) -> Self::I {
+        [
+            self.avx2._mm256_sllv_epi32(a[0], n[0]),
+            self.avx2._mm256_sllv_epi32(a[1], n[1]),
+        ]
+    }
+    #[inline(always)]
+    fn to_f32(self, a: Self::I) -> Self::F {
+        [
+            self.avx._mm256_cvtepi32_ps(a[0]),
+            self.avx._mm256_cvtepi32_ps(a[1]),
+        ]
+    }
+    #[inline(always)]
+    fn iota(self) -> Self::I {
+        bytemuck::cast([0i32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    }
+    #[inline(always)]
+    fn sum(self, a: Self::F, b: Self::F) -> f32 {
         let avx = self.avx;
-        let (d, m) = (avx._mm256_set1_ps(d), avx._mm256_set1_ps(m));
-        let mut v = nibbles(self, q);
-        for v in &mut v {
-            *v = avx._mm256_add_ps(avx._mm256_mul_ps(*v, d), m);
-        }
-        *y = bytemuck::cast(v);
+        // Lanes j and j + 16 are the same half of `a` and `b`; then the halves (j + 8) fold.
+        let s16 = [avx._mm256_add_ps(a[0], b[0]), avx._mm256_add_ps(a[1], b[1])];
+        sum8(self, avx._mm256_add_ps(s16[0], s16[1]))
     }
 }

@@ -1,7 +1,7 @@
 //! Projections and the embedding table, one variant per [`Placement`]: on a GPU (or in f16),
-//! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) for
-//! the few-token steps of decode — over f32 rows or GGUF blocks kept packed — and burn's matmul
-//! for larger batches.
+//! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) — over
+//! GGUF blocks kept packed for every batch size, over f32 rows for the few-token steps of decode
+//! (burn's matmul takes larger f32 batches).
 //!
 //! [`Placement`]: crate::device::Placement
 
@@ -22,9 +22,8 @@ pub(crate) enum Linear {
     /// `W` in f32 on the CPU (burn's flex backend): Kiln's kernel reads its rows in place for a
     /// few rows of `x`; burn's matmul takes the transposed view for more.
     CpuF32(Tensor<2>),
-    /// `W` in GGUF blocks on the host: Kiln's kernel for a few rows of `x`; for more, this one
-    /// matrix is dequantized for the call (exactly, into a temporary) and goes to burn's matmul,
-    /// which is then compute-bound anyway.
+    /// `W` in GGUF blocks on the host: Kiln's kernel, which decodes each block once per tile of
+    /// rows of `x` (never the whole matrix per call).
     CpuPacked(Arc<PackedMatrix>),
 }
 
@@ -60,10 +59,6 @@ impl Linear {
             Self::CpuPacked(p) => {
                 check_width(k, p.cols)?;
                 let device = x.device();
-                if m > GEMV_MAX_ROWS {
-                    let w = TensorData::new(p.dequantize(), [p.rows, p.cols]);
-                    return Ok(x.matmul(Tensor::<2>::from_data(w, &device).transpose()));
-                }
                 let xs = host_f32(x)?;
                 let y = matmul_t(Weight::Packed(p), &xs, m);
                 Ok(Tensor::from_data(TensorData::new(y, [m, p.rows]), &device))

@@ -79,8 +79,7 @@ impl TensorSource for GgufSource {
         let heads = (self.layout.permuted_heads)(name, &self.config);
         if keep_packed
             && let [rows, cols] = found[..]
-            && PackedMatrix::supports(info.ggml_type)
-            && cols.is_multiple_of(32)
+            && PackedMatrix::supports(info.ggml_type, cols)
         {
             let mut packed =
                 PackedMatrix::from_gguf(info.ggml_type, data, rows, cols).map_err(tensor_error)?;

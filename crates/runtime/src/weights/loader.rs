@@ -91,7 +91,7 @@ impl<'a> Loader<'a> {
     }
 
     /// The projection `y = x Wᵀ` whose `W` is the checkpoint matrices `parts` (`[out_i, in]`
-    /// each) stacked by rows: packed when every part is packed in the same format and the
+    /// each) stacked by rows: packed when every part is packed (each in its own format) and the
     /// placement keeps blocks, else dense.
     pub(crate) fn linear(&self, parts: &[(&str, [usize; 2])]) -> Result<Linear, LoadError> {
         let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
@@ -150,24 +150,23 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// Stacks packed parts of one format into one matrix, or gives the parts back.
+/// Stacks packed parts (of any formats: a `Q4_K_M` file mixes them) into one matrix, or gives
+/// the parts back when one is dense or the widths differ.
 fn stack_packed(parts: Vec<RawTensor>) -> Result<PackedMatrix, Vec<RawTensor>> {
-    let ggml_type = |p: &RawTensor| match p {
-        RawTensor::Packed(m) => Some(m.ggml_type()),
+    let cols = |p: &RawTensor| match p {
+        RawTensor::Packed(m) => Some(m.cols),
         RawTensor::F32(_) => None,
     };
-    let first = parts.first().and_then(ggml_type);
-    if first.is_none() || !parts.iter().all(|p| ggml_type(p) == first) {
+    let first = parts.first().and_then(cols);
+    if first.is_none() || !parts.iter().all(|p| cols(p) == first) {
         return Err(parts);
     }
-    let matrices: Vec<PackedMatrix> = parts
-        .iter()
-        .filter_map(|p| match p {
-            RawTensor::Packed(m) => Some(m.clone()),
-            RawTensor::F32(_) => None,
-        })
-        .collect();
-    PackedMatrix::concat_rows(matrices).ok_or(parts)
+    // Moved, not copied: every part is packed and of one width, so the stack cannot fail.
+    let matrices = parts.into_iter().filter_map(|p| match p {
+        RawTensor::Packed(m) => Some(m),
+        RawTensor::F32(_) => None,
+    });
+    PackedMatrix::concat_rows(matrices.collect()).ok_or_else(Vec::new)
 }
 
 /// Stacks `[rows_i, cols]` host tensors into one `[sum rows_i, cols]`.
