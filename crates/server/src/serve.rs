@@ -60,6 +60,8 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
              Pass --api-key KEY (or KILN_API_KEY) to require one."
         );
     }
+    // A cap the kernels cannot read is a mistake to report, not to run past.
+    kiln_runtime::kernels::Isa::requested().map_err(anyhow::Error::msg)?;
     let tokenizer = Arc::new(load_tokenizer(&path)?);
     let registry = prometheus::Registry::new();
     let gateway = Gateway::new(gateway_config, registry.clone())?;
@@ -111,11 +113,12 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
             eprintln!();
         }
         tracing::info!(
-            "loaded {} in {:.1} s: {} KV blocks of {} positions",
+            "loaded {} in {:.1} s: {} KV blocks of {} positions; CPU kernels: {}",
             path.display(),
             started.elapsed().as_secs_f64(),
             model.num_blocks(),
-            model.block_size()
+            model.block_size(),
+            kiln_runtime::kernels::Isa::active().kind().name()
         );
         let engine = Engine::start(model, tokenizer.clone(), engine_config, &registry)?;
         gateway.set_backend(Backend {
