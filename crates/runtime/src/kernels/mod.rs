@@ -44,8 +44,8 @@ use lanes::{Lanes, Scalar, tree_sum};
 use packed::Part;
 pub use packed::{PackedMatrix, synthetic_blocks};
 
-/// The most rows of `x` a dense f32 weight goes through the kernel with; beyond, burn's matmul
-/// (which tiles f32 for the cache) is faster. Packed weights take the kernel at every size.
+/// The most rows of `x` `nn::Linear` sends through the kernel; beyond (prefill), burn's GEMM
+/// over f32 (dequantized for the call when packed) is still faster than these tiles.
 pub(crate) const GEMV_MAX_ROWS: usize = 64;
 
 /// The environment variable that caps the instruction set: `avx512`, `avx2` or `scalar`.
@@ -448,48 +448,117 @@ impl TileRows<'_> {
         if n_blocks > per_stretch {
             waiting.resize(n_rows, [[zero; 2]; M]);
         }
+        // Weight rows of a 32-value format go `per_pass` at a time when the tile is short: their
+        // accumulators are independent chains of FMAs, which one row's two would leave waiting
+        // on latency. A K-quant block is eight groups: its own chains are long enough, and two
+        // rows' decodes at once measured slower.
+        let per_pass = if Fm::VALUES == GROUP {
+            (L::MAX_TILE / M).clamp(1, 4)
+        } else {
+            1
+        };
+        let pass = Pass {
+            first,
+            start,
+            m,
+            k,
+            xs,
+            x_groups,
+        };
         let mut b0 = 0;
         loop {
             let b1 = (b0 + per_stretch).min(n_blocks);
-            let last = b1 >= n_blocks;
-            for r in 0..n_rows {
-                let (blocks, tail) = row(first + r);
-                let mut acc = match waiting.get(r) {
-                    Some(acc) if b0 > 0 => *acc,
-                    _ => [[zero; 2]; M],
-                };
-                let mut g = b0 * (Fm::VALUES / GROUP);
-                for b in blocks.get(b0..b1).unwrap_or_default() {
-                    Fm::decode(
-                        l,
-                        b,
-                        #[inline(always)]
-                        |w| {
-                            if let Some(xg) = x_groups.get(g) {
-                                for (acc, [x0, x1]) in acc.iter_mut().zip(xg) {
-                                    acc[0] = l.fma(w[0], l.load(x0), acc[0]);
-                                    acc[1] = l.fma(w[1], l.load(x1), acc[1]);
-                                }
-                            }
-                            g += 1;
-                        },
-                    );
+            let stretch = (b0, b1, b1 >= n_blocks);
+            let mut r = 0;
+            while r < n_rows {
+                let count = if r + per_pass <= n_rows { per_pass } else { 1 };
+                match count {
+                    4 => pass.rows::<L, Fm, 4>(l, row, r, stretch, &mut waiting, out),
+                    2 => pass.rows::<L, Fm, 2>(l, row, r, stretch, &mut waiting, out),
+                    _ => pass.rows::<L, Fm, 1>(l, row, r, stretch, &mut waiting, out),
                 }
-                if !last {
-                    if let Some(slot) = waiting.get_mut(r) {
-                        *slot = acc;
-                    }
-                    continue;
-                }
-                let sums = finish::<L, M>(l, &acc, tail, xs, k, n_blocks * Fm::VALUES);
-                if let Some(out) = out.get_mut(r * m + start..r * m + start + M) {
-                    out.copy_from_slice(&sums);
-                }
+                r += count;
             }
-            if last {
+            if stretch.2 {
                 break;
             }
             b0 = b1;
+        }
+    }
+}
+
+/// What every pass over a few weight rows of one tile shares.
+struct Pass<'a, const M: usize> {
+    first: usize,
+    start: usize,
+    m: usize,
+    k: usize,
+    xs: &'a [f32],
+    x_groups: &'a [[XGroup; M]],
+}
+
+impl<const M: usize> Pass<'_, M> {
+    /// Weight rows `r..r + R` (of the task) over blocks `b0..b1` (`stretch`; `last` says the
+    /// row ends there): accumulators from `waiting` unless this is the first stretch, back to it
+    /// unless the last, where the sums go to `out`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn rows<'w, L: Lanes, Fm: Format, const R: usize>(
+        &self,
+        l: L,
+        row: &impl Fn(usize) -> (&'w [Fm::Block], &'w [f32]),
+        r: usize,
+        (b0, b1, last): (usize, usize, bool),
+        waiting: &mut [[[L::F; 2]; M]],
+        out: &mut [f32],
+    ) where
+        Fm::Block: 'w,
+    {
+        let zero = l.splat(0.0);
+        let mut rows: [(&[Fm::Block], &[f32]); R] = [(&[], &[]); R];
+        let mut acc = [[[zero; 2]; M]; R];
+        for (i, (rows, acc)) in rows.iter_mut().zip(&mut acc).enumerate() {
+            *rows = row(self.first + r + i);
+            if b0 > 0
+                && let Some(w) = waiting.get(r + i)
+            {
+                *acc = *w;
+            }
+        }
+        let groups_per_block = Fm::VALUES / GROUP;
+        for bi in b0..b1 {
+            for ((blocks, _), acc) in rows.iter().zip(&mut acc) {
+                let Some(b) = blocks.get(bi) else { continue };
+                let mut g = bi * groups_per_block;
+                Fm::decode(
+                    l,
+                    b,
+                    #[inline(always)]
+                    |w| {
+                        if let Some(xg) = self.x_groups.get(g) {
+                            for (acc, [x0, x1]) in acc.iter_mut().zip(xg) {
+                                acc[0] = l.fma(w[0], l.load(x0), acc[0]);
+                                acc[1] = l.fma(w[1], l.load(x1), acc[1]);
+                            }
+                        }
+                        g += 1;
+                    },
+                );
+            }
+        }
+        let n_blocks = self.k / Fm::VALUES;
+        for (i, ((_, tail), acc)) in rows.iter().zip(&acc).enumerate() {
+            if !last {
+                if let Some(slot) = waiting.get_mut(r + i) {
+                    *slot = *acc;
+                }
+                continue;
+            }
+            let sums = finish::<L, M>(l, acc, tail, self.xs, self.k, n_blocks * Fm::VALUES);
+            let at = (r + i) * self.m + self.start;
+            if let Some(out) = out.get_mut(at..at + M) {
+                out.copy_from_slice(&sums);
+            }
         }
     }
 }

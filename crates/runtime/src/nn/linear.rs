@@ -1,7 +1,7 @@
 //! Projections and the embedding table, one variant per [`Placement`]: on a GPU (or in f16),
-//! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) — over
-//! GGUF blocks kept packed for every batch size, over f32 rows for the few-token steps of decode
-//! (burn's matmul takes larger f32 batches).
+//! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) over
+//! GGUF blocks kept packed or f32 rows for the few-token steps of decode, burn's matmul for
+//! larger batches (prefill).
 //!
 //! [`Placement`]: crate::device::Placement
 
@@ -23,7 +23,8 @@ pub(crate) enum Linear {
     /// few rows of `x`; burn's matmul takes the transposed view for more.
     CpuF32(Tensor<2>),
     /// `W` in GGUF blocks on the host: Kiln's kernel, which decodes each block once per tile of
-    /// rows of `x` (never the whole matrix per call).
+    /// rows of `x`, for up to `GEMV_MAX_ROWS` rows; for more (prefill), the matrix is
+    /// dequantized for the call into burn's GEMM, which is still faster there.
     CpuPacked(Arc<PackedMatrix>),
 }
 
@@ -59,6 +60,12 @@ impl Linear {
             Self::CpuPacked(p) => {
                 check_width(k, p.cols)?;
                 let device = x.device();
+                if m > GEMV_MAX_ROWS {
+                    // Prefill: burn's GEMM over this matrix dequantized for the call is still
+                    // faster than the packed kernel's tiles at this size (docs/perf.md).
+                    let w = TensorData::new(p.dequantize(), [p.rows, p.cols]);
+                    return Ok(x.matmul(Tensor::<2>::from_data(w, &device).transpose()));
+                }
                 let xs = host_f32(x)?;
                 let y = matmul_t(Weight::Packed(p), &xs, m);
                 Ok(Tensor::from_data(TensorData::new(y, [m, p.rows]), &device))
