@@ -31,8 +31,8 @@ commands:
                 (schemathesis in a venv under the kiln cache): no 5xx, no schema violation
   bench [--quick] [--no-docs]
                 the criterion benches in benches/ (decode steps at batch 1/8/32/64, prefill
-                128/512, the engine at 1/4/16/64 concurrent requests, tokenizer encode) on
-                KILN_BENCH_MODEL (default: the default model, else random weights of its
+                128/512, the engine at 1/4/16/64 concurrent requests, tokenizer encode, the CPU
+                kernels per format and instruction set) on KILN_BENCH_MODEL (default: the default model, else random weights of its
                 shapes) and KILN_BENCH_DEVICE (cpu | wgpu); prints one summary table and writes
                 it to docs/perf.md. --quick: fewer sizes, short timings, dev profile (CI)
   bench-serve [--quick] [--kiln-only] [--out FILE.json] [--no-docs]
