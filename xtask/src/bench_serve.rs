@@ -31,6 +31,8 @@ pub(crate) struct Options {
     pub(crate) out: Option<PathBuf>,
     /// Write the table into docs/perf.md.
     pub(crate) docs: bool,
+    /// A GGUF to measure instead of the default model (both servers load it).
+    pub(crate) model: Option<PathBuf>,
 }
 
 impl Options {
@@ -40,6 +42,7 @@ impl Options {
             kiln_only: true,
             out: None,
             docs: false,
+            model: None,
         }
     }
 
@@ -49,6 +52,7 @@ impl Options {
             kiln_only: false,
             out: None,
             docs: true,
+            model: None,
         };
         let mut args = args.iter();
         while let Some(&arg) = args.next() {
@@ -63,6 +67,13 @@ impl Options {
                 "--out" => {
                     let path = args.next().context("--out needs a path")?;
                     options.out = Some(PathBuf::from(path));
+                }
+                // docs/perf.md's table is the default model's: another model's figures go to
+                // stdout and --out only.
+                "--model" => {
+                    let path = args.next().context("--model needs a GGUF path")?;
+                    options.model = Some(PathBuf::from(path));
+                    options.docs = false;
                 }
                 other => bail!("bench-serve: unknown argument {other:?}"),
             }
@@ -231,7 +242,11 @@ impl Figures {
 }
 
 pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
-    let model = crate::fetch_model()?;
+    let model = match &options.model {
+        Some(path) if path.is_file() => path.clone(),
+        Some(path) => bail!("--model {}: no such file", path.display()),
+        None => crate::fetch_model()?,
+    };
     // The harness check (--quick) takes the dev build CI has already made; a comparison needs
     // the release build.
     let kiln = if options.quick {
@@ -520,8 +535,9 @@ impl Report {
         let _ = writeln!(out, "## Serving: Kiln against llama.cpp's server\n");
         let _ = writeln!(
             out,
-            "Issue 6's benchmark: both servers on loopback, alternately (never both at once), the \
-             default model's GGUF, {THREADS} threads each; a Rust load generator drives OpenAI \
+            "Issue 6's benchmark: both servers on loopback, alternately (never both at once), one \
+             GGUF (the default model's unless `--model` names another; it is in the command \
+             lines below), {THREADS} threads each; a Rust load generator drives OpenAI \
              streaming `/v1/completions` with C closed-loop streams, token-id prompts from a \
              fixed seed (distinct per request unless a shared prefix is named), {MAX_TOKENS} new \
              tokens with EOS suppressed. A request counts only if its `usage` shows the exact \
@@ -630,6 +646,16 @@ fn ms(v: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_model_is_measured_but_not_written_to_the_docs() {
+        let options = Options::parse(&["--model", "q4km.gguf", "--out", "r.json"]).unwrap();
+        assert_eq!(options.model, Some(PathBuf::from("q4km.gguf")));
+        assert!(!options.docs && !options.quick);
+        assert!(Options::parse(&["--model"]).is_err());
+        let default = Options::parse(&[]).unwrap();
+        assert!(default.docs && default.model.is_none());
+    }
 
     #[test]
     fn short_or_failed_requests_are_errors_not_figures() {
