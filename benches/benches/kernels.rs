@@ -7,7 +7,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln_benches::quick;
-use kiln_runtime::kernels::{GgmlType, Isa, IsaKind, PackedMatrix, Weight, synthetic_blocks};
+use kiln_runtime::kernels::{
+    Dense, GgmlType, Isa, IsaKind, PackedMatrix, Weight, synthetic_blocks,
+};
 
 const ROWS: usize = 8192;
 const COLS: usize = 4096;
@@ -38,11 +40,11 @@ impl Matrix {
     fn weight(&self) -> Weight<'_> {
         match self {
             Self::Packed(m) => Weight::Packed(m),
-            Self::F32(data) => Weight::F32 {
+            Self::F32(data) => Weight::F32(Dense {
                 data,
                 rows: ROWS,
                 cols: COLS,
-            },
+            }),
         }
     }
 

@@ -150,7 +150,7 @@ impl Isa {
         let mut tasks = Vec::new();
         let mut rest = out_t.as_mut_slice();
         let parts: Vec<Rows<'_>> = match w {
-            Weight::F32 { data, rows, cols } => vec![Rows::F32 { data, rows, cols }],
+            Weight::F32(dense) => vec![Rows::F32(dense)],
             Weight::Packed(p) => p.parts.iter().map(Rows::Packed).collect(),
         };
         for rows in parts {
@@ -216,42 +216,41 @@ pub fn matmul_t(w: Weight<'_>, x: &[f32], m: usize) -> Vec<f32> {
     Isa::active().matmul_t(w, x, m)
 }
 
+/// A dense f32 matrix `[rows, cols]`, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Dense<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+}
+
 /// The weights a kernel call reads: f32 rows, or packed blocks.
 #[derive(Debug, Clone, Copy)]
 pub enum Weight<'a> {
-    /// `[rows, cols]` row-major.
-    F32 {
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-    },
+    F32(Dense<'a>),
     Packed(&'a PackedMatrix),
 }
 
 impl Weight<'_> {
     fn dims(&self) -> (usize, usize) {
         match self {
-            Self::F32 { rows, cols, .. } => (*rows, *cols),
+            Self::F32(d) => (d.rows, d.cols),
             Self::Packed(p) => (p.rows, p.cols),
         }
     }
 }
 
-/// A run of rows of `W` in one format.
+/// A run of rows of `W` in one format: a dense matrix, or one part of a packed one.
 #[derive(Debug, Clone, Copy)]
 enum Rows<'a> {
-    F32 {
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-    },
+    F32(Dense<'a>),
     Packed(&'a Part),
 }
 
 impl Rows<'_> {
     fn count(&self) -> usize {
         match self {
-            Self::F32 { rows, .. } => *rows,
+            Self::F32(d) => d.rows,
             Self::Packed(p) => p.rows,
         }
     }
@@ -270,7 +269,7 @@ impl Task<'_> {
     fn run<L: Lanes>(self, l: L, x: (&[f32], &[XTile]), m: usize, k: usize) {
         let Self { rows, first, out } = self;
         match rows {
-            Rows::F32 { data, cols, .. } => {
+            Rows::F32(Dense { data, cols, .. }) => {
                 let full = cols / GROUP * GROUP;
                 let row = |r: usize| {
                     let row = data.get(r * cols..(r + 1) * cols).unwrap_or_default();
@@ -791,11 +790,11 @@ mod tests {
     fn f32_rows_of_any_width_match_on_every_path() {
         for (n, k) in [(3, 13), (5, 32), (7, 45), (4, 100)] {
             let w: Vec<f32> = (0..n * k).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
-            let weight = Weight::F32 {
+            let weight = Weight::F32(Dense {
                 data: &w,
                 rows: n,
                 cols: k,
-            };
+            });
             let x = x_values(11, k, 4);
             let want = reference_product(&w, &x, n, k, 11);
             let reference = scalar().matmul_t(weight, &x, 11);

@@ -11,7 +11,7 @@ use burn::backend::Flex;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::RuntimeError;
-use crate::kernels::{GEMV_MAX_ROWS, PackedMatrix, Weight, matmul_t};
+use crate::kernels::{Dense, GEMV_MAX_ROWS, PackedMatrix, Weight, matmul_t};
 
 /// `y = x Wᵀ` for a weight `W` of `[out, in]` (transformers' layout); the variant is the
 /// matrix's [`Placement`](crate::device::Placement).
@@ -47,11 +47,11 @@ impl Linear {
                     RuntimeError::Backend("CPU weight is not contiguous f32".into())
                 })?;
                 let y = matmul_t(
-                    Weight::F32 {
+                    Weight::F32(Dense {
                         data,
                         rows: n,
                         cols,
-                    },
+                    }),
                     &xs,
                     m,
                 );
