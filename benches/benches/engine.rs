@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln_benches::{load_model, model_path, quick, tokens};
-use kiln_runtime::DEFAULT_KV_CACHE_BYTES;
 use kiln_scheduler::{Engine, EngineConfig, EngineHandle, Event, GenerationRequest};
 use kiln_tokenizer::Tokenizer;
 
@@ -82,7 +81,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine");
     group.sample_size(10);
     for &streams in concurrency {
-        let model = load_model(DEFAULT_KV_CACHE_BYTES);
+        let model = load_model();
         let vocab = model.config().vocab_size;
         let engine = Engine::start(
             model,

@@ -5,13 +5,13 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln_benches::{load_model, quick, tokens};
-use kiln_runtime::{DEFAULT_KV_CACHE_BYTES, SeqInput};
+use kiln_runtime::SeqInput;
 
 /// Context each decoding sequence already holds.
 const CONTEXT: usize = 64;
 
 fn bench(c: &mut Criterion) {
-    let mut model = load_model(DEFAULT_KV_CACHE_BYTES);
+    let mut model = load_model();
     let vocab = model.config().vocab_size;
     let per_seq = (CONTEXT + 1).div_ceil(model.block_size());
     let (batches, prefills): (&[usize], &[usize]) = if quick() {

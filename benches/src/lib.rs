@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_runtime::{DeviceKind, LoadOptions, Model};
+use kiln_runtime::{DeviceKind, KvCacheSize, LoadOptions, Model};
 
 /// The model the benches measure, and a line saying which it is.
 pub fn model_path() -> (PathBuf, String) {
@@ -46,13 +46,16 @@ pub fn quick() -> bool {
     std::env::var("KILN_BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
-/// The bench model loaded on the bench device with `kv_cache_bytes` of KV cache; says on stderr
-/// what it measures.
-pub fn load_model(kv_cache_bytes: usize) -> Model {
+/// Positions of KV cache the benches load the model with (every decode and prefill case fits).
+pub const BENCH_KV_TOKENS: usize = 64 * 1024;
+
+/// The bench model loaded on the bench device with the default (served) KV dtype and
+/// [`BENCH_KV_TOKENS`] positions of cache; says on stderr what it measures.
+pub fn load_model() -> Model {
     let (path, what) = model_path();
     let options = LoadOptions {
         device: device(),
-        kv_cache_bytes,
+        kv_cache: KvCacheSize::Tokens(BENCH_KV_TOKENS),
         ..LoadOptions::default()
     };
     eprintln!("benchmarking {what} on {:?}", options.device);

@@ -120,7 +120,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
 
 /// How to start one server.
 struct ServerSpec {
-    name: &'static str,
+    name: String,
     program: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
@@ -144,7 +144,13 @@ impl ServerSpec {
             .args(&self.args)
             .args(["--port", &port.to_string()])
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
-        Server::start(self.name, &mut command, port, log, Duration::from_secs(600))
+        Server::start(
+            &self.name,
+            &mut command,
+            port,
+            log,
+            Duration::from_secs(600),
+        )
     }
 }
 
@@ -160,6 +166,8 @@ struct Figures {
     aggregate_tok_s: f64,
     requests_per_s: f64,
     peak_rss_mb: Option<f64>,
+    /// Resident memory after start-up and one short request, before the load.
+    idle_rss_mb: Option<f64>,
     /// Cores' worth of CPU that other processes used during the run.
     others_cores: f64,
     busy: bool,
@@ -235,11 +243,21 @@ impl Figures {
             "aggregate_tok_s": self.aggregate_tok_s,
             "requests_per_s": self.requests_per_s,
             "peak_rss_mb": self.peak_rss_mb,
+            "idle_rss_mb": self.idle_rss_mb,
             "other_processes_cores": self.others_cores,
             "cpu_busy": self.busy,
         })
     }
 }
+
+/// The scenarios the extra runs (a K-quant copy of the model, Kiln's AVX2 path) repeat: one
+/// stream after short and long prompts (decode rate and TTFT) and 16 streams (batching).
+fn is_key_scenario(s: &Scenario) -> bool {
+    s.shared_prefix == 0 && (s.concurrency == 1 || (s.concurrency == 16 && s.prompt_tokens == 128))
+}
+
+/// The K-quant type the default model is also measured in (what most downloads are).
+const KQUANT_COPY: &str = "Q4_K_M";
 
 pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     let model = match &options.model {
@@ -258,33 +276,43 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             "kiln",
         )?
     };
-    let mut specs = vec![ServerSpec {
-        name: "kiln",
-        program: kiln,
-        args: [
-            "serve",
-            "--model",
-            &model.display().to_string(),
-            "--max-running",
-            "64",
-            "--kv-cache-memory",
-            "2GiB",
-        ]
-        .map(String::from)
-        .to_vec(),
-        envs: vec![
-            ("RAYON_NUM_THREADS".into(), THREADS.to_string()),
+    // Kiln as a user starts it: the KV cache sized by its defaults (`--max-running` sequences).
+    let kiln_spec = |name: String, model: &Path, isa: Option<&str>| {
+        let mut envs = vec![
+            ("RAYON_NUM_THREADS".to_string(), THREADS.to_string()),
             ("KILN_LOG".into(), "warn".into()),
-        ],
-    }];
+        ];
+        if let Some(isa) = isa {
+            envs.push(("KILN_CPU_ISA".into(), isa.into()));
+        }
+        ServerSpec {
+            name,
+            program: kiln.clone(),
+            args: [
+                "serve",
+                "--model",
+                &model.display().to_string(),
+                "--max-running",
+                "64",
+            ]
+            .map(String::from)
+            .to_vec(),
+            envs,
+        }
+    };
+    let scenarios = scenarios(options.quick);
+    let mut specs = vec![kiln_spec("kiln".into(), &model, None)];
+    // (scenario, the specs that run it)
+    let mut plan: Vec<(Scenario, Vec<usize>)> =
+        scenarios.iter().map(|s| (s.clone(), vec![0])).collect();
     let mut cmake_flags = Vec::new();
     if !options.kiln_only {
         let llama = crate::llama_cpp::llama_server()?;
         cmake_flags = llama.cmake_flags.clone();
         // 16 slots of continuous batching, each with room for the longest prompt plus output.
-        specs.push(ServerSpec {
-            name: "llama.cpp",
-            program: llama.path,
+        let llama_spec = |model: &Path| ServerSpec {
+            name: "llama.cpp".into(),
+            program: llama.path.clone(),
             args: [
                 "-m",
                 &model.display().to_string(),
@@ -303,16 +331,46 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             .map(String::from)
             .to_vec(),
             envs: Vec::new(),
-        });
+        };
+        specs.push(llama_spec(&model));
+        for (_, servers) in &mut plan {
+            servers.push(1);
+        }
+        // Kiln's AVX2 path on the key scenarios, where this CPU would otherwise take AVX-512.
+        if !options.quick && cpu_has("avx512f") {
+            specs.push(kiln_spec("kiln (AVX2)".into(), &model, Some("avx2")));
+            let avx2 = specs.len() - 1;
+            for (scenario, servers) in &mut plan {
+                if is_key_scenario(scenario) {
+                    servers.push(avx2);
+                }
+            }
+        }
+        // The default model's K-quant copy, on both servers.
+        if options.model.is_none() && !options.quick {
+            let copy = llama.requantized(&model, KQUANT_COPY)?;
+            specs.push(kiln_spec(format!("kiln ({KQUANT_COPY})"), &copy, None));
+            specs.push(ServerSpec {
+                name: format!("llama.cpp ({KQUANT_COPY})"),
+                ..llama_spec(&copy)
+            });
+            let pair = vec![specs.len() - 2, specs.len() - 1];
+            for scenario in scenarios.iter().filter(|s| is_key_scenario(s)) {
+                let scenario = Scenario {
+                    name: format!("{KQUANT_COPY} copy: {}", scenario.name),
+                    ..scenario.clone()
+                };
+                plan.push((scenario, pair.clone()));
+            }
+        }
     }
 
     let logs = std::env::temp_dir().join("kiln-bench-serve");
     std::fs::create_dir_all(&logs)?;
-    let scenarios = scenarios(options.quick);
-    let mut rows: Vec<(Scenario, Vec<Figures>)> = Vec::new();
-    for scenario in &scenarios {
-        let mut per_server = Vec::new();
-        for spec in &specs {
+    let mut rows: Vec<Row> = Vec::new();
+    for (scenario, servers) in &plan {
+        let mut results = Vec::new();
+        for spec in servers.iter().map(|&i| &specs[i]) {
             eprintln!("bench-serve: {} — {}", spec.name, scenario.name);
             let figures = measure(spec, scenario, &logs)?;
             eprintln!(
@@ -322,9 +380,12 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 figures.errors,
                 if figures.busy { " (CPU busy)" } else { "" }
             );
-            per_server.push(figures);
+            results.push((spec.name.clone(), figures));
         }
-        rows.push((scenario.clone(), per_server));
+        rows.push(Row {
+            scenario: scenario.clone(),
+            results,
+        });
     }
 
     let report = Report {
@@ -343,7 +404,6 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             .map(|s| (s.name.to_owned(), s.command_line()))
             .collect(),
         cmake_flags,
-        names: specs.iter().map(|s| s.name).collect(),
         rows,
     };
     let table = report.markdown();
@@ -369,15 +429,15 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     let errors: usize = report
         .rows
         .iter()
-        .flat_map(|(_, f)| f.iter())
-        .map(|f| f.errors)
+        .flat_map(|r| &r.results)
+        .map(|(_, f)| f.errors)
         .sum();
     if errors > 0 {
         let first = report
             .rows
             .iter()
-            .flat_map(|(_, f)| f.iter())
-            .find_map(|f| f.first_error.clone())
+            .flat_map(|r| &r.results)
+            .find_map(|(_, f)| f.first_error.clone())
             .unwrap_or_default();
         bail!("{errors} requests failed or came back short; the first: {first}");
     }
@@ -409,12 +469,15 @@ fn measure(spec: &ServerSpec, scenario: &Scenario, logs: &Path) -> anyhow::Resul
             log.display()
         );
     }
+    let idle_rss = server.rss();
     let before = CpuSample::take(server.pid());
     let (results, wall) = loadgen::run(port, scenario)?;
     let after = CpuSample::take(server.pid());
     let mut figures =
         Figures::from_results(&results, wall, scenario.max_tokens, scenario.prompt_tokens);
-    figures.peak_rss_mb = server.peak_rss().map(|b| b as f64 / (1 << 20) as f64);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    figures.peak_rss_mb = server.peak_rss().map(mib);
+    figures.idle_rss_mb = idle_rss.map(mib);
     if let (Some(a), Some(b)) = (before, after) {
         figures.others_cores = b.others_since(&a);
         figures.busy = figures.others_cores > BUSY_CORES;
@@ -525,8 +588,22 @@ struct Report {
     invocation: String,
     commands: Vec<(String, String)>,
     cmake_flags: Vec<String>,
-    names: Vec<&'static str>,
-    rows: Vec<(Scenario, Vec<Figures>)>,
+    rows: Vec<Row>,
+}
+
+/// One scenario and each server's figures, in the order they ran.
+struct Row {
+    scenario: Scenario,
+    results: Vec<(String, Figures)>,
+}
+
+/// Whether this CPU advertises `flag` in `/proc/cpuinfo`.
+fn cpu_has(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags"))
+            .is_some_and(|l| l.split_whitespace().any(|f| f == flag))
+    })
 }
 
 impl Report {
@@ -560,18 +637,19 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n| Scenario | Server | TTFT p50 / p90 / p99 | ITL p50 / p99 | Stream tok/s | Aggregate tok/s | Req/s | Errors | Peak RSS |"
+            "\n| Scenario | Server | TTFT p50 / p90 / p99 | ITL p50 / p99 | Stream tok/s | Aggregate tok/s | Req/s | Errors | Idle RSS | Peak RSS |"
         );
         let _ = writeln!(
             out,
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
-        for (scenario, figures) in &self.rows {
-            for (name, f) in self.names.iter().zip(figures) {
+        let mib = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0} MiB"));
+        for row in &self.rows {
+            let name = &row.scenario.name;
+            for (server, f) in &row.results {
                 let _ = writeln!(
                     out,
-                    "| {} | {name}{} | {} / {} / {} | {} / {} | {} | {:.1} | {:.2} | {}/{} | {} |",
-                    scenario.name,
+                    "| {name} | {server}{} | {} / {} / {} | {} / {} | {} | {:.1} | {:.2} | {}/{} | {} | {} |",
                     if f.busy {
                         " (CPU busy: not comparable)"
                     } else {
@@ -587,10 +665,17 @@ impl Report {
                     f.requests_per_s,
                     f.errors,
                     f.requests,
-                    f.peak_rss_mb.map_or("—".into(), |v| format!("{v:.0} MiB")),
+                    mib(f.idle_rss_mb),
+                    mib(f.peak_rss_mb),
                 );
             }
-            if let [kiln, peer] = figures.as_slice() {
+            // Each Kiln against the llama.cpp of its row.
+            let Some((peer_name, peer)) =
+                row.results.iter().find(|(n, _)| n.starts_with("llama.cpp"))
+            else {
+                continue;
+            };
+            for (server, kiln) in row.results.iter().filter(|(n, _)| n.starts_with("kiln")) {
                 let comparable = !kiln.busy && !peer.busy;
                 let ratio = |a: Option<f64>, b: Option<f64>| match (a, b, comparable) {
                     (Some(a), Some(b), true) if b > 0.0 => format!("{:.2}x", a / b),
@@ -598,8 +683,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | **ratio** | {} / {} / {} | {} / {} | {} | {} | {} | | {} |",
-                    scenario.name,
+                    "| {name} | **{server} / {peer_name}** | {} / {} / {} | {} / {} | {} | {} | {} | | {} | {} |",
                     ratio(kiln.ttft_ms[0], peer.ttft_ms[0]),
                     ratio(kiln.ttft_ms[1], peer.ttft_ms[1]),
                     ratio(kiln.ttft_ms[2], peer.ttft_ms[2]),
@@ -608,6 +692,7 @@ impl Report {
                     ratio(kiln.stream_tok_s, peer.stream_tok_s),
                     ratio(Some(kiln.aggregate_tok_s), Some(peer.aggregate_tok_s)),
                     ratio(Some(kiln.requests_per_s), Some(peer.requests_per_s)),
+                    ratio(kiln.idle_rss_mb, peer.idle_rss_mb),
                     ratio(kiln.peak_rss_mb, peer.peak_rss_mb),
                 );
             }
@@ -623,7 +708,7 @@ impl Report {
             "command": self.invocation,
             "servers": self.commands.iter().map(|(n, c)| json!({ "name": n, "command": c })).collect::<Vec<_>>(),
             "llama_cpp_cmake_flags": self.cmake_flags,
-            "scenarios": self.rows.iter().map(|(s, figures)| json!({
+            "scenarios": self.rows.iter().map(|Row { scenario: s, results }| json!({
                 "name": s.name,
                 "prompt_tokens": s.prompt_tokens,
                 "shared_prefix_tokens": s.shared_prefix,
@@ -631,8 +716,8 @@ impl Report {
                 "requests": s.requests,
                 "max_tokens": s.max_tokens,
                 "time_limit_s": s.time_limit.as_secs(),
-                "results": self.names.iter().zip(figures)
-                    .map(|(n, f)| (n.to_string(), f.to_json()))
+                "results": results.iter()
+                    .map(|(n, f)| (n.clone(), f.to_json()))
                     .collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
         })

@@ -12,11 +12,50 @@ const SDIST_SHA256: &str = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a3637
 /// CMake and Ninja come from PyPI too, so the build needs nothing from apt.
 const BUILD_TOOLS: &str = "cmake==4.4.5\nninja==1.13.2\n";
 
-/// A built `llama-server` and how it was configured (recorded with the results).
+/// A built `llama-server` (and the `llama-quantize` of the same build) and how it was
+/// configured (recorded with the results).
 #[derive(Debug, Clone)]
 pub(crate) struct LlamaServer {
     pub(crate) path: PathBuf,
+    pub(crate) quantize: PathBuf,
     pub(crate) cmake_flags: Vec<String>,
+}
+
+impl LlamaServer {
+    /// A `ty` (e.g. `Q4_K_M`) copy of `model` beside it, made once with `llama-quantize
+    /// --allow-requantize` (a quantized file is dequantized and quantized again; tensors whose
+    /// rows do not fit the type's blocks get llama.cpp's fallback type, as for any user).
+    pub(crate) fn requantized(&self, model: &Path, ty: &str) -> anyhow::Result<PathBuf> {
+        let stem = model
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("the model's file name")?;
+        // `SmolLM2-135M-Instruct.Q4_1` → `SmolLM2-135M-Instruct.Q4_K_M.gguf`.
+        let base = stem.rsplit_once('.').map_or(stem, |(base, _)| base);
+        let out = model.with_file_name(format!("{base}.{ty}.gguf"));
+        if out.exists() {
+            return Ok(out);
+        }
+        let partial = out.with_extension("gguf.partial");
+        eprintln!("making {} with llama-quantize", out.display());
+        let output = Command::new(&self.quantize)
+            .arg("--allow-requantize")
+            .arg(model)
+            .arg(&partial)
+            .arg(ty)
+            .output()
+            .with_context(|| format!("running {}", self.quantize.display()))?;
+        if !output.status.success() {
+            let _ = std::fs::remove_file(&partial);
+            bail!(
+                "llama-quantize failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::fs::rename(&partial, &out)?;
+        Ok(out)
+    }
 }
 
 /// Returns the cached `llama-server`, building it first when it is missing or was built with
@@ -27,11 +66,16 @@ pub(crate) fn llama_server() -> anyhow::Result<LlamaServer> {
     let cmake_flags = cmake_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
     let build = home.join(format!("build-{SDIST_VERSION}"));
     let binary = build.join("bin/llama-server");
+    let quantize = build.join("bin/llama-quantize");
     let stamp = build.join("kiln-cmake-flags.txt");
     let wanted = cmake_flags.join("\n");
-    if binary.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
+    if binary.exists()
+        && quantize.exists()
+        && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted)
+    {
         return Ok(LlamaServer {
             path: binary,
+            quantize,
             cmake_flags,
         });
     }
@@ -62,13 +106,17 @@ pub(crate) fn llama_server() -> anyhow::Result<LlamaServer> {
         "-j",
         &jobs.to_string(),
         "llama-server",
+        "llama-quantize",
     ]))?;
-    if !binary.exists() {
-        bail!("the build produced no {}", binary.display());
+    for built in [&binary, &quantize] {
+        if !built.exists() {
+            bail!("the build produced no {}", built.display());
+        }
     }
     std::fs::write(&stamp, &wanted)?;
     Ok(LlamaServer {
         path: binary,
+        quantize,
         cmake_flags,
     })
 }

@@ -81,15 +81,27 @@ impl Server {
 
     /// Peak resident memory since start (`VmHWM`), in bytes.
     pub(crate) fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
+        self.status_kib("VmHWM:").map(|kib| kib * 1024)
     }
 
-    /// SIGTERM, then waits up to `grace` before killing; returns how it exited.
+    /// Resident memory now (`VmRSS`), in bytes.
+    pub(crate) fn rss(&self) -> Option<u64> {
+        self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    /// A `/proc/PID/status` field in KiB.
+    fn status_kib(&self, field: &str) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     pub(crate) fn stop(mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
         // No libc in xtask: `kill` sends the signal.
         let _ = Command::new("kill")

@@ -24,18 +24,54 @@ pub use quant::{QuantError, dequantize, dequantize_to_vec};
 /// Positions per KV block unless told otherwise.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-/// KV cache memory unless told otherwise: 1 GiB.
-pub const DEFAULT_KV_CACHE_BYTES: usize = 1 << 30;
+/// Positions a running sequence holds on average in a KV cache sized by [`KvCacheSize::Auto`].
+/// A long sequence borrows from short ones; when the pool is full the scheduler waits or
+/// preempts, so this bounds memory, not any one request.
+pub const KV_TOKENS_PER_SEQUENCE: usize = 1024;
+
+/// Share of the memory available at load that an automatically sized KV cache may take.
+pub const KV_AUTO_MEMORY_FRACTION: f64 = 0.25;
+
+/// How big the KV cache is. Its blocks are allocated once at load; pages the kernel has not yet
+/// handed out cost nothing until a sequence writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheSize {
+    /// This many bytes.
+    Bytes(usize),
+    /// Room for this many positions, all sequences together.
+    Tokens(usize),
+    /// Sized from the model: `running` sequences of [`KV_TOKENS_PER_SEQUENCE`] positions each
+    /// and at least one whole context (`context`, at most the model's; the model's when
+    /// `None`), in at most [`KV_AUTO_MEMORY_FRACTION`] of the memory available at load.
+    Auto {
+        running: usize,
+        context: Option<usize>,
+    },
+}
+
+impl Default for KvCacheSize {
+    /// One sequence of the model's whole context (a server passes its `--max-running`).
+    fn default() -> Self {
+        Self::Auto {
+            running: 1,
+            context: None,
+        }
+    }
+}
 
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: DeviceKind,
+    /// The compute dtype.
     pub dtype: DType,
     /// Positions per KV block.
     pub block_size: usize,
-    /// Memory for the KV cache, in bytes; the number of blocks is derived from it once.
-    pub kv_cache_bytes: usize,
+    /// How many blocks the KV cache has (derived once at load).
+    pub kv_cache: KvCacheSize,
+    /// The dtype K and V are stored in. f16 halves the cache; f32 keeps a step's results
+    /// bit-identical to an f32 reference.
+    pub kv_dtype: DType,
 }
 
 impl Default for LoadOptions {
@@ -44,7 +80,8 @@ impl Default for LoadOptions {
             device: DeviceKind::Cpu,
             dtype: DType::F32,
             block_size: DEFAULT_BLOCK_SIZE,
-            kv_cache_bytes: DEFAULT_KV_CACHE_BYTES,
+            kv_cache: KvCacheSize::default(),
+            kv_dtype: DType::F16,
         }
     }
 }
@@ -134,6 +171,16 @@ impl Model {
     /// Positions per KV block.
     pub fn block_size(&self) -> usize {
         self.inner.kv().block_size()
+    }
+
+    /// The dtype the KV cache stores.
+    pub fn kv_dtype(&self) -> DType {
+        self.inner.kv().dtype()
+    }
+
+    /// Bytes of the KV pool (fixed at load).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.inner.kv().bytes()
     }
 
     /// Runs one step over a ragged batch. A sequence's logits do not depend on what else is in

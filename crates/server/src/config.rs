@@ -10,7 +10,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Command};
 use kiln_api_types::Limits;
 use kiln_gateway::GatewayConfig;
-use kiln_runtime::{DType, DeviceKind, LoadOptions};
+use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions};
 use kiln_scheduler::EngineConfig;
 
 /// Seconds to drain in-flight requests on SIGINT/SIGTERM. The server owns this default: the
@@ -64,10 +64,20 @@ pub(crate) struct ServeConfig {
         default_value_t = EngineConfig::default().max_waiting)]
     pub(crate) max_queue: usize,
 
-    /// KV cache size, e.g. 1GiB or 512MiB
-    #[arg(long, env = "KILN_KV_CACHE_MEMORY", value_name = "SIZE",
-        default_value_t = ByteSize(LoadOptions::default().kv_cache_bytes))]
-    pub(crate) kv_cache_memory: ByteSize,
+    /// KV cache size, e.g. 4GiB or 512MiB [default: --max-running sequences of 1024 positions
+    /// and one whole context, in at most a quarter of the free memory]
+    #[arg(long, env = "KILN_KV_CACHE_MEMORY", value_name = "SIZE")]
+    pub(crate) kv_cache_memory: Option<ByteSize>,
+
+    /// KV cache size in positions, all sequences together (instead of --kv-cache-memory)
+    #[arg(long, env = "KILN_KV_CACHE_TOKENS", value_name = "N", value_parser = positive)]
+    pub(crate) kv_cache_tokens: Option<usize>,
+
+    /// f16 | f32: what K and V are stored in (f32 keeps results bit-identical to an f32
+    /// reference; f16 halves the cache)
+    #[arg(long, env = "KILN_KV_CACHE_DTYPE", value_name = "DTYPE",
+        default_value = dtype_name(LoadOptions::default().kv_dtype))]
+    pub(crate) kv_cache_dtype: DType,
 
     /// Positions per KV block
     #[arg(long, env = "KILN_BLOCK_SIZE", value_name = "N",
@@ -122,7 +132,15 @@ impl ServeConfig {
             device: self.device,
             dtype: self.dtype,
             block_size: self.block_size,
-            kv_cache_bytes: self.kv_cache_memory.0,
+            kv_cache: match (self.kv_cache_memory, self.kv_cache_tokens) {
+                (Some(bytes), _) => KvCacheSize::Bytes(bytes.0),
+                (None, Some(tokens)) => KvCacheSize::Tokens(tokens),
+                (None, None) => KvCacheSize::Auto {
+                    running: self.max_running,
+                    context: self.max_model_len,
+                },
+            },
+            kv_dtype: self.kv_cache_dtype,
         }
     }
 
@@ -166,6 +184,27 @@ impl ServeConfig {
 
     pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+
+    /// The KV cache is sized one way: `--kv-cache-memory` or `--kv-cache-tokens`. Given both,
+    /// the one from the stronger source wins (a flag beats the environment, which beats the
+    /// file), and two from one source are an error.
+    pub(crate) fn settle_kv_cache_size(&mut self, matches: &ArgMatches) -> Result<()> {
+        if self.kv_cache_memory.is_none() || self.kv_cache_tokens.is_none() {
+            return Ok(());
+        }
+        let memory = matches.value_source("kv_cache_memory");
+        let tokens = matches.value_source("kv_cache_tokens");
+        match memory.cmp(&tokens) {
+            std::cmp::Ordering::Greater => self.kv_cache_tokens = None,
+            std::cmp::Ordering::Less => self.kv_cache_memory = None,
+            std::cmp::Ordering::Equal => {
+                bail!(
+                    "kv_cache_memory and kv_cache_tokens both size the KV cache: give one, not both"
+                )
+            }
+        }
+        Ok(())
     }
 
     /// A list given by its environment variable is comma-separated (`KILN_API_KEY=k1,k2`); on
@@ -412,11 +451,20 @@ mod tests {
     #[test]
     fn defaults_are_the_owning_crates_defaults() {
         let s = serve(&[]).unwrap();
-        // Debug output compares every field, including ones added later.
+        // Debug output compares every field, including ones added later. The KV cache is sized
+        // for the sequences the engine runs at once.
+        let sized_for_the_engine = LoadOptions {
+            kv_cache: KvCacheSize::Auto {
+                running: EngineConfig::default().max_running,
+                context: EngineConfig::default().max_model_len,
+            },
+            ..LoadOptions::default()
+        };
         assert_eq!(
             format!("{:?}", s.load_options()),
-            format!("{:?}", LoadOptions::default())
+            format!("{sized_for_the_engine:?}")
         );
+        assert_eq!(s.load_options().kv_dtype, DType::F16);
         assert_eq!(
             format!("{:?}", s.engine_config()),
             format!("{:?}", EngineConfig::default())
@@ -448,7 +496,7 @@ mod tests {
             "--metrics-require-key=false",
         ])
         .unwrap();
-        assert_eq!(s.load_options().kv_cache_bytes, 512 << 20);
+        assert_eq!(s.load_options().kv_cache, KvCacheSize::Bytes(512 << 20));
         assert_eq!(s.gateway_config(vec![]).max_body_bytes, 1 << 20);
         assert_eq!(s.load_options().dtype, DType::F16);
         assert_eq!(s.engine_config().max_model_len, Some(64));
@@ -456,6 +504,9 @@ mod tests {
         assert!(!s.metrics_require_key);
         for bad in [
             &["--kv-cache-memory", "12 parsecs"][..],
+            &["--kv-cache-memory", "1GiB", "--kv-cache-tokens", "4096"],
+            &["--kv-cache-tokens", "0"],
+            &["--kv-cache-dtype", "f8"],
             &["--device", "tpu"],
             &["--dtype", "f8"],
             &["--max-model-len", "0"],
@@ -481,13 +532,36 @@ mod tests {
         assert_eq!(s.port, 9200);
         assert_eq!(s.host, "0.0.0.0");
         assert_eq!(s.api_key, vec!["x", "y"]);
-        assert_eq!(s.kv_cache_memory, ByteSize(512 << 20));
+        assert_eq!(s.kv_cache_memory, Some(ByteSize(512 << 20)));
         assert_eq!(s.max_body_bytes, ByteSize(4096));
         assert!(s.metrics_require_key);
         assert_eq!(s.max_running, 3);
         // A list flag replaces the file's list rather than adding to it (flag beats file).
         let s = serve(&["--config", path, "--api-key", "z"]).unwrap();
         assert_eq!(s.api_key, vec!["z"]);
+    }
+
+    #[test]
+    fn the_kv_cache_is_sized_one_way() {
+        let s = serve(&["--kv-cache-tokens", "16384", "--kv-cache-dtype", "f32"]).unwrap();
+        assert_eq!(s.load_options().kv_cache, KvCacheSize::Tokens(16384));
+        assert_eq!(s.load_options().kv_dtype, DType::F32);
+        let s = serve(&["--max-running", "8", "--max-model-len", "2048"]).unwrap();
+        assert_eq!(
+            s.load_options().kv_cache,
+            KvCacheSize::Auto {
+                running: 8,
+                context: Some(2048)
+            }
+        );
+        // A flag beats the file's other way of sizing it; two ways in one file are refused.
+        let file = config_file("kv_cache_memory = \"512MiB\"\n");
+        let path = file.path().to_str().unwrap();
+        let s = serve(&["--config", path, "--kv-cache-tokens", "4096"]).unwrap();
+        assert_eq!(s.load_options().kv_cache, KvCacheSize::Tokens(4096));
+        let both = config_file("kv_cache_memory = \"512MiB\"\nkv_cache_tokens = 4096\n");
+        let err = serve(&["--config", both.path().to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("not both"), "{err:#}");
     }
 
     #[test]
@@ -536,7 +610,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 20);
+        assert_eq!(seen, 22);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kiln_runtime::{DType, DeviceKind, LoadOptions, Model, SeqInput};
+use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions, Model, SeqInput};
 
 use crate::config::{device_name, dtype_name, positive};
 use crate::{InputArgs, encode_input, load_tokenizer, resolve_model};
@@ -28,6 +28,9 @@ pub(crate) struct GenerateArgs {
     /// f32 | f16
     #[arg(long, default_value = dtype_name(LoadOptions::default().dtype))]
     dtype: DType,
+    /// f16 | f32: what K and V are stored in
+    #[arg(long, value_name = "DTYPE", default_value = dtype_name(LoadOptions::default().kv_dtype))]
+    kv_cache_dtype: DType,
 }
 
 pub(crate) fn run(args: GenerateArgs) -> Result<()> {
@@ -37,6 +40,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         max_tokens,
         device,
         dtype,
+        kv_cache_dtype,
     } = args;
     let input = input.input()?;
     let path = resolve_model(model)?;
@@ -49,6 +53,12 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
     let options = LoadOptions {
         device,
         dtype,
+        // Room for this one generation (the runtime caps it at the model's context).
+        kv_cache: KvCacheSize::Auto {
+            running: 1,
+            context: Some(prompt.len() + max_tokens),
+        },
+        kv_dtype: kv_cache_dtype,
         ..LoadOptions::default()
     };
     let block_size = options.block_size;

@@ -146,6 +146,7 @@ where
         (&mut cli.command, matches.subcommand())
     {
         config.split_env_lists(serve);
+        config.settle_kv_cache_size(serve)?;
     }
     Ok(cli)
 }
@@ -235,6 +236,8 @@ mod tests {
             "kiln tokenize",
             "--kv-cache-memory",
             "[env: KILN_KV_CACHE_MEMORY=",
+            "--kv-cache-tokens",
+            "--kv-cache-dtype",
             "--max-tokens",
             "--json",
         ] {

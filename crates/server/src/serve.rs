@@ -113,11 +113,13 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
             eprintln!();
         }
         tracing::info!(
-            "loaded {} in {:.1} s: {} KV blocks of {} positions; CPU kernels: {}",
+            "loaded {} in {:.1} s: {} KV blocks of {} positions ({} MiB of {}); CPU kernels: {}",
             path.display(),
             started.elapsed().as_secs_f64(),
             model.num_blocks(),
             model.block_size(),
+            model.kv_cache_bytes() >> 20,
+            crate::config::dtype_name(model.kv_dtype()),
             kiln_runtime::kernels::Isa::active().kind().name()
         );
         let engine = Engine::start(model, tokenizer.clone(), engine_config, &registry)?;

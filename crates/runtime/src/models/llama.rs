@@ -7,7 +7,8 @@ use burn::tensor::{DType as BurnDType, Device, Tensor};
 use super::CausalLm;
 use crate::config::{Architecture, ModelConfig};
 use crate::nn::{
-    Embedding, LayerKv, Linear, PagedKv, RmsNorm, Rope, RopeTables, StepSlots, SwiGlu, to_dtype,
+    Embedding, KvLayout, LayerKv, Linear, PagedKv, RmsNorm, Rope, RopeTables, StepSlots, SwiGlu,
+    to_dtype,
 };
 use crate::weights::{GgufLayout, Loader};
 use crate::{LoadError, RuntimeError, SeqInput};
@@ -159,7 +160,7 @@ impl Llama {
     pub(crate) fn load(
         config: ModelConfig,
         loader: &mut Loader<'_>,
-        (num_blocks, block_size): (usize, usize),
+        kv: KvLayout,
     ) -> Result<Self, LoadError> {
         let c = &config;
         let hidden = c.hidden_size;
@@ -186,9 +187,8 @@ impl Llama {
         let kv = PagedKv::new(
             c.num_layers,
             (c.num_kv_heads, c.head_dim),
-            num_blocks,
-            block_size,
-            (loader.device(), loader.dtype()),
+            kv,
+            loader.device(),
         );
         Ok(Self {
             rope: Rope::new(config.inv_freq()),

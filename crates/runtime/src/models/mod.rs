@@ -14,7 +14,7 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::{Architecture, ModelConfig};
-use crate::nn::PagedKv;
+use crate::nn::{KvLayout, PagedKv};
 use crate::weights::{GgufLayout, GgufSource, Loader, SafetensorsSource, TensorSource};
 use crate::{
     LoadError, LoadOptions, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits,
@@ -98,15 +98,17 @@ impl Family {
         };
         let source = checkpoint.source(layout, &config)?;
         let device = options.device.burn()?;
-        let num_blocks = PagedKv::blocks_in(
-            options.kv_cache_bytes,
-            config.num_layers,
-            config.num_kv_heads * config.head_dim,
+        let kv = KvLayout::new(
+            options.kv_cache,
+            (
+                config.num_layers,
+                config.num_kv_heads * config.head_dim,
+                config.max_position_embeddings,
+            ),
             options.block_size,
-            options.dtype.size(),
+            options.kv_dtype,
         )?;
         let mut loader = Loader::new(&*source, (options.device, options.dtype), device, progress);
-        let kv = (num_blocks, options.block_size);
         Ok(match config.architecture {
             Architecture::Llama | Architecture::Qwen2 => {
                 Self::Llama(Llama::load(config, &mut loader, kv)?)

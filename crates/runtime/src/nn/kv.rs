@@ -4,10 +4,29 @@
 
 use std::collections::HashSet;
 
-use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use half::f16;
 
-use super::{Mask, attention};
-use crate::{RuntimeError, SeqInput};
+use super::{Mask, attention, to_dtype};
+use crate::{
+    DType, KV_AUTO_MEMORY_FRACTION, KV_TOKENS_PER_SEQUENCE, KvCacheSize, RuntimeError, SeqInput,
+};
+
+/// A zeroed `shape` tensor built from a zero-initialised `Vec` (burn's own `zeros` copies its
+/// buffer once to align it, which writes every page of a pool that may be gigabytes).
+fn zeroed(shape: [usize; 2], dtype: DType, device: &Device) -> Tensor<2> {
+    let n = shape[0] * shape[1];
+    let data = match dtype {
+        DType::F32 => TensorData::new(vec![0.0f32; n], shape),
+        // `vec![0u16; n]` is a zeroed allocation; `f16` has the same layout, so no copy.
+        DType::F16 => TensorData::new(
+            bytemuck::allocation::cast_vec::<u16, f16>(vec![0u16; n]),
+            shape,
+        ),
+    };
+    // The dtype is named: given only a device, `from_data` converts to the default float type.
+    Tensor::from_data(data, (device, dtype.burn()))
+}
 
 /// Slot `block * block_size + offset` of a layer's `[slots, kv_heads * head_dim]` tensor holds
 /// one position of one sequence. The pool is allocated once; a step never reallocates it.
@@ -18,6 +37,7 @@ pub(crate) struct PagedKv {
     head_dim: usize,
     block_size: usize,
     num_blocks: usize,
+    dtype: DType,
 }
 
 /// One layer's K and V pools, `[slots, kv_heads * head_dim]` each.
@@ -41,37 +61,99 @@ pub(crate) struct StepSlots {
     head_dim: usize,
 }
 
-impl PagedKv {
-    /// Blocks of `block_size` positions that `bytes` hold for `layers` layers of `kv_heads`
-    /// heads of `head_dim` values in `dtype_size`-byte values, K and V.
-    pub(crate) fn blocks_in(
-        bytes: usize,
-        layers: usize,
-        kv_dim: usize,
+/// The shape of a pool: how many blocks of how many positions, stored in which dtype.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvLayout {
+    pub(crate) num_blocks: usize,
+    pub(crate) block_size: usize,
+    pub(crate) dtype: DType,
+}
+
+impl KvLayout {
+    /// The layout `size` asks for, for a model of `layers` layers of `kv_dim` K (and V) values
+    /// per position and `context` positions.
+    pub(crate) fn new(
+        size: KvCacheSize,
+        (layers, kv_dim, context): (usize, usize, usize),
         block_size: usize,
-        dtype_size: usize,
-    ) -> Result<usize, crate::LoadError> {
-        let per_block = 2 * layers * kv_dim * block_size * dtype_size;
-        let num_blocks = bytes / per_block.max(1);
+        dtype: DType,
+    ) -> Result<Self, crate::LoadError> {
+        let per_position = 2 * layers * kv_dim * dtype.size();
+        let per_block = (per_position * block_size).max(1);
+        // A count of positions is rounded up to whole blocks; a byte budget is not exceeded.
+        let num_blocks = match size {
+            KvCacheSize::Bytes(bytes) => bytes / per_block,
+            KvCacheSize::Tokens(tokens) => tokens.div_ceil(block_size),
+            KvCacheSize::Auto {
+                running,
+                context: served,
+            } => {
+                let context = served.map_or(context, |c| c.min(context));
+                let tokens =
+                    context.max(running.saturating_mul(context.min(KV_TOKENS_PER_SEQUENCE)));
+                let cap = memory_available().map_or(usize::MAX, |available| {
+                    (available as f64 * KV_AUTO_MEMORY_FRACTION) as usize / per_block
+                });
+                tokens.div_ceil(block_size).min(cap).max(1)
+            }
+        };
         if num_blocks == 0 {
             return Err(crate::LoadError::Unsupported(format!(
-                "a KV cache of {bytes} bytes holds no block of {block_size} positions ({per_block} bytes each)"
+                "a KV cache of {size:?} holds no block of {block_size} positions ({per_block} bytes each)"
             )));
         }
-        Ok(num_blocks)
+        Ok(Self {
+            num_blocks,
+            block_size,
+            dtype,
+        })
     }
+}
 
-    /// A zeroed pool of `num_blocks` blocks for `layers` layers.
+/// Bytes this process may still allocate: the system's available memory, and the cgroup's
+/// limit less its usage when there is one (a container's limit is what the OOM killer
+/// enforces). `None` where neither can be read.
+fn memory_available() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo_kib(&meminfo, "MemAvailable")? * 1024;
+    Some(cgroup_headroom().map_or(available, |room| room.min(available)))
+}
+
+/// A `/proc/meminfo` field in KiB.
+fn meminfo_kib(meminfo: &str, field: &str) -> Option<usize> {
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The cgroup v2 `memory.max` less `memory.current` of this process's cgroup ("max": none).
+fn cgroup_headroom() -> Option<usize> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let max: usize = read("memory.max")?.trim().parse().ok()?;
+    let current: usize = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+impl PagedKv {
+    /// A zeroed pool laid out as `layout` for `layers` layers. The zeros are fresh pages from
+    /// the allocator, so memory is only committed as positions are written.
     pub(crate) fn new(
         layers: usize,
         (kv_heads, head_dim): (usize, usize),
-        num_blocks: usize,
-        block_size: usize,
-        (device, dtype): (&Device, DType),
+        layout: KvLayout,
+        device: &Device,
     ) -> Self {
-        let slots = num_blocks * block_size;
+        let slots = layout.num_blocks * layout.block_size;
         let kv_dim = kv_heads * head_dim;
-        let zeros = || Tensor::zeros([slots, kv_dim], (device, dtype));
+        let zeros = || zeroed([slots, kv_dim], layout.dtype, device);
         Self {
             layers: (0..layers)
                 .map(|_| LayerKv {
@@ -81,9 +163,25 @@ impl PagedKv {
                 .collect(),
             kv_heads,
             head_dim,
-            block_size,
-            num_blocks,
+            block_size: layout.block_size,
+            num_blocks: layout.num_blocks,
+            dtype: layout.dtype,
         }
+    }
+
+    /// The dtype K and V are stored in.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of the whole pool.
+    pub(crate) fn bytes(&self) -> usize {
+        2 * self.layers.len()
+            * self.num_blocks
+            * self.block_size
+            * self.kv_heads
+            * self.head_dim
+            * self.dtype.size()
     }
 
     /// Each layer's pools, in layer order.
@@ -177,7 +275,9 @@ impl LayerKv {
         v: Tensor<2>,
     ) -> Tensor<2> {
         let write = &step.write;
+        let compute = q.dtype();
         let (k_cache, v_cache) = (&mut self.k, &mut self.v);
+        let (k, v) = (to_dtype(k, k_cache.dtype()), to_dtype(v, v_cache.dtype()));
         k_cache.inplace(|cache| cache.select_assign(0, write.clone(), k, IndexingUpdateOp::Assign));
         v_cache.inplace(|cache| cache.select_assign(0, write.clone(), v, IndexingUpdateOp::Assign));
         let [_, heads, head_dim] = q.dims();
@@ -188,10 +288,11 @@ impl LayerKv {
             let [ctx] = context.dims();
             let q_seq = q.clone().slice([offset..offset + n, 0..heads, 0..head_dim]);
             let read = |cache: &Tensor<2>| {
-                cache
-                    .clone()
-                    .select(0, context.clone())
-                    .reshape([ctx, kv_heads, kv_head_dim])
+                to_dtype(cache.clone().select(0, context.clone()), compute).reshape([
+                    ctx,
+                    kv_heads,
+                    kv_head_dim,
+                ])
             };
             outputs.push(attention(
                 q_seq,
@@ -208,5 +309,72 @@ impl LayerKv {
             return only;
         }
         Tensor::cat(outputs, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 30 layers of 192 K values (SmolLM2-135M), 8192 positions, blocks of 16.
+    const SMOLLM2: (usize, usize, usize) = (30, 192, 8192);
+
+    fn blocks(size: KvCacheSize, dtype: DType) -> usize {
+        KvLayout::new(size, SMOLLM2, 16, dtype).unwrap().num_blocks
+    }
+
+    #[test]
+    fn a_budget_is_bytes_or_positions() {
+        // One position: K and V of 30 layers x 192 values.
+        let per_position = 2 * 30 * 192;
+        assert_eq!(
+            blocks(KvCacheSize::Bytes(per_position * 2 * 16 * 10), DType::F16),
+            10
+        );
+        assert_eq!(
+            blocks(KvCacheSize::Bytes(per_position * 2 * 16 * 10), DType::F32),
+            5
+        );
+        // Positions are rounded up to whole blocks, whatever the dtype.
+        assert_eq!(blocks(KvCacheSize::Tokens(57), DType::F16), 4);
+        assert_eq!(blocks(KvCacheSize::Tokens(64), DType::F32), 4);
+        assert!(KvLayout::new(KvCacheSize::Bytes(100), SMOLLM2, 16, DType::F32).is_err());
+        assert!(KvLayout::new(KvCacheSize::Tokens(0), SMOLLM2, 16, DType::F32).is_err());
+    }
+
+    #[test]
+    fn an_automatic_budget_follows_the_running_sequences_and_the_context() {
+        let auto = |running, context| KvCacheSize::Auto { running, context };
+        let cap = memory_available().map_or(usize::MAX, |a| {
+            (a as f64 * KV_AUTO_MEMORY_FRACTION) as usize / (2 * 30 * 192 * 2 * 16)
+        });
+        // One sequence: the whole context. Many: KV_TOKENS_PER_SEQUENCE each.
+        assert_eq!(blocks(auto(1, None), DType::F16), (8192 / 16).min(cap));
+        assert_eq!(
+            blocks(auto(64, None), DType::F16),
+            (64 * KV_TOKENS_PER_SEQUENCE / 16).min(cap)
+        );
+        // A served context shorter than the model's bounds both.
+        assert_eq!(blocks(auto(1, Some(100)), DType::F16), 7.min(cap));
+        assert_eq!(
+            blocks(auto(4, Some(256)), DType::F16),
+            (4 * 256 / 16).min(cap)
+        );
+        // Longer than the model's: the model's.
+        assert_eq!(
+            blocks(auto(1, Some(1 << 20)), DType::F16),
+            (8192 / 16).min(cap)
+        );
+    }
+
+    #[test]
+    fn meminfo_fields_read_in_kib() {
+        let text = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(meminfo_kib(text, "MemAvailable"), Some(20_000_000));
+        assert_eq!(meminfo_kib(text, "MemFree"), Some(100));
+        assert_eq!(meminfo_kib(text, "Mem"), None);
+        assert_eq!(meminfo_kib(text, "SwapTotal"), None);
+        // This machine has a /proc/meminfo.
+        assert!(memory_available().is_some_and(|bytes| bytes > 0));
     }
 }

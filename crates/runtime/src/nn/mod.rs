@@ -13,7 +13,7 @@ mod norm;
 mod rope;
 
 pub(crate) use attention::{Mask, attention};
-pub(crate) use kv::{LayerKv, PagedKv, StepSlots};
+pub(crate) use kv::{KvLayout, LayerKv, PagedKv, StepSlots};
 pub(crate) use linear::{Embedding, Linear};
 pub(crate) use mlp::SwiGlu;
 pub(crate) use norm::RmsNorm;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_gguf::{GgmlType, GgufWriter};
-use kiln_runtime::{DeviceKind, LoadOptions, Model, RuntimeError, SeqInput};
+use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions, Model, RuntimeError, SeqInput};
 use serde_json::Value;
 
 use crate::common::{argmax, device, f32s, ids, testdata};
@@ -23,7 +23,9 @@ fn options() -> LoadOptions {
     LoadOptions {
         device: device(),
         block_size: 4,
-        kv_cache_bytes: 64 * 2 * 2 * 2 * 16 * 4 * 4,
+        // 64 blocks of 4; f32 K/V keep every step bit-exact against the reference.
+        kv_cache: KvCacheSize::Tokens(64 * 4),
+        kv_dtype: DType::F32,
         ..Default::default()
     }
 }
@@ -452,7 +454,7 @@ fn f16_compute_stays_close_to_the_f32_reference() {
     // On the CPU: f16 support on a GPU depends on the adapter, and lavapipe lacks it.
     let options = LoadOptions {
         device: DeviceKind::Cpu,
-        dtype: kiln_runtime::DType::F16,
+        dtype: DType::F16,
         ..options()
     };
     let mut model = Model::load(&dir(), &options).unwrap();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_runtime::{LoadOptions, Model};
+use kiln_runtime::{DType, KvCacheSize, LoadOptions, Model};
 use kiln_scheduler::{Completion, Engine, EngineConfig, EngineHandle, GenerationRequest};
 use kiln_tokenizer::Tokenizer;
 use prometheus::Registry;
@@ -20,11 +20,11 @@ pub(crate) fn tokenizer() -> Arc<Tokenizer> {
 
 /// The tiny model with a pool of `blocks` KV blocks of 16 positions.
 pub(crate) fn tiny(blocks: usize, config: EngineConfig) -> (Engine, Registry) {
-    // 2 layers x K and V x 2 kv heads x 16 dims x 16 positions x 4 bytes.
-    let per_block = 2 * 2 * 2 * 16 * 16 * 4;
     let options = LoadOptions {
         block_size: 16,
-        kv_cache_bytes: blocks * per_block,
+        kv_cache: KvCacheSize::Tokens(blocks * 16),
+        // f32 K/V: the engine's results are compared bit for bit with the runtime's alone.
+        kv_dtype: DType::F32,
         ..Default::default()
     };
     let model = Model::load(&testdata().join("tiny-llama"), &options).unwrap();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_runtime::{LoadOptions, Model};
+use kiln_runtime::{DType, KvCacheSize, LoadOptions, Model};
 use kiln_scheduler::{
     Completion, Engine, EngineConfig, Event, FinishReason, GenerationRequest, SamplingParams,
     SchedulerError,
@@ -431,8 +431,10 @@ fn smollm2_golden_prompts_concurrently_give_the_reference_greedy_ids() {
     );
     let model = Model::load(
         &path,
+        // The served default: f16 K/V. Greedy output must still be transformers' (f32).
         &LoadOptions {
-            kv_cache_bytes: 64 << 20,
+            kv_cache: KvCacheSize::Bytes(64 << 20),
+            kv_dtype: DType::F16,
             ..Default::default()
         },
     )

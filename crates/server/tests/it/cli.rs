@@ -42,6 +42,8 @@ fn help_lists_every_command_and_serve_flag_with_env_and_default() {
         "max-running",
         "max-queue",
         "kv-cache-memory",
+        "kv-cache-tokens",
+        "kv-cache-dtype",
         "block-size",
         "max-model-len",
         "max-n",
@@ -56,7 +58,12 @@ fn help_lists_every_command_and_serve_flag_with_env_and_default() {
         assert!(help.contains(&format!("--{flag}")), "--{flag} in\n{help}");
         assert!(help.contains(&env), "{env} in\n{help}");
     }
-    for default in ["[default: 127.0.0.1]", "[default: 8000]", "[default: cpu]"] {
+    for default in [
+        "[default: 127.0.0.1]",
+        "[default: 8000]",
+        "[default: cpu]",
+        "[default: f16]",
+    ] {
         assert!(help.contains(default), "{default} in\n{help}");
     }
     let serve = kiln(&["serve", "--help"], &[]);
