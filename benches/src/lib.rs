@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_runtime::{DeviceKind, KvCacheSize, LoadOptions, Model};
+use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions, Model};
 
 /// The model the benches measure, and a line saying which it is.
 pub fn model_path() -> (PathBuf, String) {
@@ -46,6 +46,16 @@ pub fn quick() -> bool {
     std::env::var("KILN_BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
+/// The KV cache's dtype: `KILN_BENCH_KV_DTYPE` (f16 | f32), else the served default.
+pub fn kv_dtype() -> DType {
+    match std::env::var("KILN_BENCH_KV_DTYPE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("KILN_BENCH_KV_DTYPE: {e}")),
+        Err(_) => LoadOptions::default().kv_dtype,
+    }
+}
+
 /// Positions of KV cache the benches load the model with (every decode and prefill case fits).
 pub const BENCH_KV_TOKENS: usize = 64 * 1024;
 
@@ -56,6 +66,7 @@ pub fn load_model() -> Model {
     let options = LoadOptions {
         device: device(),
         kv_cache: KvCacheSize::Tokens(BENCH_KV_TOKENS),
+        kv_dtype: kv_dtype(),
         ..LoadOptions::default()
     };
     eprintln!("benchmarking {what} on {:?}", options.device);

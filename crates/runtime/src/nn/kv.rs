@@ -40,6 +40,35 @@ pub(crate) struct PagedKv {
     dtype: DType,
 }
 
+/// Casts `x` to `dtype`. On the CPU an f16 ↔ f32 cast goes through `half`'s slice conversion
+/// (F16C, detected once per call) rather than burn's, which converts one value per call with
+/// its own CPU check each time: for the context a decode step reads back from an f16 cache,
+/// that was a quarter of the step.
+fn cast(x: Tensor<2>, dtype: burn::tensor::DType) -> Tensor<2> {
+    use burn::tensor::DType as B;
+    use half::slice::HalfFloatSliceExt as _;
+    let (from, device) = (x.dtype(), x.device());
+    if from == dtype || device != Device::flex() {
+        return to_dtype(x, dtype);
+    }
+    let shape = x.dims();
+    let data = x.into_data();
+    let converted = match (from, dtype, data.as_slice::<f16>(), data.as_slice::<f32>()) {
+        (B::F16, B::F32, Ok(src), _) => {
+            let mut out = vec![0.0f32; src.len()];
+            src.convert_to_f32_slice(&mut out);
+            TensorData::new(out, shape)
+        }
+        (B::F32, B::F16, _, Ok(src)) => {
+            let mut out = vec![f16::ZERO; src.len()];
+            out.convert_from_f32_slice(src);
+            TensorData::new(out, shape)
+        }
+        _ => return to_dtype(Tensor::from_data(data, (&device, from)), dtype),
+    };
+    Tensor::from_data(converted, (&device, dtype))
+}
+
 /// One layer's K and V pools, `[slots, kv_heads * head_dim]` each.
 #[derive(Debug)]
 pub(crate) struct LayerKv {
@@ -277,7 +306,7 @@ impl LayerKv {
         let write = &step.write;
         let compute = q.dtype();
         let (k_cache, v_cache) = (&mut self.k, &mut self.v);
-        let (k, v) = (to_dtype(k, k_cache.dtype()), to_dtype(v, v_cache.dtype()));
+        let (k, v) = (cast(k, k_cache.dtype()), cast(v, v_cache.dtype()));
         k_cache.inplace(|cache| cache.select_assign(0, write.clone(), k, IndexingUpdateOp::Assign));
         v_cache.inplace(|cache| cache.select_assign(0, write.clone(), v, IndexingUpdateOp::Assign));
         let [_, heads, head_dim] = q.dims();
@@ -288,7 +317,7 @@ impl LayerKv {
             let [ctx] = context.dims();
             let q_seq = q.clone().slice([offset..offset + n, 0..heads, 0..head_dim]);
             let read = |cache: &Tensor<2>| {
-                to_dtype(cache.clone().select(0, context.clone()), compute).reshape([
+                cast(cache.clone().select(0, context.clone()), compute).reshape([
                     ctx,
                     kv_heads,
                     kv_head_dim,
