@@ -80,6 +80,13 @@ fn scaled_less<L: Lanes>(l: L, q: L::I, d: f32, m: f32) -> L::F {
     l.sub(scaled(l, q, d), l.splat(m))
 }
 
+/// The 16 values a 4-bit index can take, `value(i)` computed once per block (or group) for
+/// [`Lanes::lookup16`]: the same operations on `i` as on each value, so the same bits.
+#[inline(always)]
+fn table<L: Lanes>(l: L, value: impl FnOnce(L::I) -> L::F) -> L::F {
+    value(l.iota())
+}
+
 /// A block's 16 bytes of nibbles as the two vectors of a group: low nibbles, then high.
 #[inline(always)]
 fn nibbles<L: Lanes>(l: L, b: &[u8; 16]) -> [L::I; 2] {
@@ -93,8 +100,19 @@ impl Format for Q4_0 {
     const VALUES: usize = 32;
     #[inline(always)]
     fn decode<L: Lanes>(l: L, b: &Self::Block, mut emit: impl FnMut([L::F; 2])) {
-        let d = half(l, b, 0);
         let eight = l.splat_i(8);
+        if L::LOOKUP {
+            let d = l.f16_splat(u32_at(b, 0) as u16);
+            let t = table(
+                l,
+                #[inline(always)]
+                |i| l.mul(l.to_f32(l.sub_i(i, eight)), d),
+            );
+            let q = l.widen_u8(&bytes16(b, 2));
+            emit([l.lookup16(t, q), l.lookup16(t, l.shr(q, 4))]);
+            return;
+        }
+        let d = half(l, b, 0);
         let q = nibbles(l, &bytes16(b, 2));
         emit(two(
             #[inline(always)]
@@ -109,6 +127,17 @@ impl Format for Q4_1 {
     const VALUES: usize = 32;
     #[inline(always)]
     fn decode<L: Lanes>(l: L, b: &Self::Block, mut emit: impl FnMut([L::F; 2])) {
+        if L::LOOKUP {
+            let [d, m] = l.f16_pair(u32_at(b, 0));
+            let t = table(
+                l,
+                #[inline(always)]
+                |i| l.add(l.mul(l.to_f32(i), d), m),
+            );
+            let q = l.widen_u8(&bytes16(b, 4));
+            emit([l.lookup16(t, q), l.lookup16(t, l.shr(q, 4))]);
+            return;
+        }
         let (d, m) = (half(l, b, 0), half(l, b, 2));
         let q = nibbles(l, &bytes16(b, 4));
         emit(two(
@@ -261,6 +290,24 @@ impl Format for Q4_K {
                 #[inline(always)]
                 |h| l.widen_u8(&bytes16(b, 16 + 32 * k + 16 * h)),
             );
+            if L::LOOKUP {
+                let t1 = table(
+                    l,
+                    #[inline(always)]
+                    |i| scaled_less(l, i, d1, m1),
+                );
+                emit([l.lookup16(t1, q[0]), l.lookup16(t1, q[1])]);
+                let t2 = table(
+                    l,
+                    #[inline(always)]
+                    |i| scaled_less(l, i, d2, m2),
+                );
+                emit([
+                    l.lookup16(t2, l.shr(q[0], 4)),
+                    l.lookup16(t2, l.shr(q[1], 4)),
+                ]);
+                continue;
+            }
             emit(two(
                 #[inline(always)]
                 |h| scaled_less(l, l.mask(q[h], 0x0F), d1, m1),

@@ -13,6 +13,10 @@ pub(super) trait Lanes: Copy {
     type I: Copy;
     /// Rows of `x` one kernel call keeps in registers at once (its accumulators must fit).
     const MAX_TILE: usize;
+    /// Whether [`Lanes::lookup16`] is a single instruction here (AVX-512's `vpermps`): the
+    /// 4-bit formats then decode through a 16-entry table of their block's values instead of
+    /// converting and scaling every value. Both ways give the same bits.
+    const LOOKUP: bool = false;
 
     fn splat(self, v: f32) -> Self::F;
     fn load(self, x: &[f32; 16]) -> Self::F;
@@ -38,6 +42,8 @@ pub(super) trait Lanes: Copy {
     fn to_f32(self, a: Self::I) -> Self::F;
     /// `[0, 1, …, 15]`.
     fn iota(self) -> Self::I;
+    /// Lane `j` is `table[idx[j] & 15]`: only the low four bits of an index count.
+    fn lookup16(self, table: Self::F, idx: Self::I) -> Self::F;
 
     /// The sum of the 32 lanes of `a` (lanes 0..16) and `b` (lanes 16..32) as the tree
     /// [`tree_sum`] spells out.
@@ -47,6 +53,22 @@ pub(super) trait Lanes: Copy {
     #[inline(always)]
     fn f16(self, h: u16) -> f32 {
         f16_to_f32(h)
+    }
+
+    /// [`Lanes::f16`] of `h` in every lane.
+    #[inline(always)]
+    fn f16_splat(self, h: u16) -> Self::F {
+        self.splat(self.f16(h))
+    }
+
+    /// [`Lanes::f16_splat`] of the low and of the high half of `pair` (a block's `d` and `m`
+    /// side by side).
+    #[inline(always)]
+    fn f16_pair(self, pair: u32) -> [Self::F; 2] {
+        [
+            self.f16_splat(pair as u16),
+            self.f16_splat((pair >> 16) as u16),
+        ]
     }
 
     /// Logical shift right by `n` in every lane.
@@ -194,6 +216,10 @@ impl Lanes for Scalar {
     #[inline(always)]
     fn iota(self) -> Self::I {
         std::array::from_fn(|j| j as i32)
+    }
+    #[inline(always)]
+    fn lookup16(self, table: Self::F, idx: Self::I) -> Self::F {
+        map(idx, |i| table[(i & 15) as usize])
     }
     #[inline(always)]
     fn sum(self, a: Self::F, b: Self::F) -> f32 {

@@ -866,18 +866,58 @@ mod tests {
     }
 
     #[test]
+    fn a_table_lookup_reads_the_low_four_bits_on_every_path() {
+        let table: [f32; 16] = std::array::from_fn(|i| i as f32 * -1.5 + 0.25);
+        // Indices with bits above the low four set (a byte, a shifted byte), in every lane.
+        for seed in 0..64i32 {
+            let idx: [i32; 16] = std::array::from_fn(|j| (seed * 37 + j as i32 * 101) & 0xFF);
+            let want = Scalar.lookup16(table, idx);
+            assert_eq!(want, idx.map(|i| table[(i & 15) as usize]));
+            for isa in Isa::available() {
+                let got = match isa.0 {
+                    IsaImpl::Scalar => want,
+                    #[cfg(target_arch = "x86_64")]
+                    IsaImpl::Avx2(s) => {
+                        s.vectorize(|| s.store(s.lookup16(s.load(&table), bytemuck::cast(idx))))
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    IsaImpl::Avx512(s) => {
+                        s.vectorize(|| s.store(s.lookup16(s.load(&table), bytemuck::cast(idx))))
+                    }
+                };
+                assert_eq!(bits(&got), bits(&want), "seed {seed} on {:?}", isa.kind());
+            }
+        }
+    }
+
+    #[test]
     fn f16_scales_convert_exactly_as_half_does() {
         for h in 0..=u16::MAX {
             let want = half::f16::from_bits(h).to_f32();
             assert_eq!(lanes::f16_to_f32(h).to_bits(), want.to_bits(), "{h:#06x}");
+            // A pair: `h` low, another value high.
+            let pair = u32::from(h) | u32::from(h.rotate_left(5) ^ 0x8001) << 16;
+            let high = half::f16::from_bits((pair >> 16) as u16).to_f32();
             for isa in Isa::available() {
-                let got = match isa.0 {
-                    IsaImpl::Scalar => Scalar.f16(h),
+                // The scalar, every lane of the splat, and every lane of the pair's halves.
+                fn all<L: Lanes>(l: L, h: u16, pair: u32) -> (f32, [f32; 16], [[f32; 16]; 2]) {
+                    let [lo, hi] = l.f16_pair(pair);
+                    (
+                        l.f16(h),
+                        l.store(l.f16_splat(h)),
+                        [l.store(lo), l.store(hi)],
+                    )
+                }
+                let (got, splat, [lo, hi]) = match isa.0 {
+                    IsaImpl::Scalar => all(Scalar, h, pair),
                     #[cfg(target_arch = "x86_64")]
-                    IsaImpl::Avx2(s) => s.vectorize(|| s.f16(h)),
+                    IsaImpl::Avx2(s) => s.vectorize(|| all(s, h, pair)),
                     #[cfg(target_arch = "x86_64")]
-                    IsaImpl::Avx512(s) => s.vectorize(|| s.f16(h)),
+                    IsaImpl::Avx512(s) => s.vectorize(|| all(s, h, pair)),
                 };
+                assert_eq!(bits(&splat), bits(&[want; 16]), "{h:#06x} splat");
+                assert_eq!(bits(&lo), bits(&[want; 16]), "{pair:#010x} low");
+                assert_eq!(bits(&hi), bits(&[high; 16]), "{pair:#010x} high");
                 assert_eq!(
                     got.to_bits(),
                     want.to_bits(),

@@ -33,6 +33,7 @@ impl Lanes for V4 {
     type F = __m512;
     type I = __m512i;
     const MAX_TILE: usize = 8;
+    const LOOKUP: bool = true;
 
     #[inline(always)]
     fn splat(self, v: f32) -> Self::F {
@@ -105,6 +106,11 @@ impl Lanes for V4 {
         bytemuck::cast([0i32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
     }
     #[inline(always)]
+    fn lookup16(self, table: Self::F, idx: Self::I) -> Self::F {
+        // `vpermps` reads the low four bits of each index.
+        self.avx512f._mm512_permutexvar_ps(idx, table)
+    }
+    #[inline(always)]
     fn f16(self, h: u16) -> f32 {
         // `vcvtph2ps` (AVX-512F's form: F16C's is not in this path's feature set) on lane 0.
         let v = self
@@ -112,6 +118,23 @@ impl Lanes for V4 {
             ._mm512_cvtph_ps(self.avx._mm256_set1_epi16(h.cast_signed()));
         self.sse
             ._mm_cvtss_f32(self.avx512f._mm512_castps512_ps128(v))
+    }
+    #[inline(always)]
+    fn f16_splat(self, h: u16) -> Self::F {
+        // Converted in every lane at once: no trip through a scalar and back.
+        self.avx512f
+            ._mm512_cvtph_ps(self.avx._mm256_set1_epi16(h.cast_signed()))
+    }
+    #[inline(always)]
+    fn f16_pair(self, pair: u32) -> [Self::F; 2] {
+        // One conversion of `d, m, d, m, …`, then the even and the odd lanes duplicated.
+        let v = self
+            .avx512f
+            ._mm512_cvtph_ps(self.avx._mm256_set1_epi32(pair.cast_signed()));
+        [
+            self.avx512f._mm512_moveldup_ps(v),
+            self.avx512f._mm512_movehdup_ps(v),
+        ]
     }
     #[inline(always)]
     fn sum(self, a: Self::F, b: Self::F) -> f32 {
@@ -240,6 +263,20 @@ impl Lanes for V3 {
     #[inline(always)]
     fn iota(self) -> Self::I {
         bytemuck::cast([0i32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    }
+    #[inline(always)]
+    fn lookup16(self, table: Self::F, idx: Self::I) -> Self::F {
+        // Not a single instruction here (`LOOKUP` is false, the decoders compute instead):
+        // each half's entries 0..8 and 8..16 by `vpermps` (low three bits), picked by bit 3.
+        let half = |i: __m256i| {
+            let low = self.avx2._mm256_permutevar8x32_ps(table[0], i);
+            let high = self.avx2._mm256_permutevar8x32_ps(table[1], i);
+            let bit3 = self
+                .avx
+                ._mm256_castsi256_ps(self.avx2._mm256_slli_epi32::<28>(i));
+            self.avx._mm256_blendv_ps(low, high, bit3)
+        };
+        [half(idx[0]), half(idx[1])]
     }
     #[inline(always)]
     fn sum(self, a: Self::F, b: Self::F) -> f32 {
