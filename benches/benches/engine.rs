@@ -67,7 +67,10 @@ fn bench(c: &mut Criterion) {
     } else {
         Tokenizer::from_hf_dir(&path).or_else(|_| {
             Tokenizer::from_hf_dir(
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/smollm2"),
+                std::path::PathBuf::from(
+                    std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+                )
+                .join("../testdata/smollm2"),
             )
         })
     };

@@ -32,7 +32,10 @@ fn tokenizer() -> Tokenizer {
     } else if path.join("tokenizer.json").exists() {
         Tokenizer::from_hf_dir(&path)
     } else {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/smollm2");
+        let dir = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+        )
+        .join("../testdata/smollm2");
         eprintln!("{what} has no tokenizer: benchmarking SmolLM2's from testdata/");
         Tokenizer::from_hf_dir(dir)
     };

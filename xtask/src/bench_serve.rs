@@ -743,6 +743,16 @@ mod tests {
     }
 
     #[test]
+    fn the_extra_runs_repeat_one_stream_and_sixteen() {
+        let key: Vec<(usize, usize)> = scenarios(false)
+            .iter()
+            .filter(|s| is_key_scenario(s))
+            .map(|s| (s.prompt_tokens, s.concurrency))
+            .collect();
+        assert_eq!(key, [(128, 1), (128, 16), (512, 1)]);
+    }
+
+    #[test]
     fn short_or_failed_requests_are_errors_not_figures() {
         let now = Instant::now();
         let ok = RequestResult {

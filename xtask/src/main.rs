@@ -383,8 +383,11 @@ impl TestTotals {
 }
 
 fn workspace_root() -> PathBuf {
-    // xtask lives at <root>/xtask; the path is baked in at build time, which is when it is true.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // xtask lives at <root>/xtask. `cargo xtask` (cargo run) says where at run time; the path
+    // baked in at build time is only the fallback, since one target dir may serve checkouts at
+    // other paths and cargo then reuses a binary built in another.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }

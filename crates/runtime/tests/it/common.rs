@@ -1,15 +1,17 @@
 //! Helpers the runtime's integration tests share.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kiln_runtime::DeviceKind;
 use serde_json::Value;
 
 /// `testdata/NAME` at the repository root.
 pub(crate) fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../testdata")
+    .join(name)
 }
 
 /// The device the model tests run on: `KILN_TEST_DEVICE` (CI runs the tiny model's tests a

@@ -9,7 +9,10 @@ use kiln_runtime::quant::{QuantError, dequantize, dequantize_to_vec};
 use crate::common::f32s;
 
 fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/data")
 }
 
 /// The indices where `got` and `want` differ in their bits, with both values, for the message.

@@ -1,7 +1,7 @@
 //! Shared helpers: the test data, the tiny model behind an engine, deterministic prompts,
 //! running requests to completion, reading metrics.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,10 @@ use kiln_tokenizer::Tokenizer;
 use prometheus::Registry;
 
 pub(crate) fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../testdata")
 }
 
 pub(crate) fn tokenizer() -> Arc<Tokenizer> {

@@ -3,7 +3,7 @@
 //! and curl. The Python environment comes from `cargo xtask e2e-env` (CI runs it).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn python() -> PathBuf {
@@ -27,7 +27,10 @@ fn openai_clients_against_the_real_server() {
         "{} is missing: run `cargo xtask fetch-model`",
         model.display()
     );
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/e2e");
     let logs = std::env::temp_dir().join("kiln-e2e-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let status = Command::new(&python)

@@ -7,7 +7,10 @@ use kiln_tokenizer::Tokenizer;
 
 /// `testdata/smollm2`: `tokenizer.json`, `tokenizer_config.json` and the golden JSON files.
 pub(crate) fn smollm2_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../testdata/smollm2")
 }
 
 /// SmolLM2's tokenizer from its Hugging Face files.
