@@ -171,11 +171,15 @@ impl Isa {
         if m == 1 {
             return out_t;
         }
+        // In blocks of 16 weight rows, so each row of `out` is written 16 values at a time
+        // (element by element, every write landed on another cache line).
         let mut out = vec![0.0f32; m * n];
-        for (r, vals) in out_t.chunks_exact(m).enumerate() {
-            for (i, &v) in vals.iter().enumerate() {
-                if let Some(o) = out.get_mut(i * n + r) {
-                    *o = v;
+        for (b, block) in out_t.chunks(16 * m).enumerate() {
+            let r0 = b * 16;
+            for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
+                let dst = out_row.get_mut(r0..).unwrap_or_default();
+                for (o, vals) in dst.iter_mut().zip(block.chunks_exact(m)) {
+                    *o = vals[i];
                 }
             }
         }
