@@ -2,13 +2,13 @@
 //! read as candle's model files are: config → weights (names as in the Hugging Face checkpoint)
 //! → forward. The layers come from [`crate::nn`]; this file only says how they are wired.
 
-use burn::tensor::{DType as BurnDType, Device, Tensor};
+use burn::tensor::{DType as BurnDType, Device, Tensor, TensorData};
 
 use super::CausalLm;
 use crate::config::{Architecture, ModelConfig};
 use crate::nn::{
     Embedding, KvLayout, LayerKv, Linear, PagedKv, RmsNorm, Rope, RopeTables, StepSlots, SwiGlu,
-    to_dtype,
+    host_f32, host_vector, to_dtype,
 };
 use crate::weights::{GgufLayout, Loader};
 use crate::{LoadError, RuntimeError, SeqInput};
@@ -25,6 +25,8 @@ pub(crate) const GGUF_LAYOUT: GgufLayout = GgufLayout {
 struct SelfAttention {
     qkv: Linear,
     qkv_bias: Option<Tensor<1>>,
+    /// `qkv_bias` on the host, for the host path.
+    qkv_bias_host: Option<Vec<f32>>,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -54,6 +56,7 @@ impl SelfAttention {
         };
         Ok(Self {
             qkv,
+            qkv_bias_host: qkv_bias.as_ref().and_then(host_vector),
             qkv_bias,
             o_proj: loader.linear(&[(&format!("{p}.o_proj.weight"), [hidden, q_dim])])?,
             heads: c.num_heads,
@@ -71,13 +74,57 @@ impl SelfAttention {
         kv: &mut LayerKv,
         step: &StepSlots,
     ) -> Result<Tensor<2>, RuntimeError> {
-        let [total, _] = x.dims();
-        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
-        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
         let mut qkv = self.qkv.forward(x)?;
         if let Some(bias) = &self.qkv_bias {
             qkv = qkv.add(bias.clone().unsqueeze_dim::<2>(0));
         }
+        self.o_proj.forward(self.attend(qkv, rope, kv, step))
+    }
+
+    /// Whether `m` rows can stay on the host through [`forward_host`](Self::forward_host).
+    fn on_host(&self, m: usize) -> bool {
+        self.qkv.on_host(m)
+            && self.o_proj.on_host(m)
+            && self.qkv_bias.is_some() == self.qkv_bias_host.is_some()
+    }
+
+    /// [`forward`](Self::forward) on `m` normed rows on the host: the projections on Kiln's
+    /// CPU kernels, only RoPE and attention over the cache as tensors.
+    fn forward_host(
+        &self,
+        h: &[f32],
+        m: usize,
+        (rope, kv, step): (&RopeTables, &mut LayerKv, &StepSlots),
+        device: &Device,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let mut qkv = self.qkv.forward_host(h, m).ok_or_else(off_host)??;
+        if let Some(bias) = &self.qkv_bias_host {
+            for row in qkv.chunks_exact_mut(bias.len()) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+            }
+        }
+        let width = qkv.len() / m.max(1);
+        let qkv = Tensor::from_data(TensorData::new(qkv, [m, width]), device);
+        let attended = host_f32(self.attend(qkv, rope, kv, step))?;
+        self.o_proj
+            .forward_host(&attended, m)
+            .ok_or_else(off_host)?
+    }
+
+    /// Splits the projected `qkv` `[tokens, q + 2 kv]`, rotates q and k, stores k and v at the
+    /// step's slots and attends: `[tokens, heads * head_dim]`.
+    fn attend(
+        &self,
+        qkv: Tensor<2>,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        step: &StepSlots,
+    ) -> Tensor<2> {
+        let [total, _] = qkv.dims();
+        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
         let q = qkv
             .clone()
             .slice([0..total, 0..q_dim])
@@ -89,8 +136,14 @@ impl SelfAttention {
         let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
         let q = rope.apply(q);
         let k = rope.apply(k).reshape([total, kv_dim]);
-        self.o_proj.forward(kv.attend(step, q, k, v))
+        kv.attend(step, q, k, v)
     }
+}
+
+/// The error a host path gives where a layer it was promised would run on the host does not
+/// (a bug: [`Layer::on_host`] is checked first).
+fn off_host() -> RuntimeError {
+    RuntimeError::Backend("a layer's host path met a projection off the host".into())
 }
 
 /// One decoder layer: pre-norm attention and pre-norm SwiGLU, each added to the residual.
@@ -137,6 +190,35 @@ impl Layer {
         let x = x.add(self.self_attn.forward(h, rope, kv, step)?);
         let h = self.post_attention_layernorm.forward(x.clone());
         Ok(x.add(self.mlp.forward(h)?))
+    }
+
+    /// Whether `m` rows can go through the layer on the host ([`forward_host`](Self::forward_host)).
+    fn on_host(&self, m: usize) -> bool {
+        self.input_layernorm.on_host()
+            && self.post_attention_layernorm.on_host()
+            && self.self_attn.on_host(m)
+            && self.mlp.on_host(m)
+    }
+
+    /// [`forward`](Self::forward) on `m` rows on the host (a decode step's few rows on the CPU):
+    /// the norms, the projections, SwiGLU and the residual adds without a tensor between them —
+    /// each of burn's small ops allocated and dispatched, ~30 of them per layer.
+    fn forward_host(
+        &self,
+        x: &[f32],
+        m: usize,
+        cache: (&RopeTables, &mut LayerKv, &StepSlots),
+        device: &Device,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let h = self.input_layernorm.forward_host(x).ok_or_else(off_host)?;
+        let attended = self.self_attn.forward_host(&h, m, cache, device)?;
+        let x: Vec<f32> = x.iter().zip(&attended).map(|(a, b)| a + b).collect();
+        let h = self
+            .post_attention_layernorm
+            .forward_host(&x)
+            .ok_or_else(off_host)?;
+        let y = self.mlp.forward_host(&h, m).ok_or_else(off_host)??;
+        Ok(x.iter().zip(&y).map(|(a, b)| a + b).collect())
     }
 }
 
@@ -233,6 +315,21 @@ impl CausalLm for Llama {
             .collect();
         let step = self.kv.slots(batch, &self.device);
         let rope = self.rope.tables(&positions, &self.device, self.dtype);
+        let total = positions.len();
+        if self.layers.iter().all(|layer| layer.on_host(total)) {
+            let hidden = self.config.hidden_size;
+            let on_device = |xs: Vec<f32>| {
+                Tensor::<2>::from_data(TensorData::new(xs, [total, hidden]), &self.device)
+            };
+            let mut xs = host_f32(x)?;
+            for (layer, kv) in self.layers.iter().zip(self.kv.layers_mut()) {
+                if let Some(states) = capture.as_deref_mut() {
+                    states.push(on_device(xs.clone()));
+                }
+                xs = layer.forward_host(&xs, total, (&rope, kv, &step), &self.device)?;
+            }
+            return Ok(on_device(xs));
+        }
         for (layer, kv) in self.layers.iter().zip(self.kv.layers_mut()) {
             if let Some(states) = capture.as_deref_mut() {
                 states.push(x.clone());

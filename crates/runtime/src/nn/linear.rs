@@ -30,47 +30,74 @@ pub(crate) enum Linear {
 
 impl Linear {
     pub(crate) fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {
-        let [m, k] = x.dims();
+        let [m, _] = x.dims();
+        if self.on_host(m) {
+            let device = x.device();
+            let xs = host_f32(x)?;
+            let y = self.forward_host(&xs, m).unwrap_or_else(|| {
+                Err(RuntimeError::Backend(
+                    "a host projection refused its rows".into(),
+                ))
+            })?;
+            let n = y.len() / m.max(1);
+            return Ok(Tensor::from_data(TensorData::new(y, [m, n]), &device));
+        }
         match self {
             Self::Device(w) => Ok(x.matmul(w.clone())),
-            Self::CpuF32(w) if m > GEMV_MAX_ROWS => Ok(x.matmul(w.clone().transpose())),
+            Self::CpuF32(w) => Ok(x.matmul(w.clone().transpose())),
+            Self::CpuPacked(p) => {
+                check_width(x.dims()[1], p.cols)?;
+                // Prefill: burn's GEMM over this matrix dequantized for the call is still
+                // faster than the packed kernel's tiles at this size (docs/perf.md).
+                let w = TensorData::new(p.dequantize(), [p.rows, p.cols]);
+                let w = Tensor::<2>::from_data(w, &x.device()).transpose();
+                Ok(x.matmul(w))
+            }
+        }
+    }
+
+    /// Whether `m` rows go through Kiln's CPU kernels (so [`forward_host`](Self::forward_host)
+    /// takes them).
+    pub(crate) fn on_host(&self, m: usize) -> bool {
+        m <= GEMV_MAX_ROWS && !matches!(self, Self::Device(_))
+    }
+
+    /// `y = x Wᵀ` for `m` rows of `x` already on the host (row-major), through Kiln's CPU
+    /// kernels; `None` when this projection does not run there at `m` rows
+    /// ([`on_host`](Self::on_host)).
+    pub(crate) fn forward_host(
+        &self,
+        xs: &[f32],
+        m: usize,
+    ) -> Option<Result<Vec<f32>, RuntimeError>> {
+        if !self.on_host(m) {
+            return None;
+        }
+        let k = xs.len() / m.max(1);
+        Some(match self {
+            Self::Device(_) => return None,
             Self::CpuF32(w) => {
                 let [n, cols] = w.dims();
-                check_width(k, cols)?;
-                let device = x.device();
-                let xs = host_f32(x)?;
-                let w = w
-                    .clone()
-                    .try_into_primitive::<Flex>()
-                    .map_err(|e| RuntimeError::Backend(format!("CPU weight: {e:?}")))?;
-                let data = w.as_slice::<f32>().ok_or_else(|| {
-                    RuntimeError::Backend("CPU weight is not contiguous f32".into())
-                })?;
-                let y = matmul_t(
-                    Weight::F32(Dense {
+                check_width(k, cols).and_then(|()| {
+                    let w = w
+                        .clone()
+                        .try_into_primitive::<Flex>()
+                        .map_err(|e| RuntimeError::Backend(format!("CPU weight: {e:?}")))?;
+                    let data = w.as_slice::<f32>().ok_or_else(|| {
+                        RuntimeError::Backend("CPU weight is not contiguous f32".into())
+                    })?;
+                    let rows = Dense {
                         data,
                         rows: n,
                         cols,
-                    }),
-                    &xs,
-                    m,
-                );
-                Ok(Tensor::from_data(TensorData::new(y, [m, n]), &device))
+                    };
+                    Ok(matmul_t(Weight::F32(rows), xs, m))
+                })
             }
             Self::CpuPacked(p) => {
-                check_width(k, p.cols)?;
-                let device = x.device();
-                if m > GEMV_MAX_ROWS {
-                    // Prefill: burn's GEMM over this matrix dequantized for the call is still
-                    // faster than the packed kernel's tiles at this size (docs/perf.md).
-                    let w = TensorData::new(p.dequantize(), [p.rows, p.cols]);
-                    return Ok(x.matmul(Tensor::<2>::from_data(w, &device).transpose()));
-                }
-                let xs = host_f32(x)?;
-                let y = matmul_t(Weight::Packed(p), &xs, m);
-                Ok(Tensor::from_data(TensorData::new(y, [m, p.rows]), &device))
+                check_width(k, p.cols).map(|()| matmul_t(Weight::Packed(p), xs, m))
             }
-        }
+        })
     }
 }
 
@@ -116,7 +143,7 @@ fn check_width(x: usize, w: usize) -> Result<(), RuntimeError> {
 }
 
 /// A few rows of activations, read back to the host as f32.
-fn host_f32(x: Tensor<2>) -> Result<Vec<f32>, RuntimeError> {
+pub(crate) fn host_f32(x: Tensor<2>) -> Result<Vec<f32>, RuntimeError> {
     x.try_into_vec_as::<f32>()
         .map_err(|e| RuntimeError::Backend(format!("reading activations: {e:?}")))
 }

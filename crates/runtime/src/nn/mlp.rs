@@ -28,4 +28,37 @@ impl SwiGlu {
         let up = both.slice([0..tokens, inter..width]);
         self.down.forward(silu(gate).mul(up))
     }
+
+    /// Whether `m` rows can stay on the host through [`forward_host`](Self::forward_host).
+    pub(crate) fn on_host(&self, m: usize) -> bool {
+        self.gate_up.on_host(m) && self.down.on_host(m)
+    }
+
+    /// [`forward`](Self::forward) on `m` rows already on the host: both projections on Kiln's
+    /// CPU kernels and `silu(gate) * up` between them, with no tensor in between.
+    pub(crate) fn forward_host(
+        &self,
+        xs: &[f32],
+        m: usize,
+    ) -> Option<Result<Vec<f32>, RuntimeError>> {
+        if !self.down.on_host(m) {
+            return None;
+        }
+        let both = match self.gate_up.forward_host(xs, m)? {
+            Ok(both) => both,
+            Err(e) => return Some(Err(e)),
+        };
+        let inter = both.len() / m.max(1) / 2;
+        let mut act = Vec::with_capacity(m * inter);
+        for row in both.chunks_exact(2 * inter) {
+            let (gate, up) = row.split_at(inter);
+            // silu(g) = g · sigmoid(g), as burn's `silu` computes it.
+            act.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g * (1.0 / (1.0 + (-g).exp())) * u),
+            );
+        }
+        self.down.forward_host(&act, m)
+    }
 }
