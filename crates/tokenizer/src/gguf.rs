@@ -3,7 +3,9 @@
 //!
 //! `gpt2` vocabularies are byte-level BPE whose pre-tokenizer is named by `tokenizer.ggml.pre`;
 //! `llama` vocabularies are SentencePiece BPE with scores and byte fallback, whose merges are
-//! derived from the scores exactly as transformers' converter does.
+//! derived from the scores exactly as transformers' converter does — except Gemma's, whose
+//! merges follow the file's token order and whose blank tokens are respelled (see
+//! [`gemma_bpe`]).
 
 use std::collections::HashMap;
 
@@ -69,6 +71,13 @@ pub(crate) fn build(file: &GgufFile) -> Result<Tokenizer> {
             );
             byte_level_bpe(tokens, merges, pre, added_tokens)?
         }
+        "llama" if is_gemma(file.get_str("general.architecture")?) => {
+            specials.add_bos = Some(
+                file.opt_bool("tokenizer.ggml.add_bos_token")?
+                    .unwrap_or(true),
+            );
+            gemma_bpe(tokens, &types, unk.as_ref())
+        }
         "llama" => {
             let scores = file.get_f32_array("tokenizer.ggml.scores")?;
             if scores.len() != tokens.len() {
@@ -117,6 +126,11 @@ pub(crate) fn build(file: &GgufFile) -> Result<Tokenizer> {
         None => None,
     };
     Tokenizer::assemble(inner, specials, chat_template)
+}
+
+/// Gemma 1–3 files: their SentencePiece vocabulary is read the Gemma way ([`gemma_bpe`]).
+fn is_gemma(architecture: &str) -> bool {
+    matches!(architecture, "gemma" | "gemma2" | "gemma3")
 }
 
 fn bad(message: String) -> TokenizerError {
@@ -307,5 +321,115 @@ fn sentencepiece_merges(tokens: &[String], scores: &[f32]) -> Vec<Value> {
     merges
         .into_iter()
         .filter_map(|(_, l, r)| Some(json!([tokens.get(l)?, tokens.get(r)?])))
+        .collect()
+}
+
+/// Gemma's SentencePiece BPE as transformers 5 builds it from a GGUF (`gemma_tokenizer` in
+/// `integrations/gguf/gguf_tokenizer_mapping.py`, then `GemmaTokenizer`):
+/// - a token of two or more blanks is stored as real spaces but looked up as `▁`s, so it is
+///   respelled;
+/// - the file has no merges and Gemma's scores do not follow its merge order; the file's token
+///   order does, so merges are ranked by the merged piece's position (earlier first), then
+///   longer left half first;
+/// - spaces become `▁` (no prefix space), then a split on spaces that never fires (there are
+///   none left) — kept so the pipeline is exactly transformers';
+/// - control tokens are special; user-defined ones (`\n`, `\n\n`, …, `[multimodal]`) are plain
+///   added tokens, matched whole in any text — those whose spelling was respelled are not (the
+///   blank runs are found by the merges instead).
+fn gemma_bpe(tokens: &[String], types: &[i32], unk: Option<&TokenRef>) -> Value {
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let vocab = vocab(&respelled);
+    let added: Vec<Value> = tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (content, t))| {
+            **t == TYPE_CONTROL
+                || (**t == TYPE_USER_DEFINED && vocab.contains_key(content.as_str()))
+        })
+        .map(|(id, (content, t))| {
+            json!({
+                "id": id,
+                "content": content,
+                "single_word": false,
+                "lstrip": false,
+                "rstrip": false,
+                "normalized": false,
+                "special": *t == TYPE_CONTROL,
+            })
+        })
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk.map(|t| t.text.clone()),
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "merges": merges_in_token_order(&respelled),
+            "vocab": vocab,
+        },
+    })
+}
+
+/// transformers' `generate_merges(vocab, vocab_scores={token: -index})`: every split of a
+/// token into two tokens is a merge; merges are ranked by the merged token's position (earlier
+/// first), ties by the left half's length and then the right half's, longer first (a stable
+/// sort, so equal keys keep the order of extraction: by token, then by the halves' ids).
+fn merges_in_token_order(tokens: &[String]) -> Vec<Value> {
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (merged position, left chars, right chars, left id, right id)
+    let mut merges: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+    for (position, piece) in tokens.iter().enumerate() {
+        let mut local: Vec<(usize, usize, usize, usize, usize)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = (piece.get(..at)?, piece.get(at..)?);
+                Some((
+                    position,
+                    l.chars().count(),
+                    r.chars().count(),
+                    *ids.get(l)?,
+                    *ids.get(r)?,
+                ))
+            })
+            .collect();
+        local.sort_unstable_by_key(|&(_, _, _, l, r)| (l, r));
+        merges.extend(local);
+    }
+    // Score -position descending is position ascending; lengths descending.
+    merges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    merges
+        .into_iter()
+        .filter_map(|(_, _, _, l, r)| Some(json!([tokens.get(l)?, tokens.get(r)?])))
         .collect()
 }

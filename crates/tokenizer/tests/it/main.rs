@@ -1,12 +1,14 @@
 //! kiln-tokenizer's integration tests, one binary: SmolLM2 against transformers' references
 //! (`golden`), chat-template semantics (`templates`), a SentencePiece vocabulary from GGUF
-//! metadata (`gguf_sentencepiece`) and the streaming detokenizer (`detokenizer`).
+//! metadata (`gguf_sentencepiece`), Gemma 3's from the real model's GGUF against transformers
+//! (`gemma3`) and the streaming detokenizer (`detokenizer`).
 
 // Helpers outside #[test] fns unwrap too: a test should fail loudly.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 mod detokenizer;
+mod gemma3;
 mod gguf_sentencepiece;
 mod golden;
 mod templates;
