@@ -16,7 +16,9 @@ mod weights;
 
 use std::path::Path;
 
-pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use config::{
+    Activation, Architecture, LayerAttention, ModelConfig, RopeFrequencies, RopeScaling,
+};
 pub use device::{DType, DeviceKind};
 pub use error::{LoadError, RuntimeError};
 pub use quant::{QuantError, dequantize, dequantize_to_vec};

@@ -1,14 +1,16 @@
-//! The Llama family — Llama 2/3, SmolLM2, Mistral (no sliding window), Qwen2 (q/k/v biases) —
-//! read as candle's model files are: config → weights (names as in the Hugging Face checkpoint)
-//! → forward. The layers come from [`crate::nn`]; this file only says how they are wired.
+//! The Llama family — Llama 2/3, SmolLM2, Mistral (sliding window, Nemo's explicit head_dim),
+//! Qwen2 (q/k/v biases) — read as candle's model files are: config → weights (names as in the
+//! Hugging Face checkpoint) → forward. The layers come from [`crate::nn`]; this file only says
+//! how they are wired. Phi-3 is this wiring too, with its projections fused in the checkpoint
+//! (`models/phi3.rs` loads it into [`Llama`]).
 
 use burn::tensor::{DType as BurnDType, Device, Tensor, TensorData};
 
-use super::CausalLm;
-use crate::config::{Architecture, ModelConfig};
+use super::{CausalLm, LayerRopes};
+use crate::config::{Architecture, LayerAttention, ModelConfig};
 use crate::nn::{
-    Embedding, KvLayout, LayerKv, Linear, PagedKv, RmsNorm, Rope, RopeTables, StepSlots, SwiGlu,
-    host_f32, host_vector, to_dtype,
+    Embedding, GatedMlp, KvLayout, LayerCache, Linear, PagedKv, RmsNorm, SelfAttention, add_host,
+    host_f32, off_host, to_dtype,
 };
 use crate::weights::{GgufLayout, Loader};
 use crate::{LoadError, RuntimeError, SeqInput};
@@ -19,175 +21,86 @@ pub(crate) const GGUF_LAYOUT: GgufLayout = GgufLayout {
     permuted_heads,
 };
 
-/// Self-attention: q, k and v fused into one projection of `(heads + 2 * kv_heads) * head_dim`
-/// outputs (and biases, for Qwen2), then the output projection.
+/// The projections of one layer as a checkpoint stores them: separate (Llama) or fused
+/// (Phi-3's `qkv_proj` and `gate_up_proj`). Either way the layer holds them fused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Projections {
+    Separate,
+    Fused,
+}
+
+/// One decoder layer: pre-norm attention and a pre-norm gated MLP, each added to the residual.
 #[derive(Debug)]
-struct SelfAttention {
-    qkv: Linear,
-    qkv_bias: Option<Tensor<1>>,
-    /// `qkv_bias` on the host, for the host path.
-    qkv_bias_host: Option<Vec<f32>>,
-    o_proj: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
-
-impl SelfAttention {
-    fn load(loader: &Loader<'_>, p: &str, c: &ModelConfig) -> Result<Self, LoadError> {
-        let (hidden, q_dim, kv_dim) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
-        let qkv = loader.linear(&[
-            (&format!("{p}.q_proj.weight"), [q_dim, hidden]),
-            (&format!("{p}.k_proj.weight"), [kv_dim, hidden]),
-            (&format!("{p}.v_proj.weight"), [kv_dim, hidden]),
-        ])?;
-        let qkv_bias = if c.attention_bias {
-            Some(loader.vectors(&[
-                (&format!("{p}.q_proj.bias"), q_dim),
-                (&format!("{p}.k_proj.bias"), kv_dim),
-                (&format!("{p}.v_proj.bias"), kv_dim),
-            ])?)
-        } else {
-            None
-        };
-        Ok(Self {
-            qkv,
-            qkv_bias_host: qkv_bias.as_ref().and_then(host_vector),
-            qkv_bias,
-            o_proj: loader.linear(&[(&format!("{p}.o_proj.weight"), [hidden, q_dim])])?,
-            heads: c.num_heads,
-            kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        })
-    }
-
-    /// `x` `[tokens, hidden]` (normed) → attention output `[tokens, hidden]`; this layer's K/V
-    /// are stored in `kv` at the step's slots.
-    fn forward(
-        &self,
-        x: Tensor<2>,
-        rope: &RopeTables,
-        kv: &mut LayerKv,
-        step: &StepSlots,
-    ) -> Result<Tensor<2>, RuntimeError> {
-        let mut qkv = self.qkv.forward(x)?;
-        if let Some(bias) = &self.qkv_bias {
-            qkv = qkv.add(bias.clone().unsqueeze_dim::<2>(0));
-        }
-        self.o_proj.forward(self.attend(qkv, rope, kv, step))
-    }
-
-    /// Whether `m` rows can stay on the host through [`forward_host`](Self::forward_host).
-    fn on_host(&self, m: usize) -> bool {
-        self.qkv.on_host(m)
-            && self.o_proj.on_host(m)
-            && self.qkv_bias.is_some() == self.qkv_bias_host.is_some()
-    }
-
-    /// [`forward`](Self::forward) on `m` normed rows on the host: the projections on Kiln's
-    /// CPU kernels, only RoPE and attention over the cache as tensors.
-    fn forward_host(
-        &self,
-        h: &[f32],
-        m: usize,
-        (rope, kv, step): (&RopeTables, &mut LayerKv, &StepSlots),
-        device: &Device,
-    ) -> Result<Vec<f32>, RuntimeError> {
-        let mut qkv = self.qkv.forward_host(h, m).ok_or_else(off_host)??;
-        if let Some(bias) = &self.qkv_bias_host {
-            for row in qkv.chunks_exact_mut(bias.len()) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += b;
-                }
-            }
-        }
-        let width = qkv.len() / m.max(1);
-        let qkv = Tensor::from_data(TensorData::new(qkv, [m, width]), device);
-        let attended = host_f32(self.attend(qkv, rope, kv, step))?;
-        self.o_proj
-            .forward_host(&attended, m)
-            .ok_or_else(off_host)?
-    }
-
-    /// Splits the projected `qkv` `[tokens, q + 2 kv]`, rotates q and k, stores k and v at the
-    /// step's slots and attends: `[tokens, heads * head_dim]`.
-    fn attend(
-        &self,
-        qkv: Tensor<2>,
-        rope: &RopeTables,
-        kv: &mut LayerKv,
-        step: &StepSlots,
-    ) -> Tensor<2> {
-        let [total, _] = qkv.dims();
-        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
-        let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
-        let q = qkv
-            .clone()
-            .slice([0..total, 0..q_dim])
-            .reshape([total, heads, head_dim]);
-        let k = qkv
-            .clone()
-            .slice([0..total, q_dim..q_dim + kv_dim])
-            .reshape([total, kv_heads, head_dim]);
-        let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
-        let q = rope.apply(q);
-        let k = rope.apply(k).reshape([total, kv_dim]);
-        kv.attend(step, q, k, v)
-    }
-}
-
-/// The error a host path gives where a layer it was promised would run on the host does not
-/// (a bug: [`Layer::on_host`] is checked first).
-fn off_host() -> RuntimeError {
-    RuntimeError::Backend("a layer's host path met a projection off the host".into())
-}
-
-/// One decoder layer: pre-norm attention and pre-norm SwiGLU, each added to the residual.
-#[derive(Debug)]
-struct Layer {
+pub(crate) struct Layer {
     input_layernorm: RmsNorm,
     self_attn: SelfAttention,
     post_attention_layernorm: RmsNorm,
-    mlp: SwiGlu,
+    mlp: GatedMlp,
+    attention: LayerAttention,
 }
 
 impl Layer {
-    fn load(loader: &Loader<'_>, i: usize, c: &ModelConfig) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        loader: &Loader<'_>,
+        i: usize,
+        c: &ModelConfig,
+        projections: Projections,
+    ) -> Result<Self, LoadError> {
         let p = format!("model.layers.{i}");
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let norm = |name: &str| -> Result<RmsNorm, LoadError> {
             Ok(RmsNorm::new(
                 loader.vector(&format!("{p}.{name}.weight"), hidden)?,
                 c.rms_norm_eps,
             ))
         };
-        Ok(Self {
-            input_layernorm: norm("input_layernorm")?,
-            self_attn: SelfAttention::load(loader, &format!("{p}.self_attn"), c)?,
-            post_attention_layernorm: norm("post_attention_layernorm")?,
-            mlp: SwiGlu::new(
+        let a = format!("{p}.self_attn");
+        let (qkv, gate_up) = match projections {
+            Projections::Separate => (
+                loader.linear(&[
+                    (&format!("{a}.q_proj.weight"), [q_dim, hidden]),
+                    (&format!("{a}.k_proj.weight"), [kv_dim, hidden]),
+                    (&format!("{a}.v_proj.weight"), [kv_dim, hidden]),
+                ])?,
                 loader.linear(&[
                     (&format!("{p}.mlp.gate_proj.weight"), [inter, hidden]),
                     (&format!("{p}.mlp.up_proj.weight"), [inter, hidden]),
                 ])?,
-                loader.linear(&[(&format!("{p}.mlp.down_proj.weight"), [hidden, inter])])?,
             ),
+            Projections::Fused => (
+                loader.linear(&[(
+                    &format!("{a}.qkv_proj.weight"),
+                    [q_dim + 2 * kv_dim, hidden],
+                )])?,
+                loader.linear(&[(&format!("{p}.mlp.gate_up_proj.weight"), [2 * inter, hidden])])?,
+            ),
+        };
+        let o_proj = loader.linear(&[(&format!("{a}.o_proj.weight"), [hidden, q_dim])])?;
+        let mut self_attn = SelfAttention::new(qkv, o_proj, c);
+        if c.attention_bias {
+            self_attn = self_attn.with_bias(loader.vectors(&[
+                (&format!("{a}.q_proj.bias"), q_dim),
+                (&format!("{a}.k_proj.bias"), kv_dim),
+                (&format!("{a}.v_proj.bias"), kv_dim),
+            ])?);
+        }
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: GatedMlp::new(
+                gate_up,
+                loader.linear(&[(&format!("{p}.mlp.down_proj.weight"), [hidden, inter])])?,
+                c.activation,
+            ),
+            attention: c.layer_attention[i],
         })
     }
 
-    fn forward(
-        &self,
-        x: Tensor<2>,
-        rope: &RopeTables,
-        kv: &mut LayerKv,
-        step: &StepSlots,
-    ) -> Result<Tensor<2>, RuntimeError> {
+    fn forward(&self, x: Tensor<2>, cache: LayerCache<'_>) -> Result<Tensor<2>, RuntimeError> {
         let h = self.input_layernorm.forward(x.clone());
-        let x = x.add(self.self_attn.forward(h, rope, kv, step)?);
+        let x = x.add(self.self_attn.forward(h, cache)?);
         let h = self.post_attention_layernorm.forward(x.clone());
         Ok(x.add(self.mlp.forward(h)?))
     }
@@ -207,18 +120,18 @@ impl Layer {
         &self,
         x: &[f32],
         m: usize,
-        cache: (&RopeTables, &mut LayerKv, &StepSlots),
+        cache: LayerCache<'_>,
         device: &Device,
     ) -> Result<Vec<f32>, RuntimeError> {
         let h = self.input_layernorm.forward_host(x).ok_or_else(off_host)?;
         let attended = self.self_attn.forward_host(&h, m, cache, device)?;
-        let x: Vec<f32> = x.iter().zip(&attended).map(|(a, b)| a + b).collect();
+        let x = add_host(x, &attended);
         let h = self
             .post_attention_layernorm
             .forward_host(&x)
             .ok_or_else(off_host)?;
         let y = self.mlp.forward_host(&h, m).ok_or_else(off_host)??;
-        Ok(x.iter().zip(&y).map(|(a, b)| a + b).collect())
+        Ok(add_host(&x, &y))
     }
 }
 
@@ -232,17 +145,18 @@ pub(crate) struct Llama {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Linear,
-    rope: Rope,
+    ropes: LayerRopes,
     kv: PagedKv,
 }
 
 impl Llama {
-    /// Reads the weights through `loader` (shapes from `config`) and allocates a KV pool of
-    /// `num_blocks` blocks of `block_size` positions.
+    /// Reads the weights through `loader` (shapes from `config`, projections stored as
+    /// `projections` says) and allocates a KV pool laid out as `kv`.
     pub(crate) fn load(
         config: ModelConfig,
         loader: &mut Loader<'_>,
         kv: KvLayout,
+        projections: Projections,
     ) -> Result<Self, LoadError> {
         let c = &config;
         let hidden = c.hidden_size;
@@ -254,7 +168,7 @@ impl Llama {
         loader.group_loaded();
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            layers.push(Layer::load(loader, i, c)?);
+            layers.push(Layer::load(loader, i, c, projections)?);
             loader.group_loaded();
         }
         let norm = RmsNorm::new(loader.vector("model.norm.weight", hidden)?, c.rms_norm_eps);
@@ -273,7 +187,7 @@ impl Llama {
             loader.device(),
         );
         Ok(Self {
-            rope: Rope::new(config.inv_freq()),
+            ropes: LayerRopes::new(&config),
             device: loader.device().clone(),
             dtype: loader.dtype(),
             config,
@@ -309,13 +223,10 @@ impl CausalLm for Llama {
         mut x: Tensor<2>,
         mut capture: Option<&mut Vec<Tensor<2>>>,
     ) -> Result<Tensor<2>, RuntimeError> {
-        let positions: Vec<usize> = batch
-            .iter()
-            .flat_map(|seq| seq.start..seq.start + seq.tokens.len())
-            .collect();
-        let step = self.kv.slots(batch, &self.device);
-        let rope = self.rope.tables(&positions, &self.device, self.dtype);
-        let total = positions.len();
+        let step = self
+            .ropes
+            .step(&self.config, &self.kv, batch, (&self.device, self.dtype));
+        let total = step.tokens();
         if self.layers.iter().all(|layer| layer.on_host(total)) {
             let hidden = self.config.hidden_size;
             let on_device = |xs: Vec<f32>| {
@@ -326,7 +237,8 @@ impl CausalLm for Llama {
                 if let Some(states) = capture.as_deref_mut() {
                     states.push(on_device(xs.clone()));
                 }
-                xs = layer.forward_host(&xs, total, (&rope, kv, &step), &self.device)?;
+                let (rope, slots) = step.get(layer.attention);
+                xs = layer.forward_host(&xs, total, (rope, kv, slots), &self.device)?;
             }
             return Ok(on_device(xs));
         }
@@ -334,7 +246,8 @@ impl CausalLm for Llama {
             if let Some(states) = capture.as_deref_mut() {
                 states.push(x.clone());
             }
-            x = layer.forward(x, &rope, kv, &step)?;
+            let (rope, slots) = step.get(layer.attention);
+            x = layer.forward(x, (rope, kv, slots))?;
         }
         Ok(x)
     }
@@ -349,7 +262,7 @@ impl CausalLm for Llama {
 }
 
 /// The GGUF name of a Hugging Face Llama/Qwen2 tensor name.
-fn gguf_name(hf: &str) -> String {
+pub(super) fn gguf_name(hf: &str) -> String {
     match hf {
         "model.embed_tokens.weight" => return "token_embd.weight".into(),
         "model.norm.weight" => return "output_norm.weight".into(),

@@ -6,20 +6,23 @@
 //! with its config → weights → forward, its [`GgufLayout`], a variant, and an arm in
 //! [`Family::load`].
 
+mod gemma3;
 mod llama;
+mod phi3;
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType as BurnDType, Device, Int, Tensor, TensorData};
 
-use crate::config::{Architecture, ModelConfig};
-use crate::nn::{KvLayout, PagedKv};
+use crate::config::{Architecture, LayerAttention, ModelConfig};
+use crate::nn::{KvLayout, PagedKv, Rope, RopeTables, StepSlots};
 use crate::weights::{GgufLayout, GgufSource, Loader, SafetensorsSource, TensorSource};
 use crate::{
     LoadError, LoadOptions, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits,
 };
-use llama::Llama;
+use gemma3::Gemma3;
+use llama::{Llama, Projections};
 
 /// What the shared step logic needs of a family.
 pub(crate) trait CausalLm: std::fmt::Debug + Send {
@@ -44,10 +47,89 @@ pub(crate) trait CausalLm: std::fmt::Debug + Send {
     fn lm_head(&self, h: Tensor<2>) -> Result<Tensor<2>, RuntimeError>;
 }
 
-/// Every family Kiln runs.
+/// Every family Kiln runs. Phi-3 runs as [`Llama`] (the same wiring; `phi3.rs` reads its
+/// fused checkpoint and its RoPE).
 #[derive(Debug)]
 pub(crate) enum Family {
     Llama(Llama),
+    Gemma3(Gemma3),
+}
+
+/// Each attention kind's RoPE (Gemma 3's sliding layers have their own base).
+#[derive(Debug)]
+pub(crate) struct LayerRopes {
+    full: Rope,
+    sliding: Rope,
+}
+
+/// One step's RoPE tables and KV slots for each attention kind the model's layers use, made
+/// once and shared by the layers of that kind.
+#[derive(Debug)]
+pub(crate) struct Step {
+    tokens: usize,
+    full: Option<(RopeTables, StepSlots)>,
+    sliding: Option<(RopeTables, StepSlots)>,
+}
+
+impl LayerRopes {
+    pub(crate) fn new(c: &ModelConfig) -> Self {
+        Self {
+            full: Rope::new(c.rope(LayerAttention::Full)),
+            sliding: Rope::new(c.rope(LayerAttention::Sliding)),
+        }
+    }
+
+    /// The tables and slots of a checked batch for the kinds `c`'s layers use.
+    pub(crate) fn step(
+        &self,
+        c: &ModelConfig,
+        kv: &PagedKv,
+        batch: &[SeqInput<'_>],
+        (device, dtype): (&Device, BurnDType),
+    ) -> Step {
+        let positions: Vec<usize> = batch
+            .iter()
+            .flat_map(|seq| seq.start..seq.start + seq.tokens.len())
+            .collect();
+        let kind = |attention: LayerAttention, rope: &Rope| {
+            c.layer_attention.contains(&attention).then(|| {
+                (
+                    rope.tables(&positions, device, dtype),
+                    kv.slots(batch, device, c.window(attention)),
+                )
+            })
+        };
+        Step {
+            tokens: positions.len(),
+            full: kind(LayerAttention::Full, &self.full),
+            sliding: kind(LayerAttention::Sliding, &self.sliding),
+        }
+    }
+}
+
+impl Step {
+    /// New tokens in the step, all sequences together.
+    pub(crate) fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The tables and slots of a layer of kind `attention` (made by [`LayerRopes::step`] for
+    /// every kind the model has).
+    pub(crate) fn get(&self, attention: LayerAttention) -> (&RopeTables, &StepSlots) {
+        let kind = match attention {
+            LayerAttention::Full => &self.full,
+            LayerAttention::Sliding => &self.sliding,
+        };
+        match kind
+            .as_ref()
+            .or(self.full.as_ref())
+            .or(self.sliding.as_ref())
+        {
+            Some((rope, slots)) => (rope, slots),
+            // `step` makes every kind in `layer_attention`, which has one entry per layer.
+            None => unreachable!("a step with no attention kind"),
+        }
+    }
 }
 
 /// A checkpoint opened far enough to read its config.
@@ -95,6 +177,8 @@ impl Family {
         };
         let layout = match config.architecture {
             Architecture::Llama | Architecture::Qwen2 => llama::GGUF_LAYOUT,
+            Architecture::Gemma3 => gemma3::GGUF_LAYOUT,
+            Architecture::Phi3 => phi3::GGUF_LAYOUT,
         };
         let source = checkpoint.source(layout, &config)?;
         let device = options.device.burn()?;
@@ -111,20 +195,24 @@ impl Family {
         let mut loader = Loader::new(&*source, (options.device, options.dtype), device, progress);
         Ok(match config.architecture {
             Architecture::Llama | Architecture::Qwen2 => {
-                Self::Llama(Llama::load(config, &mut loader, kv)?)
+                Self::Llama(Llama::load(config, &mut loader, kv, Projections::Separate)?)
             }
+            Architecture::Gemma3 => Self::Gemma3(Gemma3::load(config, &mut loader, kv)?),
+            Architecture::Phi3 => Self::Llama(phi3::load(config, &mut loader, kv)?),
         })
     }
 
     fn lm(&self) -> &dyn CausalLm {
         match self {
             Self::Llama(m) => m,
+            Self::Gemma3(m) => m,
         }
     }
 
     fn lm_mut(&mut self) -> &mut dyn CausalLm {
         match self {
             Self::Llama(m) => m,
+            Self::Gemma3(m) => m,
         }
     }
 

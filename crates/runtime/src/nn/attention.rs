@@ -10,33 +10,53 @@ use super::{to_dtype, to_f32};
 /// Which context positions each new token may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mask {
-    /// New token `i` (at position `start + i`) sees positions `0..=start + i`.
-    Causal { start: usize },
+    /// New token `i` is at position `start + i`; context row `j` holds position `first + j`.
+    /// A token sees the positions up to its own and, with a `window`, only the last `window`
+    /// of them (itself included: transformers' `kv_idx > q_idx - window`).
+    Causal {
+        start: usize,
+        first: usize,
+        window: Option<usize>,
+    },
 }
 
 impl Mask {
     /// The additive mask `[new, context]` (0 or -inf), or `None` when nothing is masked.
     fn values(self, new: usize, context: usize) -> Option<Vec<f32>> {
-        match self {
-            // A single new token at the end of its context sees all of it.
-            Self::Causal { .. } if new <= 1 => None,
-            Self::Causal { start } => {
-                let mut mask = vec![0.0f32; new * context];
-                for i in 0..new {
-                    for j in (start + i + 1)..context {
-                        mask[i * context + j] = f32::NEG_INFINITY;
-                    }
+        let Self::Causal {
+            start,
+            first,
+            window,
+        } = self;
+        let visible = |i: usize, j: usize| {
+            let (query, key) = (start + i, first + j);
+            key <= query && window.is_none_or(|w| query - key < w)
+        };
+        let mut mask = vec![0.0f32; new * context];
+        let mut any = false;
+        for i in 0..new {
+            for j in 0..context {
+                if !visible(i, j) {
+                    mask[i * context + j] = f32::NEG_INFINITY;
+                    any = true;
                 }
-                Some(mask)
             }
         }
+        // A single new token whose context is exactly what it may see needs no mask.
+        any.then_some(mask)
     }
 }
 
 /// Attention for one sequence: `q` is `[new, heads, head_dim]` for its new tokens; `k` and `v`
 /// are `[context, kv_heads, head_dim]` for every position it may attend to (the cache, new
-/// tokens included). Returns `[new, heads * head_dim]`.
-pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Mask) -> Tensor<2> {
+/// tokens included); `scale` multiplies `q·k`. Returns `[new, heads * head_dim]`.
+pub(crate) fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    mask: Mask,
+    scale: f32,
+) -> Tensor<2> {
     let [new, heads, head_dim] = q.dims();
     let [context, kv_heads, _] = k.dims();
     let group = heads / kv_heads;
@@ -44,7 +64,7 @@ pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Mask) ->
     let q = q
         .swap_dims(0, 1)
         .reshape([kv_heads, group * new, head_dim])
-        .mul_scalar(1.0 / (head_dim as f32).sqrt());
+        .mul_scalar(scale);
     let k = k.swap_dims(0, 1).swap_dims(1, 2);
     let v = v.swap_dims(0, 1);
     let dtype = q.dtype();
@@ -67,12 +87,49 @@ pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Mask) ->
 mod tests {
     use super::*;
 
+    fn causal(start: usize) -> Mask {
+        Mask::Causal {
+            start,
+            first: 0,
+            window: None,
+        }
+    }
+
     #[test]
     fn a_causal_mask_hides_only_later_positions() {
         // Two new tokens at positions 3 and 4 of a 5-position context.
-        let mask = Mask::Causal { start: 3 }.values(2, 5).unwrap();
+        let mask = causal(3).values(2, 5).unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(mask, [0.0, 0.0, 0.0, 0.0, inf, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!(Mask::Causal { start: 7 }.values(1, 8), None);
+        assert_eq!(causal(7).values(1, 8), None);
+    }
+
+    #[test]
+    fn a_window_hides_positions_that_slid_out() {
+        let inf = f32::NEG_INFINITY;
+        // Window 2, context from position 0: positions 2 and 3 each see themselves and one back.
+        let mask = Mask::Causal {
+            start: 2,
+            first: 0,
+            window: Some(2),
+        };
+        assert_eq!(
+            mask.values(2, 4).unwrap(),
+            [inf, 0.0, 0.0, inf, inf, inf, 0.0, 0.0]
+        );
+        // The context starts where the first new token's window does: one token needs no mask.
+        let mask = Mask::Causal {
+            start: 9,
+            first: 7,
+            window: Some(3),
+        };
+        assert_eq!(mask.values(1, 3), None);
+        // Two tokens at 9 and 10 over positions 8..=10, window 3: 10 sees 8..=10, 9 sees 8..=9.
+        let mask = Mask::Causal {
+            start: 9,
+            first: 8,
+            window: Some(3),
+        };
+        assert_eq!(mask.values(2, 3).unwrap(), [0.0, 0.0, inf, 0.0, 0.0, 0.0]);
     }
 }

@@ -77,15 +77,18 @@ pub(crate) struct LayerKv {
 }
 
 /// Where one step's tokens go and what each sequence reads back, computed once per step and
-/// shared by every layer.
+/// shared by every layer of one attention kind (full, or one sliding window).
 #[derive(Debug)]
 pub(crate) struct StepSlots {
     /// The slot of every new token, batch order.
     write: Tensor<1, Int>,
-    /// Per sequence: the slots of positions `0..start + new` (its whole context).
+    /// Per sequence: the slots of the positions its new tokens may see, `first..start + new`
+    /// (its whole context, or the part a sliding window keeps).
     contexts: Vec<Tensor<1, Int>>,
-    /// Per sequence: its new tokens' count and the position of the first.
-    spans: Vec<(usize, usize)>,
+    /// Per sequence: its new tokens' count, the position of the first, and `first`.
+    spans: Vec<(usize, usize, usize)>,
+    /// The sliding window these layers attend within, if any.
+    window: Option<usize>,
     kv_heads: usize,
     head_dim: usize,
 }
@@ -261,8 +264,15 @@ impl PagedKv {
         Ok(())
     }
 
-    /// The slots of a checked step.
-    pub(crate) fn slots(&self, batch: &[SeqInput<'_>], device: &Device) -> StepSlots {
+    /// The slots of a checked step, for layers that attend within `window` positions (or, for
+    /// `None`, to the whole context). Positions that slid out of every new token's window are
+    /// not read — their blocks may hold anything.
+    pub(crate) fn slots(
+        &self,
+        batch: &[SeqInput<'_>],
+        device: &Device,
+        window: Option<usize>,
+    ) -> StepSlots {
         let bs = self.block_size;
         let slot = |seq: &SeqInput<'_>, pos: usize| {
             (seq.block_table[pos / bs] as usize * bs + pos % bs) as i64
@@ -273,19 +283,26 @@ impl PagedKv {
             .map(|(seq, pos)| slot(seq, pos))
             .collect();
         let total = write.len();
-        // Each sequence reads its whole context back from the cache, new tokens included.
+        // Each sequence reads back what its first new token may see onwards, new tokens
+        // included: its whole context, or the last `window` positions before it.
+        let first = |seq: &SeqInput<'_>| window.map_or(0, |w| (seq.start + 1).saturating_sub(w));
         let contexts = batch
             .iter()
             .map(|seq| {
                 let end = seq.start + seq.tokens.len();
-                let s: Vec<i64> = (0..end).map(|pos| slot(seq, pos)).collect();
-                Tensor::from_data(TensorData::new(s, [end]), device)
+                let s: Vec<i64> = (first(seq)..end).map(|pos| slot(seq, pos)).collect();
+                let n = s.len();
+                Tensor::from_data(TensorData::new(s, [n]), device)
             })
             .collect();
         StepSlots {
             write: Tensor::from_data(TensorData::new(write, [total]), device),
             contexts,
-            spans: batch.iter().map(|s| (s.tokens.len(), s.start)).collect(),
+            spans: batch
+                .iter()
+                .map(|s| (s.tokens.len(), s.start, first(s)))
+                .collect(),
+            window,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
         }
@@ -295,13 +312,13 @@ impl PagedKv {
 impl LayerKv {
     /// Stores this layer's new `k` and `v` (`[tokens, kv_heads * head_dim]`, rotated) at the
     /// step's slots, then runs causal attention of each sequence's queries (`q`:
-    /// `[tokens, heads, head_dim]`) over its context. Returns `[tokens, heads * head_dim]`.
+    /// `[tokens, heads, head_dim]`, `q·k` scaled by `scale`) over its context (within the
+    /// step's window). Returns `[tokens, heads * head_dim]`.
     pub(crate) fn attend(
         &mut self,
         step: &StepSlots,
-        q: Tensor<3>,
-        k: Tensor<2>,
-        v: Tensor<2>,
+        (q, k, v): (Tensor<3>, Tensor<2>, Tensor<2>),
+        scale: f32,
     ) -> Tensor<2> {
         let write = &step.write;
         let compute = q.dtype();
@@ -313,7 +330,7 @@ impl LayerKv {
         let (kv_heads, kv_head_dim) = (step.kv_heads, step.head_dim);
         let mut outputs = Vec::with_capacity(step.contexts.len());
         let mut offset = 0;
-        for (context, &(n, start)) in step.contexts.iter().zip(&step.spans) {
+        for (context, &(n, start, first)) in step.contexts.iter().zip(&step.spans) {
             let [ctx] = context.dims();
             let q_seq = q.clone().slice([offset..offset + n, 0..heads, 0..head_dim]);
             let read = |cache: &Tensor<2>| {
@@ -323,12 +340,12 @@ impl LayerKv {
                     kv_head_dim,
                 ])
             };
-            outputs.push(attention(
-                q_seq,
-                read(k_cache),
-                read(v_cache),
-                Mask::Causal { start },
-            ));
+            let mask = Mask::Causal {
+                start,
+                first,
+                window: step.window,
+            };
+            outputs.push(attention(q_seq, read(k_cache), read(v_cache), mask, scale));
             offset += n;
         }
         // One sequence (the common decode-alone case) needs no concatenation.

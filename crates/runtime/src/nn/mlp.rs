@@ -1,22 +1,52 @@
-//! The gated MLPs. SwiGLU (Llama, Qwen2, Mistral): `down(silu(gate(x)) * up(x))`, with gate and
-//! up fused into one projection so a step reads `x` once.
+//! The gated MLP, `down(act(gate(x)) * up(x))`, with gate and up fused into one projection so a
+//! step reads `x` once: SwiGLU (`silu`: Llama, Qwen2, Mistral, Phi-3) and GeGLU (GELU's tanh
+//! form: Gemma).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
 use super::Linear;
-use crate::RuntimeError;
+use crate::{Activation, RuntimeError};
 
-/// SwiGLU with gate and up fused: `gate_up` has `2 * intermediate` outputs, gate first.
+/// `sqrt(2 / pi)`, as torch's tanh GELU spells it (`M_SQRT2 * M_2_SQRTPI * 0.5`).
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// A gated MLP with gate and up fused: `gate_up` has `2 * intermediate` outputs, gate first.
 #[derive(Debug, Clone)]
-pub(crate) struct SwiGlu {
+pub(crate) struct GatedMlp {
     gate_up: Linear,
     down: Linear,
+    activation: Activation,
 }
 
-impl SwiGlu {
-    pub(crate) fn new(gate_up: Linear, down: Linear) -> Self {
-        Self { gate_up, down }
+/// torch's `gelu(x, approximate="tanh")` on one value.
+fn gelu_tanh(x: f32) -> f32 {
+    let inner = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+impl GatedMlp {
+    pub(crate) fn new(gate_up: Linear, down: Linear, activation: Activation) -> Self {
+        Self {
+            gate_up,
+            down,
+            activation,
+        }
+    }
+
+    fn act(&self, gate: Tensor<2>) -> Tensor<2> {
+        match self.activation {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => {
+                let cube = gate.clone().mul(gate.clone()).mul(gate.clone());
+                let inner = gate
+                    .clone()
+                    .add(cube.mul_scalar(GELU_CUBIC))
+                    .mul_scalar(SQRT_2_OVER_PI);
+                gate.mul_scalar(0.5).mul(inner.tanh().add_scalar(1.0))
+            }
+        }
     }
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {
@@ -26,7 +56,7 @@ impl SwiGlu {
         let inter = width / 2;
         let gate = both.clone().slice([0..tokens, 0..inter]);
         let up = both.slice([0..tokens, inter..width]);
-        self.down.forward(silu(gate).mul(up))
+        self.down.forward(self.act(gate).mul(up))
     }
 
     /// Whether `m` rows can stay on the host through [`forward_host`](Self::forward_host).
@@ -35,7 +65,7 @@ impl SwiGlu {
     }
 
     /// [`forward`](Self::forward) on `m` rows already on the host: both projections on Kiln's
-    /// CPU kernels and `silu(gate) * up` between them, with no tensor in between.
+    /// CPU kernels and `act(gate) * up` between them, with no tensor in between.
     pub(crate) fn forward_host(
         &self,
         xs: &[f32],
@@ -52,13 +82,44 @@ impl SwiGlu {
         let mut act = Vec::with_capacity(m * inter);
         for row in both.chunks_exact(2 * inter) {
             let (gate, up) = row.split_at(inter);
-            // silu(g) = g · sigmoid(g), as burn's `silu` computes it.
-            act.extend(
-                gate.iter()
-                    .zip(up)
-                    .map(|(&g, &u)| g * (1.0 / (1.0 + (-g).exp())) * u),
-            );
+            match self.activation {
+                // silu(g) = g · sigmoid(g), as burn's `silu` computes it.
+                Activation::Silu => act.extend(
+                    gate.iter()
+                        .zip(up)
+                        .map(|(&g, &u)| g * (1.0 / (1.0 + (-g).exp())) * u),
+                ),
+                Activation::GeluTanh => {
+                    act.extend(gate.iter().zip(up).map(|(&g, &u)| gelu_tanh(g) * u));
+                }
+            }
         }
         self.down.forward_host(&act, m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_tanh_matches_torch() {
+        // torch.nn.functional.gelu(torch.tensor([...]), approximate="tanh"), float32.
+        let cases = [
+            (-3.0f32, -0.003_637_433_f32),
+            (-1.0, -0.158_808),
+            (-0.1, -0.046_017_25),
+            (0.0, 0.0),
+            (0.5, 0.345_714),
+            (1.0, 0.841_192),
+            (2.5, 2.484_915_7),
+        ];
+        for (x, want) in cases {
+            let got = gelu_tanh(x);
+            assert!(
+                (got - want).abs() < 1e-6,
+                "gelu_tanh({x}) = {got}, torch {want}"
+            );
+        }
     }
 }

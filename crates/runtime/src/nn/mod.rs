@@ -1,7 +1,8 @@
-//! The layers every model family is built from, each written once: RMSNorm, RoPE, attention
-//! (with its mask as a parameter), the gated MLPs, linear projections over any [`Placement`],
-//! and the paged KV cache with attention over block tables. Norms and softmax run in f32
-//! whatever the compute dtype, as transformers does.
+//! The layers every model family is built from, each written once: RMSNorm, RoPE (full or
+//! partial), attention (with its mask — causal, sliding window — as a parameter) and the
+//! self-attention block around it, the gated MLPs (SwiGLU, GeGLU), linear projections over any
+//! [`Placement`], and the paged KV cache with attention over block tables. Norms and softmax run
+//! in f32 whatever the compute dtype, as transformers does.
 //!
 //! [`Placement`]: crate::device::Placement
 
@@ -11,13 +12,17 @@ mod linear;
 mod mlp;
 mod norm;
 mod rope;
+mod self_attention;
 
 pub(crate) use attention::{Mask, attention};
 pub(crate) use kv::{KvLayout, LayerKv, PagedKv, StepSlots};
 pub(crate) use linear::{Embedding, Linear, host_f32};
-pub(crate) use mlp::SwiGlu;
+pub(crate) use mlp::GatedMlp;
 pub(crate) use norm::RmsNorm;
 pub(crate) use rope::{Rope, RopeTables};
+pub(crate) use self_attention::{LayerCache, SelfAttention};
+
+use crate::RuntimeError;
 
 use burn::tensor::{DType, Device, Tensor};
 
@@ -39,4 +44,15 @@ pub(crate) fn host_vector(v: &Tensor<1>) -> Option<Vec<f32>> {
     } else {
         None
     }
+}
+
+/// The error a host path gives where a layer it was promised would run on the host does not
+/// (a bug: `on_host` is checked first).
+pub(crate) fn off_host() -> RuntimeError {
+    RuntimeError::Backend("a layer's host path met a projection off the host".into())
+}
+
+/// `a + b`, value by value (the residual adds of the host paths).
+pub(crate) fn add_host(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
 }

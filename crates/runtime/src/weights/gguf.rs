@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use kiln_gguf::GgufFile;
 
-use super::{HostTensor, RawTensor, TensorSource, check_shape};
+use super::{CheckpointFormat, HostTensor, RawTensor, TensorSource, check_shape};
 use crate::LoadError;
 use crate::config::ModelConfig;
 use crate::kernels::PackedMatrix;
@@ -48,6 +48,10 @@ impl GgufSource {
 }
 
 impl TensorSource for GgufSource {
+    fn format(&self) -> CheckpointFormat {
+        CheckpointFormat::Gguf
+    }
+
     fn contains(&self, name: &str) -> bool {
         self.file.tensor(&(self.layout.name)(name)).is_some()
     }

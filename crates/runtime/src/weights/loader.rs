@@ -59,6 +59,11 @@ impl<'a> Loader<'a> {
         self.dtype.burn()
     }
 
+    /// The kind of file the weights come from.
+    pub(crate) fn format(&self) -> super::CheckpointFormat {
+        self.source.format()
+    }
+
     /// Whether the checkpoint has this tensor (an optional weight, such as an untied head).
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.source.contains(name)

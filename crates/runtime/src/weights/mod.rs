@@ -49,8 +49,18 @@ impl RawTensor {
     }
 }
 
+/// Which kind of file a checkpoint is. A few families' GGUF tensors are not the Hugging Face
+/// values (llama.cpp's converter adds 1 to Gemma's norm weights), so a family may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckpointFormat {
+    Gguf,
+    Safetensors,
+}
+
 /// A checkpoint's tensors by name.
 pub(crate) trait TensorSource: std::fmt::Debug {
+    fn format(&self) -> CheckpointFormat;
+
     /// Whether the checkpoint has a tensor of this (Hugging Face) name.
     fn contains(&self, name: &str) -> bool;
 

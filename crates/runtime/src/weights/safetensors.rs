@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::{HostTensor, RawTensor, TensorSource, check_shape, map_file, read_json};
+use super::{
+    CheckpointFormat, HostTensor, RawTensor, TensorSource, check_shape, map_file, read_json,
+};
 use crate::LoadError;
 
 /// A safetensors checkpoint (one file or shards).
@@ -76,6 +78,10 @@ impl SafetensorsSource {
 }
 
 impl TensorSource for SafetensorsSource {
+    fn format(&self) -> CheckpointFormat {
+        CheckpointFormat::Safetensors
+    }
+
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

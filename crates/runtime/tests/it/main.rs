@@ -1,11 +1,12 @@
 //! kiln-runtime's integration tests, one binary: dequantization against gguf-py, the tiny
-//! random Llama against transformers (CI runs `tiny_llama::` again on wgpu), and SmolLM2 against
-//! its float32 reference.
+//! random Llama against transformers (CI runs `tiny_llama::` again on wgpu), and SmolLM2 and
+//! Gemma 3 270M (real GGUFs) against their float32 references.
 
 // Helpers outside #[test] fns unwrap too: a test should fail loudly.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod gemma3;
 mod quant;
 mod smollm2;
 mod tiny_llama;
