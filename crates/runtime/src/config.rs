@@ -512,6 +512,14 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// Checks a config a family completed after reading it (Phi-3's GGUF RoPE factors).
+    pub(crate) fn revalidate(&self, origin: &str) -> Result<(), LoadError> {
+        self.validate().map_err(|message| LoadError::Config {
+            origin: origin.into(),
+            message,
+        })
+    }
+
     /// Rejects shapes the model code could not run (zero sizes, heads that do not divide).
     fn validate(&self) -> Result<(), String> {
         let positive = [

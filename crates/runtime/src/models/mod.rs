@@ -172,7 +172,10 @@ impl Family {
             (config, Checkpoint::Safetensors(path))
         } else {
             let file = kiln_gguf::GgufFile::open(path)?;
-            let config = ModelConfig::from_gguf(file.metadata())?;
+            let mut config = ModelConfig::from_gguf(file.metadata())?;
+            if config.architecture == Architecture::Phi3 {
+                config = phi3::with_gguf_rope(config, &file)?;
+            }
             (config, Checkpoint::Gguf(file, path))
         };
         let layout = match config.architecture {
