@@ -299,7 +299,8 @@ impl From<TokenizerError> for ApiError {
             }
             TokenizerError::NoChatTemplate => ApiError::new(
                 ErrorKind::NoChatTemplate,
-                "This model has no chat template; use /v1/completions with a raw prompt.",
+                "This model has no chat template (it is a base model, or its file carries none): \
+                 use /v1/completions with a raw prompt, or start Kiln with --chat-template FILE.",
             ),
             TokenizerError::UnknownTokenId { .. } => {
                 ApiError::new(ErrorKind::InvalidValue, e.to_string()).param("prompt")

@@ -25,6 +25,11 @@ pub(crate) struct ServeConfig {
     #[arg(long, env = "KILN_MODEL", value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
 
+    /// Jinja chat template file for /v1/chat/completions, replacing the model's own (a base
+    /// model has none) [default: the model's]
+    #[arg(long, env = "KILN_CHAT_TEMPLATE", value_name = "FILE")]
+    pub(crate) chat_template: Option<PathBuf>,
+
     /// Name clients use (repeat for aliases; the first is the default) [default: the model's]
     #[arg(long, env = "KILN_SERVED_MODEL_NAME", value_name = "NAME")]
     pub(crate) served_model_name: Vec<String>,
@@ -610,7 +615,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 22);
+        assert_eq!(seen, 23);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::Args;
 use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions, Model, SeqInput};
 
 use crate::config::{device_name, dtype_name, positive};
-use crate::{InputArgs, encode_input, load_tokenizer, resolve_model};
+use crate::{InputArgs, TemplateArgs, encode_input, load_tokenizer, resolve_model};
 
 #[derive(Debug, Args)]
 pub(crate) struct GenerateArgs {
@@ -19,6 +19,8 @@ pub(crate) struct GenerateArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) input: InputArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Most tokens to generate
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = positive)]
     max_tokens: usize,
@@ -37,6 +39,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
     let GenerateArgs {
         model,
         input,
+        template,
         max_tokens,
         device,
         dtype,
@@ -44,7 +47,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
     } = args;
     let input = input.input()?;
     let path = resolve_model(model)?;
-    let tokenizer = load_tokenizer(&path)?;
+    let tokenizer = load_tokenizer(&path, template.chat_template.as_deref())?;
     let (_, prompt) = encode_input(&tokenizer, input)?;
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");

@@ -72,6 +72,14 @@ pub(crate) struct InputArgs {
     chat: Option<String>,
 }
 
+/// A chat template file replacing the model's own, for `--chat`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateArgs {
+    /// Jinja chat template file for --chat, replacing the model's own (a base model has none)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chat_template: Option<PathBuf>,
+}
+
 /// What to feed the model, once clap has made sure exactly one of the two was given.
 pub(crate) enum Input {
     Prompt(String),
@@ -201,20 +209,40 @@ pub(crate) fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(Strin
                 add_generation_prompt: true,
                 ..Default::default()
             };
-            let prompt =
-                tokenizer.apply_chat_template(&[ChatMessage::text("user", text)], &options)?;
+            let prompt = tokenizer
+                .apply_chat_template(&[ChatMessage::text("user", text)], &options)
+                .map_err(|e| match e {
+                    kiln_tokenizer::TokenizerError::NoChatTemplate => anyhow::anyhow!(
+                        "the model has no chat template (a base model?): pass \
+                         --chat-template FILE, or --prompt TEXT for raw text"
+                    ),
+                    other => other.into(),
+                })?;
             (prompt.text, prompt.ids)
         }
     })
 }
 
-pub(crate) fn load_tokenizer(model: &std::path::Path) -> Result<Tokenizer> {
+/// The model's tokenizer, with `chat_template` (a Jinja file) replacing the model's own.
+pub(crate) fn load_tokenizer(
+    model: &std::path::Path,
+    chat_template: Option<&std::path::Path>,
+) -> Result<Tokenizer> {
     let tokenizer = if model.is_dir() {
         Tokenizer::from_hf_dir(model)
     } else {
         Tokenizer::from_gguf_path(model)
     };
-    tokenizer.with_context(|| format!("loading the tokenizer of {}", model.display()))
+    let tokenizer =
+        tokenizer.with_context(|| format!("loading the tokenizer of {}", model.display()))?;
+    let Some(file) = chat_template else {
+        return Ok(tokenizer);
+    };
+    let source = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the chat template {}", file.display()))?;
+    tokenizer
+        .with_chat_template(&file.display().to_string(), source)
+        .with_context(|| format!("the chat template {}", file.display()))
 }
 
 #[cfg(test)]

@@ -51,7 +51,12 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
     let api_keys = config.api_keys();
     let gateway_config = config.gateway_config(names.clone());
     let grace = config.shutdown_grace();
-    let ServeConfig { host, port, .. } = config;
+    let ServeConfig {
+        host,
+        port,
+        chat_template,
+        ..
+    } = config;
 
     init_logging();
     if api_keys.is_empty() {
@@ -62,7 +67,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
     }
     // A cap the kernels cannot read is a mistake to report, not to run past.
     kiln_runtime::kernels::Isa::requested().map_err(anyhow::Error::msg)?;
-    let tokenizer = Arc::new(load_tokenizer(&path)?);
+    let tokenizer = Arc::new(load_tokenizer(&path, chat_template.as_deref())?);
     let registry = prometheus::Registry::new();
     let gateway = Gateway::new(gateway_config, registry.clone())?;
 

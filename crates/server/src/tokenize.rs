@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::{InputArgs, encode_input, load_tokenizer, resolve_model};
+use crate::{InputArgs, TemplateArgs, encode_input, load_tokenizer, resolve_model};
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenizeArgs {
@@ -15,6 +15,8 @@ pub(crate) struct TokenizeArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     input: InputArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Print one JSON object ({"text", "ids", "n_tokens"})
     #[arg(long)]
     json: bool,
@@ -23,7 +25,7 @@ pub(crate) struct TokenizeArgs {
 pub(crate) fn run(args: TokenizeArgs) -> Result<()> {
     let input = args.input.input()?;
     let model = resolve_model(args.model)?;
-    let tokenizer = load_tokenizer(&model)?;
+    let tokenizer = load_tokenizer(&model, args.template.chat_template.as_deref())?;
     let (text, ids) = encode_input(&tokenizer, input)?;
     if args.json {
         let out = serde_json::json!({"text": text, "ids": ids, "n_tokens": ids.len()});

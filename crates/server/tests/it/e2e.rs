@@ -1,6 +1,6 @@
 //! End-to-end: runs the pytest suite in `tests/e2e/`, which starts this crate's real `kiln`
-//! binary on the default model and drives it with the official `openai` Python client, `requests`
-//! and curl. The Python environment comes from `cargo xtask e2e-env` (CI runs it).
+//! binary on the default model (and on Gemma 3 270M, the second real model) and drives it with the
+//! official `openai` Python client, `requests` and curl. The Python environment comes from `cargo xtask e2e-env` (CI runs it).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -27,6 +27,13 @@ fn openai_clients_against_the_real_server() {
         "{} is missing: run `cargo xtask fetch-model`",
         model.display()
     );
+    // The second real model's tests (test_gemma3.py) serve it too.
+    let gemma = kiln_hub::model_path(&kiln_hub::GEMMA3_270M).unwrap();
+    assert!(
+        gemma.exists(),
+        "{} is missing: run `cargo xtask fetch-model --model gemma3-270m`",
+        gemma.display()
+    );
     let dir = std::path::PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     )
@@ -38,6 +45,7 @@ fn openai_clients_against_the_real_server() {
         .arg(&dir)
         .current_dir(&dir)
         .env("KILN_BIN", env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_GEMMA3_MODEL", &gemma)
         .env("KILN_E2E_LOGS", &logs)
         .status()
         .unwrap();
