@@ -606,6 +606,17 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// How far back any layer still looks: the window, when every layer slides (Mistral,
+    /// Phi-3); `None` when a layer sees the whole context. A token at position `p` reads
+    /// nothing before `p + 1 - horizon`, so the KV blocks wholly before it can be given back.
+    pub fn kv_horizon(&self) -> Option<usize> {
+        if self.layer_attention.contains(&LayerAttention::Full) {
+            None
+        } else {
+            self.sliding_window
+        }
+    }
+
     /// The window a layer of this kind attends within (`None`: the whole context).
     pub fn window(&self, attention: LayerAttention) -> Option<usize> {
         match attention {

@@ -23,6 +23,11 @@ pub use device::{DType, DeviceKind};
 pub use error::{LoadError, RuntimeError};
 pub use quant::{QuantError, dequantize, dequantize_to_vec};
 
+/// A block-table entry for a block given back: allowed only for positions no layer reads again
+/// — before the window of every layer, see [`ModelConfig::kv_horizon`] — which a step never
+/// touches.
+pub const FREED_BLOCK: u32 = u32::MAX;
+
 /// Positions per KV block unless told otherwise.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
@@ -102,7 +107,9 @@ pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     /// The position of `tokens[0]`; positions before it are already in the cache.
     pub start: usize,
-    /// The KV blocks holding positions `0..start + tokens.len()`, in order.
+    /// The KV blocks holding positions `0..start + tokens.len()`, in order. Blocks wholly
+    /// before `start + 1 - horizon` (with a [`ModelConfig::kv_horizon`]) may be
+    /// [`FREED_BLOCK`]: no layer reads them again.
     pub block_table: &'a [u32],
     /// Logits at every new position (for prompt logprobs and tests), not only the last.
     pub all_logits: bool,

@@ -9,6 +9,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
+use kiln_runtime::FREED_BLOCK;
+
 /// The hash of a full block: its tokens and the hash of everything before it, so equal hashes
 /// mean equal whole prefixes (the stored tokens are compared too, so a collision cannot leak).
 pub(crate) fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
@@ -105,10 +107,11 @@ impl BlockManager {
         Some(id)
     }
 
-    /// Gives up one reference to each block.
+    /// Gives up one reference to each block ([`FREED_BLOCK`] entries of a table, already given
+    /// back, are skipped).
     pub(crate) fn release(&mut self, ids: &[u32]) {
         self.tick += 1;
-        for &id in ids {
+        for &id in ids.iter().filter(|&&id| id != FREED_BLOCK) {
             let block = &mut self.blocks[id as usize];
             block.refs = block.refs.saturating_sub(1);
             if block.refs == 0 {
@@ -125,7 +128,7 @@ impl BlockManager {
     /// Adds a reference to blocks another sequence already holds (n > 1 choices share the
     /// prompt's full blocks).
     pub(crate) fn share(&mut self, ids: &[u32]) {
-        for &id in ids {
+        for &id in ids.iter().filter(|&&id| id != FREED_BLOCK) {
             self.blocks[id as usize].refs += 1;
         }
     }

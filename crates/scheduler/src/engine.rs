@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use kiln_runtime::{Model, SeqInput};
+use kiln_runtime::{FREED_BLOCK, Model, SeqInput};
 use kiln_tokenizer::{Detokenizer, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -84,6 +84,9 @@ struct State<'t> {
     metrics: Metrics,
     shared: &'t Shared,
     blocks: BlockManager,
+    /// The model's [`kiln_runtime::ModelConfig::kv_horizon`]: blocks wholly before it are
+    /// given back as sequences advance.
+    horizon: Option<usize>,
     context_length: usize,
     eos: Vec<u32>,
     requests: HashMap<u64, Request>,
@@ -111,6 +114,7 @@ pub(crate) fn run(
             model.block_size(),
             config.prefix_caching,
         ),
+        horizon: model.config().kv_horizon(),
         context_length: config.context_length(model.config().max_position_embeddings),
         eos: tokenizer.eos_ids().to_vec(),
         requests: HashMap::new(),
@@ -411,7 +415,34 @@ impl<'t> State<'t> {
             let i = self.running.len() - 1;
             self.advance(i, &logits);
         }
+        self.free_slid_out();
         self.collect_finished();
+    }
+
+    /// Gives back, for models whose layers all attend within a window, the blocks that slid
+    /// out of it: the next token a sequence feeds (at position `computed`) reads nothing
+    /// before `computed + 1 - window`, nor does any later one. The table keeps its length
+    /// (positions still index it), with [`FREED_BLOCK`] in their place. A prompt whose other
+    /// choices are still to be forked keeps its blocks: they share them.
+    fn free_slid_out(&mut self) {
+        let Some(window) = self.horizon else {
+            return;
+        };
+        let bs = self.blocks.block_size();
+        for seq in self
+            .running
+            .iter_mut()
+            .filter(|s| !s.done && s.pending_forks == 0)
+        {
+            let dead = (seq.computed + 1).saturating_sub(window) / bs;
+            for entry in seq.blocks.iter_mut().take(dead) {
+                if *entry != FREED_BLOCK {
+                    self.blocks.release(&[*entry]);
+                    *entry = FREED_BLOCK;
+                    self.metrics.window_freed.inc();
+                }
+            }
+        }
     }
 
     /// Creates a request's other choices from its first, whose prompt is now complete: they

@@ -28,6 +28,7 @@ pub(crate) struct Metrics {
     pub(crate) prompt_tokens: IntCounter,
     pub(crate) generation_tokens: IntCounter,
     pub(crate) preemptions: IntCounter,
+    pub(crate) window_freed: IntCounter,
     pub(crate) prefix_queries: IntCounter,
     pub(crate) prefix_hits: IntCounter,
     pub(crate) finished: IntCounterVec,
@@ -78,6 +79,11 @@ impl Metrics {
                 "kiln_num_preemptions_total",
                 "Sequences preempted (blocks freed, recomputed later) for lack of KV blocks.",
             )?,
+            window_freed: IntCounter::new(
+                "kiln_kv_blocks_freed_by_window_total",
+                "KV blocks given back by running sequences because they slid out of every \
+                 layer's attention window (models whose layers all slide).",
+            )?,
             prefix_queries: IntCounter::new(
                 "kiln_prefix_cache_queries_total",
                 "Prompt tokens looked up in the prefix cache.",
@@ -103,6 +109,7 @@ impl Metrics {
         registry.register(Box::new(m.prompt_tokens.clone()))?;
         registry.register(Box::new(m.generation_tokens.clone()))?;
         registry.register(Box::new(m.preemptions.clone()))?;
+        registry.register(Box::new(m.window_freed.clone()))?;
         registry.register(Box::new(m.prefix_queries.clone()))?;
         registry.register(Box::new(m.prefix_hits.clone()))?;
         registry.register(Box::new(m.finished.clone()))?;

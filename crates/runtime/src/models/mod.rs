@@ -347,7 +347,8 @@ impl Family {
                     context_length: config.max_position_embeddings,
                 });
             }
-            self.kv().check(sequence, seq, &mut written)?;
+            self.kv()
+                .check(sequence, seq, config.kv_horizon(), &mut written)?;
         }
         Ok(())
     }

@@ -58,7 +58,9 @@ pub(crate) fn with_gguf_rope(
     let original = meta
         .opt_u64("phi3.rope.scaling.original_context_length")?
         .map_or(config.max_position_embeddings, |n| n as usize);
-    let attention_factor = meta.opt_f32("phi3.rope.scaling.attn_factor")?.unwrap_or(1.0);
+    let attention_factor = meta
+        .opt_f32("phi3.rope.scaling.attn_factor")?
+        .unwrap_or(1.0);
     config.rope_scaling = Some(RopeScaling::LongRope {
         short_factor,
         long_factor,

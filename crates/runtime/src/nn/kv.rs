@@ -230,12 +230,13 @@ impl PagedKv {
     }
 
     /// Checks sequence `sequence` of a step: its table covers `0..start + new` with blocks of
-    /// the pool, and no slot it writes was written by an earlier sequence of the step
-    /// (`written`).
+    /// the pool (those wholly before `start + 1 - horizon` may be freed: nothing reads them),
+    /// and no slot it writes was written by an earlier sequence of the step (`written`).
     pub(crate) fn check(
         &self,
         sequence: usize,
         seq: &SeqInput<'_>,
+        horizon: Option<usize>,
         written: &mut HashSet<(u32, usize)>,
     ) -> Result<(), RuntimeError> {
         let end = seq.start + seq.tokens.len();
@@ -247,7 +248,8 @@ impl PagedKv {
                 given: seq.block_table.len(),
             });
         }
-        for &block in &seq.block_table[..needed] {
+        let first = horizon.map_or(0, |w| (seq.start + 1).saturating_sub(w)) / self.block_size;
+        for &block in &seq.block_table[first..needed] {
             if block as usize >= self.num_blocks {
                 return Err(RuntimeError::BadBlock {
                     block,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use kiln_runtime::{Architecture, DType, KvCacheSize, LoadOptions, Model, SeqInput};
+use kiln_runtime::{Architecture, DType, FREED_BLOCK, KvCacheSize, LoadOptions, Model, SeqInput};
 use serde_json::Value;
 
 use crate::common::{argmax, device, f32s, ids, testdata};
@@ -25,7 +25,10 @@ fn options() -> LoadOptions {
 /// The family's two checkpoints: the Hugging Face directory and the GGUF inside it.
 fn sources(family: &str) -> [(&'static str, PathBuf); 2] {
     let dir = testdata(family);
-    [("safetensors", dir.clone()), ("GGUF", dir.join("model.gguf"))]
+    [
+        ("safetensors", dir.clone()),
+        ("GGUF", dir.join("model.gguf")),
+    ]
 }
 
 fn golden(family: &str) -> Value {
@@ -123,4 +126,39 @@ fn tiny_phi3_matches_transformers_from_safetensors_and_gguf() {
         assert_eq!((config.rotary_dim, config.head_dim), (8, 16), "{source}");
         assert_eq!(config.sliding_window, Some(12), "{source}");
     }
+}
+
+/// A table whose blocks wholly before the window are [`FREED_BLOCK`] gives the same logits (no
+/// layer reads them); a freed block the window still needs is refused before any work.
+#[test]
+fn blocks_before_the_window_may_be_freed() {
+    let golden = golden("tiny-mistral");
+    let prompt = ids(&golden["input_ids"]);
+    let mut model = Model::load(&testdata("tiny-mistral"), &options()).unwrap();
+    assert_eq!(model.config().kv_horizon(), Some(8));
+    let table: Vec<u32> = (0..8).collect();
+    let step = |model: &mut Model, table: &[u32], token: u32, start: usize| {
+        model.forward(&[SeqInput {
+            tokens: &[token],
+            start,
+            block_table: table,
+            all_logits: false,
+        }])
+    };
+    model
+        .forward(&[SeqInput {
+            tokens: &prompt,
+            start: 0,
+            block_table: &table,
+            all_logits: false,
+        }])
+        .unwrap();
+    let whole = step(&mut model, &table, 7, 24).unwrap();
+    // Position 24 sees 17..=24: blocks 0..4 (positions 0..16) are out of every window.
+    let mut freed = table.clone();
+    freed[..4].fill(FREED_BLOCK);
+    let again = step(&mut model, &freed, 7, 24).unwrap();
+    assert_eq!(whole[0].data, again[0].data);
+    freed[4] = FREED_BLOCK;
+    assert!(step(&mut model, &freed, 7, 24).is_err());
 }

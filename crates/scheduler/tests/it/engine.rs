@@ -499,3 +499,73 @@ fn the_default_config_is_the_named_defaults() {
     assert_eq!(c.prefix_caching, kiln_scheduler::DEFAULT_PREFIX_CACHING);
     assert_eq!(c.max_model_len, None);
 }
+
+/// The tiny random Mistral (`testdata/tiny-mistral`: every layer attends within a window of 8)
+/// with a pool of `blocks` blocks of 4 positions.
+fn tiny_mistral(blocks: usize) -> (Engine, Registry) {
+    let options = LoadOptions {
+        block_size: 4,
+        kv_cache: KvCacheSize::Tokens(blocks * 4),
+        kv_dtype: DType::F32,
+        ..Default::default()
+    };
+    let model = Model::load(&testdata().join("tiny-mistral"), &options).unwrap();
+    assert_eq!(model.config().kv_horizon(), Some(8));
+    let registry = Registry::new();
+    let engine = Engine::start(model, tokenizer(), EngineConfig::default(), &registry).unwrap();
+    (engine, registry)
+}
+
+/// Blocks that slid out of every layer's window are given back as sequences advance: the
+/// output is transformers' (and each request's alone), and requests that would need 17 blocks
+/// each by their end run three at a time in a pool of 24 without a single preemption.
+#[test]
+fn blocks_outside_the_sliding_window_are_freed_and_change_no_output() {
+    let golden: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(testdata().join("tiny-mistral").join("golden.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let request = |prompt: Vec<u32>, max_tokens: usize| {
+        let mut r = GenerationRequest::greedy(prompt, max_tokens);
+        r.stop_at_eos = false;
+        r
+    };
+    let (engine, registry) = tiny_mistral(24);
+    let handle = engine.handle();
+    let golden_prompt = ids(&golden["greedy_prompt"]);
+    let out = run(&handle, request(golden_prompt.clone(), 16));
+    assert_eq!(out.choices[0].tokens, ids(&golden["greedy_ids"]));
+    assert!(metric(&registry, "kiln_kv_blocks_freed_by_window_total") > 0.0);
+    // The prefix cache still serves the golden prompt (its early blocks were given back to
+    // the cache, not lost), with the same output.
+    let again = run(&handle, request(golden_prompt, 16));
+    assert_eq!(again.choices[0].tokens, ids(&golden["greedy_ids"]));
+    assert!(metric(&registry, "kiln_prefix_cache_hits_total") >= 20.0);
+
+    // 24-token prompts and 44 generated tokens: 68 positions, 17 blocks each without freeing.
+    let prompts: Vec<Vec<u32>> = (0..3).map(|i| prompt(24, i)).collect();
+    let alone: Vec<Completion> = prompts
+        .iter()
+        .map(|p| run(&handle, request(p.clone(), 44)))
+        .collect();
+    let together = run_all(
+        &handle,
+        prompts.iter().map(|p| request(p.clone(), 44)).collect(),
+    );
+    assert_eq!(metric(&registry, "kiln_num_preemptions_total"), 0.0);
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.choices, b.choices, "request {i}");
+        assert_eq!(b.choices[0].tokens.len(), 44);
+    }
+    wait_for("all blocks to be free", || {
+        metric(&registry, "kiln_kv_cache_usage_ratio") == 0.0
+    });
+    engine.shutdown(Duration::from_secs(5));
+}
