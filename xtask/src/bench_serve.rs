@@ -33,6 +33,8 @@ pub(crate) struct Options {
     pub(crate) docs: bool,
     /// A GGUF to measure instead of the default model (both servers load it).
     pub(crate) model: Option<PathBuf>,
+    /// Only the key scenarios (one stream after 128- and 512-token prompts, 16 streams).
+    pub(crate) key_only: bool,
 }
 
 impl Options {
@@ -43,6 +45,7 @@ impl Options {
             out: None,
             docs: false,
             model: None,
+            key_only: false,
         }
     }
 
@@ -53,6 +56,7 @@ impl Options {
             out: None,
             docs: true,
             model: None,
+            key_only: false,
         };
         let mut args = args.iter();
         while let Some(&arg) = args.next() {
@@ -64,6 +68,7 @@ impl Options {
                 }
                 "--kiln-only" => options.kiln_only = true,
                 "--no-docs" => options.docs = false,
+                "--key" => options.key_only = true,
                 "--out" => {
                     let path = args.next().context("--out needs a path")?;
                     options.out = Some(PathBuf::from(path));
@@ -82,7 +87,26 @@ impl Options {
     }
 }
 
-fn scenarios(quick: bool) -> Vec<Scenario> {
+/// The model's end-of-sequence ids (`tokenizer.ggml.eos_token_id`, and the end-of-turn and
+/// end-of-message ids where the file has them), which the load generator bans.
+fn eos_ids(model: &Path) -> anyhow::Result<Vec<u32>> {
+    let file = kiln_gguf::GgufFile::open(model)
+        .with_context(|| format!("reading the end-of-sequence ids of {}", model.display()))?;
+    let meta = file.metadata();
+    let mut ids = Vec::new();
+    for key in [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ] {
+        ids.extend(meta.opt_u32(key)?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn scenarios(quick: bool, banned: &[u32]) -> Vec<Scenario> {
     let scenario = |prompt_tokens, shared_prefix, concurrency, requests, limit| Scenario {
         name: format!(
             "{prompt_tokens}-token prompt{}, {concurrency} stream{}",
@@ -100,6 +124,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         max_tokens: MAX_TOKENS,
         time_limit: Duration::from_secs(limit),
         seed: 20_261_201,
+        banned: banned.to_vec(),
     };
     if quick {
         return vec![scenario(128, 0, 1, 2, 60), scenario(128, 0, 4, 4, 60)];
@@ -300,7 +325,10 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             envs,
         }
     };
-    let scenarios = scenarios(options.quick);
+    let scenarios: Vec<Scenario> = scenarios(options.quick, &eos_ids(&model)?)
+        .into_iter()
+        .filter(|s| !options.key_only || is_key_scenario(s))
+        .collect();
     let mut specs = vec![kiln_spec("kiln".into(), &model, None)];
     // (scenario, the specs that run it)
     let mut plan: Vec<(Scenario, Vec<usize>)> =
@@ -744,7 +772,7 @@ mod tests {
 
     #[test]
     fn the_extra_runs_repeat_one_stream_and_sixteen() {
-        let key: Vec<(usize, usize)> = scenarios(false)
+        let key: Vec<(usize, usize)> = scenarios(false, &[2])
             .iter()
             .filter(|s| is_key_scenario(s))
             .map(|s| (s.prompt_tokens, s.concurrency))

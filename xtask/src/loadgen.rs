@@ -24,6 +24,9 @@ pub(crate) struct Scenario {
     pub(crate) max_tokens: usize,
     pub(crate) time_limit: Duration,
     pub(crate) seed: u64,
+    /// Token ids banned with a -100 logit bias (the model's end-of-sequence ids), so every
+    /// request makes exactly `max_tokens`.
+    pub(crate) banned: Vec<u32>,
 }
 
 /// What one request saw.
@@ -80,15 +83,20 @@ impl XorShift {
 }
 
 /// The request body: a token-id prompt (so both servers see exactly `prompt_tokens` tokens),
-/// greedy, streamed with usage, and EOS suppressed so every request generates `max_tokens`.
-pub(crate) fn body(prompt: &[u32], max_tokens: usize) -> Value {
+/// greedy, streamed with usage, and the `banned` ids (EOS) suppressed so every request
+/// generates `max_tokens`.
+pub(crate) fn body(prompt: &[u32], max_tokens: usize, banned: &[u32]) -> Value {
+    let bias: serde_json::Map<String, Value> = banned
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
     json!({
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": true,
         "stream_options": { "include_usage": true },
-        "logit_bias": { "0": -100, "2": -100 }
+        "logit_bias": bias
     })
 }
 
@@ -119,7 +127,11 @@ pub(crate) fn run(
                     if index >= scenario.requests {
                         break;
                     }
-                    let body = body(&prompt(&scenario, index), scenario.max_tokens);
+                    let body = body(
+                        &prompt(&scenario, index),
+                        scenario.max_tokens,
+                        &scenario.banned,
+                    );
                     results.push(stream_completion(port, &body).await);
                 }
                 results
@@ -244,6 +256,7 @@ mod tests {
             max_tokens: 8,
             time_limit: Duration::from_secs(1),
             seed: 7,
+            banned: vec![2],
         }
     }
 

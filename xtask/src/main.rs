@@ -37,12 +37,13 @@ commands:
                 kernels per format and instruction set) on KILN_BENCH_MODEL (default: the default model, else random weights of its
                 shapes) and KILN_BENCH_DEVICE (cpu | wgpu); prints one summary table and writes
                 it to docs/perf.md. --quick: fewer sizes, short timings, dev profile (CI)
-  bench-serve [--quick] [--kiln-only] [--model FILE.gguf] [--out FILE.json] [--no-docs]
+  bench-serve [--quick] [--kiln-only] [--key] [--model FILE.gguf] [--out FILE.json] [--no-docs]
                 Kiln against llama.cpp's llama-server (built once from the llama-cpp-python
                 sdist) on the default model (or --model's GGUF): TTFT, inter-token latency,
                 tok/s, req/s, peak RSS per scenario; writes docs/perf.md's serving table (not
                 for --model) and a JSON file.
                 --quick: Kiln alone, 1 and 4 streams, few requests (what CI runs)
+                --key: only one stream after 128- and 512-token prompts, and 16 streams
   help          this text
 ";
 
