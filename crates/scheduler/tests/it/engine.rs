@@ -1,5 +1,5 @@
 //! The engine end to end on real models (the tiny random Llama with SmolLM2's tokenizer, and
-//! SmolLM2 itself): batch invariance, preemption, cancellation, seeds, stop strings, n > 1,
+//! SmolLM2, Gemma 3 and the tiny Mistral): batch invariance, preemption, cancellation, seeds, stop strings, n > 1,
 //! logprobs, the queue limit, the prefix cache, limits and shutdown.
 
 use std::sync::Arc;
@@ -567,5 +567,71 @@ fn blocks_outside_the_sliding_window_are_freed_and_change_no_output() {
     wait_for("all blocks to be free", || {
         metric(&registry, "kiln_kv_cache_usage_ratio") == 0.0
     });
+    engine.shutdown(Duration::from_secs(5));
+}
+
+/// Gemma 3 270M (real Q4_K_M GGUF: five sliding layers of window 512 to each global one)
+/// through the engine: the golden prompts run concurrently give transformers' greedy ids (the
+/// 958-token one prefilled in chunks across the window), and a prefix hit with two choices
+/// sharing the prompt changes no output.
+#[test]
+fn gemma3_golden_prompts_concurrently_and_from_the_prefix_cache() {
+    let path = kiln_hub::model_path(&kiln_hub::GEMMA3_270M).unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask fetch-model --model gemma3-270m`",
+        path.display()
+    );
+    let options = LoadOptions {
+        block_size: 16,
+        kv_cache: KvCacheSize::Tokens(512 * 16),
+        kv_dtype: DType::F32,
+        ..Default::default()
+    };
+    let model = Model::load(&path, &options).unwrap();
+    let tokenizer = Arc::new(Tokenizer::from_gguf_path(&path).unwrap());
+    let registry = Registry::new();
+    let config = EngineConfig {
+        // Chunks of 256: the long prompt's later chunks start past the window.
+        max_batched_tokens: 256,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(model, tokenizer, config, &registry).unwrap();
+    let handle = engine.handle();
+
+    let golden: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(testdata().join("gemma3").join("golden_gemma3.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let names = ["english", "code", "unicode", "long_sliding_window"];
+    let request = |name: &str, n: usize| {
+        let mut r = GenerationRequest::greedy(ids(&golden[name]["token_ids"]), 32);
+        r.stop_at_eos = false;
+        r.n = n;
+        r
+    };
+    let out = run_all(&handle, names.iter().map(|n| request(n, 1)).collect());
+    for (name, c) in names.iter().zip(&out) {
+        assert_eq!(
+            c.choices[0].tokens,
+            ids(&golden[name]["greedy_ids"]),
+            "{name}"
+        );
+    }
+    let again = run(&handle, request("long_sliding_window", 2));
+    for choice in &again.choices {
+        assert_eq!(
+            choice.tokens,
+            ids(&golden["long_sliding_window"]["greedy_ids"])
+        );
+    }
+    assert!(metric(&registry, "kiln_prefix_cache_hits_total") >= 900.0);
     engine.shutdown(Duration::from_secs(5));
 }
