@@ -49,6 +49,23 @@ impl Options {
         }
     }
 
+    /// The command line that gives these options, as the report records it.
+    fn invocation(&self) -> String {
+        let mut line = String::from("cargo xtask bench-serve");
+        if self.quick {
+            line.push_str(" --quick");
+        } else if self.kiln_only {
+            line.push_str(" --kiln-only");
+        }
+        if self.key_only {
+            line.push_str(" --key");
+        }
+        if let Some(model) = &self.model {
+            let _ = write!(line, " --model {}", model.display());
+        }
+        line
+    }
+
     pub(crate) fn parse(args: &[&str]) -> anyhow::Result<Self> {
         let mut options = Self {
             quick: false,
@@ -420,13 +437,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         machine: report::machine(),
         commit: report::commit(root),
         date: report::date(),
-        invocation: if options.quick {
-            "cargo xtask bench-serve --quick".into()
-        } else if options.kiln_only {
-            "cargo xtask bench-serve --kiln-only".into()
-        } else {
-            "cargo xtask bench-serve".into()
-        },
+        invocation: options.invocation(),
         commands: specs
             .iter()
             .map(|s| (s.name.to_owned(), s.command_line()))

@@ -1,6 +1,7 @@
 //! The engine end to end on real models (the tiny random Llama with SmolLM2's tokenizer, and
-//! SmolLM2, Gemma 3 and the tiny Mistral): batch invariance, preemption, cancellation, seeds, stop strings, n > 1,
-//! logprobs, the queue limit, the prefix cache, limits and shutdown.
+//! SmolLM2, Gemma 3 and the tiny Mistral): batch invariance, preemption, cancellation, seeds,
+//! stop strings, n > 1, logprobs, the queue limit, the prefix cache, sliding-window block
+//! freeing, limits and shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
