@@ -777,6 +777,80 @@ mod tests {
     }
 
     #[test]
+    fn an_unsupported_family_is_refused_naming_every_family_kiln_runs() {
+        let json = serde_json::json!({
+            "model_type": "falcon", "vocab_size": 10, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2
+        });
+        let err = ModelConfig::from_hf_json(&json, "config.json")
+            .unwrap_err()
+            .to_string();
+        for family in ["llama", "mistral", "qwen2", "gemma3", "phi3", "falcon"] {
+            assert!(err.contains(family), "{err}");
+        }
+    }
+
+    #[test]
+    fn gemma3_reads_its_layer_kinds_windows_and_rope_bases() {
+        // transformers 5's spelling (rope_parameters per layer kind) and the older one.
+        let nested = serde_json::json!({
+            "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640,
+            "intermediate_size": 2048, "num_hidden_layers": 6, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "head_dim": 256, "query_pre_attn_scalar": 256,
+            "sliding_window": 512, "max_position_embeddings": 32768,
+            "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention",
+                "sliding_attention", "sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}
+            }
+        });
+        let older = serde_json::json!({
+            "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640,
+            "intermediate_size": 2048, "num_hidden_layers": 6, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "head_dim": 256, "query_pre_attn_scalar": 256,
+            "sliding_window": 512, "max_position_embeddings": 32768,
+            "sliding_window_pattern": 6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0
+        });
+        for json in [nested, older] {
+            let c = ModelConfig::from_hf_json(&json, "config.json").unwrap();
+            assert_eq!(c.architecture, Architecture::Gemma3);
+            assert_eq!(c.activation, Activation::GeluTanh);
+            assert!(c.tie_word_embeddings);
+            assert_eq!(c.layer_attention[5], LayerAttention::Full);
+            assert_eq!(c.layer_attention[..5], [LayerAttention::Sliding; 5]);
+            assert_eq!((c.rope_theta, c.rope_local_theta), (1e6, Some(1e4)));
+            assert_eq!(c.attention_scale, 1.0 / 16.0);
+            // The two kinds' frequencies differ; the local ones are 10,000^(-2i/256).
+            let (full, local) = (
+                c.rope(LayerAttention::Full),
+                c.rope(LayerAttention::Sliding),
+            );
+            assert_ne!(full.inv_freq, local.inv_freq);
+            assert_eq!(local.inv_freq[1], 1.0 / 10_000f32.powf(2.0 / 256.0));
+            assert_eq!(c.kv_horizon(), None, "the global layers see everything");
+        }
+    }
+
+    #[test]
+    fn mistral_slides_in_every_layer_with_nemo_shapes() {
+        let mistral = serde_json::json!({
+            "model_type": "mistral", "vocab_size": 32768, "hidden_size": 5120,
+            "intermediate_size": 14336, "num_hidden_layers": 2, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 128, "sliding_window": 4096
+        });
+        let c = ModelConfig::from_hf_json(&mistral, "config.json").unwrap();
+        // Mistral-Nemo: head_dim is given, not hidden / heads (160).
+        assert_eq!((c.head_dim, c.rotary_dim), (128, 128));
+        assert_eq!(c.kv_horizon(), Some(4096));
+        let mut no_window = mistral.clone();
+        no_window["sliding_window"] = serde_json::Value::Null;
+        let c = ModelConfig::from_hf_json(&no_window, "config.json").unwrap();
+        assert_eq!(c.kv_horizon(), None);
+        assert_eq!(c.layer_attention, [LayerAttention::Full; 2]);
+    }
+
+    #[test]
     fn qwen2_has_qkv_biases_unless_told_otherwise() {
         let mut json = serde_json::json!({
             "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
