@@ -13,7 +13,9 @@ const CONTEXT: usize = 64;
 fn bench(c: &mut Criterion) {
     let mut model = load_model();
     let vocab = model.config().vocab_size;
-    let per_seq = (CONTEXT + 1).div_ceil(model.block_size());
+    // A page per block of positions per KV group.
+    let groups = model.kv_groups().windows.len();
+    let per_seq = (CONTEXT + 1).div_ceil(model.block_size()) * groups;
     let (batches, prefills): (&[usize], &[usize]) = if quick() {
         (&[1, 8], &[128])
     } else {
@@ -66,7 +68,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     for &n in prefills {
         let prompt = tokens(n, 99, vocab);
-        let table: Vec<u32> = (0..n.div_ceil(model.block_size()) as u32).collect();
+        let table: Vec<u32> = (0..(n.div_ceil(model.block_size()) * groups) as u32).collect();
         let step = [SeqInput {
             tokens: &prompt,
             start: 0,

@@ -66,6 +66,54 @@ pub enum RopeScaling {
     },
 }
 
+/// How the layers share the KV cache's pages (vLLM's hybrid allocator, in small): layers are
+/// split into groups of equal size, each group's layers attending alike (all full, or all within
+/// one window). A page holds `block_size` positions of K and V for one group — one slot in
+/// each of the group's layers — so a sequence holds a page per block per group, and a sliding
+/// group's pages that slid out of its window go back to the pool while the full groups keep
+/// every position. A model whose layers all attend alike is one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvGroups {
+    /// Per group: the window its layers attend within (`None`: every earlier position).
+    pub windows: Vec<Option<usize>>,
+    /// Per layer: its group, and its place in the group (which of the pool's per-place K/V
+    /// tensors it uses).
+    pub layers: Vec<(usize, usize)>,
+    /// Layers per group.
+    pub size: usize,
+}
+
+impl KvGroups {
+    /// Groups of `gcd(full, sliding)` layers (Gemma 3 270M: 3 full and 15 sliding layers make
+    /// one full group and five sliding ones of 3), full groups first, layers in order.
+    fn of(c: &ModelConfig) -> Self {
+        let kinds = &c.layer_attention;
+        let full = kinds.iter().filter(|k| **k == LayerAttention::Full).count();
+        let sliding = kinds.len() - full;
+        let size = gcd(full, sliding).max(1);
+        let mut windows = Vec::new();
+        let mut layers = vec![(0, 0); kinds.len()];
+        for kind in [LayerAttention::Full, LayerAttention::Sliding] {
+            let members: Vec<usize> = (0..kinds.len()).filter(|&i| kinds[i] == kind).collect();
+            for chunk in members.chunks(size) {
+                for (place, &layer) in chunk.iter().enumerate() {
+                    layers[layer] = (windows.len(), place);
+                }
+                windows.push(c.window(kind));
+            }
+        }
+        Self {
+            windows,
+            layers,
+            size,
+        }
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// One layer kind's rotary embedding: inverse frequencies (`rotary_dim / 2`) and the factor
 /// cos and sin are scaled by.
 #[derive(Debug, Clone, PartialEq)]
@@ -461,11 +509,28 @@ impl ModelConfig {
             .map(|n| n as usize)
             // Phi-4 writes 0 for "none".
             .filter(|&n| n > 0);
-        let layer_attention = match sliding_window {
-            // llama.cpp's Gemma 3: every sixth layer is global (the file does not say).
-            Some(_) if gemma => every_nth_global(num_layers, 6),
-            Some(_) => vec![LayerAttention::Sliding; num_layers],
-            None => vec![LayerAttention::Full; num_layers],
+        let pattern_key = key("attention.sliding_window_pattern");
+        let layer_attention = match (sliding_window, meta.get(&pattern_key)) {
+            (None, _) => vec![LayerAttention::Full; num_layers],
+            // llama.cpp's pattern: every n-th layer is global, or a flag per layer (true:
+            // sliding).
+            (Some(_), Some(kiln_gguf::Value::Array(kiln_gguf::Array::Bool(flags)))) => flags
+                .iter()
+                .map(|&sliding| {
+                    if sliding {
+                        LayerAttention::Sliding
+                    } else {
+                        LayerAttention::Full
+                    }
+                })
+                .collect(),
+            (Some(_), Some(_)) => {
+                let n = meta.get_u64(&pattern_key)? as usize;
+                every_nth_global(num_layers, n)
+            }
+            // llama.cpp's Gemma 3 without the key: every sixth layer is global.
+            (Some(_), None) if gemma => every_nth_global(num_layers, 6),
+            (Some(_), None) => vec![LayerAttention::Sliding; num_layers],
         };
         let attention_scale = if gemma && num_layers == 62 {
             // llama.cpp's rule for Gemma 3 27B, whose query_pre_attn_scalar is hidden / heads.
@@ -606,15 +671,9 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// How far back any layer still looks: the window, when every layer slides (Mistral,
-    /// Phi-3); `None` when a layer sees the whole context. A token at position `p` reads
-    /// nothing before `p + 1 - horizon`, so the KV blocks wholly before it can be given back.
-    pub fn kv_horizon(&self) -> Option<usize> {
-        if self.layer_attention.contains(&LayerAttention::Full) {
-            None
-        } else {
-            self.sliding_window
-        }
+    /// How the layers share the KV cache's pages ([`KvGroups`]).
+    pub fn kv_groups(&self) -> KvGroups {
+        KvGroups::of(self)
     }
 
     /// The window a layer of this kind attends within (`None`: the whole context).
@@ -828,7 +887,16 @@ mod tests {
             );
             assert_ne!(full.inv_freq, local.inv_freq);
             assert_eq!(local.inv_freq[1], 1.0 / 10_000f32.powf(2.0 / 256.0));
-            assert_eq!(c.kv_horizon(), None, "the global layers see everything");
+            // gcd(1, 5) = 1 layer per group: the global layer's, then one per sliding layer.
+            let groups = c.kv_groups();
+            assert_eq!(
+                groups.windows,
+                [None, Some(512), Some(512), Some(512), Some(512), Some(512)]
+            );
+            assert_eq!(groups.size, 1);
+            assert_eq!(groups.layers[5], (0, 0));
+            assert_eq!(groups.layers[0], (1, 0));
+            assert_eq!(groups.layers[4], (5, 0));
         }
     }
 
@@ -842,11 +910,12 @@ mod tests {
         let c = ModelConfig::from_hf_json(&mistral, "config.json").unwrap();
         // Mistral-Nemo: head_dim is given, not hidden / heads (160).
         assert_eq!((c.head_dim, c.rotary_dim), (128, 128));
-        assert_eq!(c.kv_horizon(), Some(4096));
+        let groups = c.kv_groups();
+        assert_eq!((groups.windows, groups.size), (vec![Some(4096)], 2));
         let mut no_window = mistral.clone();
         no_window["sliding_window"] = serde_json::Value::Null;
         let c = ModelConfig::from_hf_json(&no_window, "config.json").unwrap();
-        assert_eq!(c.kv_horizon(), None);
+        assert_eq!(c.kv_groups().windows, [None]);
         assert_eq!(c.layer_attention, [LayerAttention::Full; 2]);
     }
 

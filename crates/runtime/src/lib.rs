@@ -17,15 +17,14 @@ mod weights;
 use std::path::Path;
 
 pub use config::{
-    Activation, Architecture, LayerAttention, ModelConfig, RopeFrequencies, RopeScaling,
+    Activation, Architecture, KvGroups, LayerAttention, ModelConfig, RopeFrequencies, RopeScaling,
 };
 pub use device::{DType, DeviceKind};
 pub use error::{LoadError, RuntimeError};
 pub use quant::{QuantError, dequantize, dequantize_to_vec};
 
-/// A block-table entry for a block given back: allowed only for positions no layer reads again
-/// — before the window of every layer, see [`ModelConfig::kv_horizon`] — which a step never
-/// touches.
+/// A block-table entry for a page given back: allowed only where its group no longer reads —
+/// before a sliding group's window ([`KvGroups`]) — which a step never touches.
 pub const FREED_BLOCK: u32 = u32::MAX;
 
 /// Positions per KV block unless told otherwise.
@@ -107,9 +106,10 @@ pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     /// The position of `tokens[0]`; positions before it are already in the cache.
     pub start: usize,
-    /// The KV blocks holding positions `0..start + tokens.len()`, in order. Blocks wholly
-    /// before `start + 1 - horizon` (with a [`ModelConfig::kv_horizon`]) may be
-    /// [`FREED_BLOCK`]: no layer reads them again.
+    /// The KV pages holding positions `0..start + tokens.len()`: for each block of positions
+    /// in order, one page per KV group ([`Model::kv_groups`]; one group for most models), so
+    /// entry `block * groups + group`. A sliding group's pages wholly before
+    /// `start + 1 - window` may be [`FREED_BLOCK`]: it reads them no more.
     pub block_table: &'a [u32],
     /// Logits at every new position (for prompt logprobs and tests), not only the last.
     pub all_logits: bool,
@@ -172,7 +172,12 @@ impl Model {
         self.inner.config()
     }
 
-    /// Blocks in the KV pool (fixed at load).
+    /// How the layers share the KV pages: a table holds one page per block per group.
+    pub fn kv_groups(&self) -> &KvGroups {
+        self.inner.kv().groups()
+    }
+
+    /// Pages in the KV pool (fixed at load); each holds a block of positions of one KV group.
     pub fn num_blocks(&self) -> usize {
         self.inner.kv().num_blocks()
     }

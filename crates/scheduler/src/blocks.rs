@@ -34,6 +34,19 @@ struct CacheKey {
     hash: u64,
     parent: u64,
     tokens: Vec<u32>,
+    /// The KV group whose layers the page holds (a block of positions has a page per group).
+    group: usize,
+}
+
+/// The cache key of group `group`'s page for the block whose chain hash is `hash`: group 0's
+/// is the chain hash itself, the others' are derived from it (no real block hashes like them:
+/// a block has `block_size` tokens, and no token id is this large).
+fn group_hash(hash: u64, group: usize) -> u64 {
+    if group == 0 {
+        hash
+    } else {
+        chain_hash(hash, &[u32::MAX - group as u32])
+    }
 }
 
 #[derive(Debug)]
@@ -133,12 +146,26 @@ impl BlockManager {
         }
     }
 
-    /// Offers a just-filled block to the prefix cache. If an identical block is already cached
-    /// this one stays private (and is freed normally when released).
+    /// Offers a just-filled block (KV group 0's page of it) to the prefix cache, returning its
+    /// chain hash. If an identical block is already cached this one stays private (and is
+    /// freed normally when released).
+    #[cfg(test)]
     pub(crate) fn register(&mut self, id: u32, parent: u64, tokens: &[u32]) -> u64 {
-        let hash = chain_hash(parent, tokens);
+        self.register_group(id, parent, tokens, 0)
+    }
+
+    /// [`register`](Self::register) for group `group`'s page of the block.
+    pub(crate) fn register_group(
+        &mut self,
+        id: u32,
+        parent: u64,
+        tokens: &[u32],
+        group: usize,
+    ) -> u64 {
+        let chain = chain_hash(parent, tokens);
+        let hash = group_hash(chain, group);
         if !self.prefix_caching || self.by_hash.contains_key(&hash) {
-            return hash;
+            return chain;
         }
         let block = &mut self.blocks[id as usize];
         if block.cached.is_none() {
@@ -146,45 +173,96 @@ impl BlockManager {
                 hash,
                 parent,
                 tokens: tokens.to_vec(),
+                group,
             });
             self.by_hash.insert(hash, id);
         }
-        hash
+        chain
+    }
+
+    /// The cached page of group `group` for the block of `tokens` whose parent chain hash is
+    /// `parent` and whose own is `chain`.
+    fn cached_page(
+        &self,
+        (parent, chain): (u64, u64),
+        tokens: &[u32],
+        group: usize,
+    ) -> Option<u32> {
+        let id = *self.by_hash.get(&group_hash(chain, group))?;
+        let key = self.blocks[id as usize].cached.as_ref()?;
+        (key.parent == parent && key.tokens == tokens && key.group == group).then_some(id)
+    }
+
+    /// Takes a reference to a cached (or held) page.
+    fn revive(&mut self, id: u32) {
+        let block = &self.blocks[id as usize];
+        if block.refs == 0 {
+            self.evictable.remove(&(block.last_used, id));
+        }
+        self.blocks[id as usize].refs += 1;
     }
 
     /// The longest run of cached full blocks that hold a prefix of `tokens`, leaving at least one
-    /// token uncovered (its logits are needed). Each block returned gains a reference. Returns the
-    /// blocks and their chain hashes.
-    pub(crate) fn lookup(&mut self, tokens: &[u32]) -> (Vec<u32>, Vec<u64>) {
-        let mut blocks = Vec::new();
-        let mut hashes = Vec::new();
+    /// token uncovered (its logits are needed), for a model whose layers share pages in groups
+    /// attending within `windows` (one group, `[None]`, for most): a hit of `k` blocks needs
+    /// every page of a full group's `k` blocks and a sliding group's pages inside its window
+    /// before position `k * block_size` (the others are [`kiln_runtime::FREED_BLOCK`]).
+    /// Each page returned gains a reference. Returns the table (a page per block per group,
+    /// block-major) and the blocks' chain hashes.
+    pub(crate) fn lookup(
+        &mut self,
+        tokens: &[u32],
+        windows: &[Option<usize>],
+    ) -> (Vec<u32>, Vec<u64>) {
         if !self.prefix_caching || tokens.is_empty() {
-            return (blocks, hashes);
+            return (Vec::new(), Vec::new());
         }
-        let full = (tokens.len() - 1) / self.block_size;
+        let bs = self.block_size;
+        let full = (tokens.len() - 1) / bs;
+        let mut links = Vec::with_capacity(full);
         let mut parent = 0u64;
-        for chunk in tokens.chunks(self.block_size).take(full) {
-            let hash = chain_hash(parent, chunk);
-            let Some(&id) = self.by_hash.get(&hash) else {
-                break;
-            };
-            let block = &self.blocks[id as usize];
-            let matches = block
-                .cached
-                .as_ref()
-                .is_some_and(|key| key.parent == parent && key.tokens == chunk);
-            if !matches {
-                break;
-            }
-            if block.refs == 0 {
-                self.evictable.remove(&(block.last_used, id));
-            }
-            self.blocks[id as usize].refs += 1;
-            blocks.push(id);
-            hashes.push(hash);
-            parent = hash;
+        for chunk in tokens.chunks(bs).take(full) {
+            let chain = chain_hash(parent, chunk);
+            links.push((parent, chain));
+            parent = chain;
         }
-        (blocks, hashes)
+        let chunk = |b: usize| &tokens[b * bs..(b + 1) * bs];
+        let page = |m: &Self, b: usize, group: usize| m.cached_page(links[b], chunk(b), group);
+        // As far as every full group's pages go...
+        let mut k = 0;
+        while k < full
+            && windows
+                .iter()
+                .enumerate()
+                .all(|(g, w)| w.is_some() || page(self, k, g).is_some())
+        {
+            k += 1;
+        }
+        // ...and no further than every sliding group has its window's pages.
+        let from = |k: usize, w: usize| (k * bs + 1).saturating_sub(w) / bs;
+        while k > 0
+            && !windows
+                .iter()
+                .enumerate()
+                .all(|(g, w)| w.is_none_or(|w| (from(k, w)..k).all(|b| page(self, b, g).is_some())))
+        {
+            k -= 1;
+        }
+        let mut table = Vec::with_capacity(k * windows.len());
+        for b in 0..k {
+            for (g, w) in windows.iter().enumerate() {
+                match (w, page(self, b, g)) {
+                    (Some(w), _) if b < from(k, *w) => table.push(kiln_runtime::FREED_BLOCK),
+                    (_, Some(id)) => {
+                        self.revive(id);
+                        table.push(id);
+                    }
+                    // Checked above.
+                    (_, None) => table.push(kiln_runtime::FREED_BLOCK),
+                }
+            }
+        }
+        (table, links[..k].iter().map(|l| l.1).collect())
     }
 
     /// How many blocks are referenced by someone (for tests and invariants).
@@ -219,14 +297,14 @@ mod tests {
         let h = m.register(a, 0, &tokens[0..2]);
         m.register(b, h, &tokens[2..4]);
         // Still owned by the first sequence: a second one shares both blocks.
-        let (hit, hashes) = m.lookup(&tokens);
+        let (hit, hashes) = m.lookup(&tokens, &[None]);
         assert_eq!(hit, vec![a, b]);
         assert_eq!(hashes.len(), 2);
         // The last token is always left to compute.
-        let (hit, _) = m.lookup(&tokens[..4]);
+        let (hit, _) = m.lookup(&tokens[..4], &[None]);
         assert_eq!(hit, vec![a]);
         // A different first block breaks the chain even if the second block's tokens match.
-        let (hit, _) = m.lookup(&[9, 9, 3, 4, 5]);
+        let (hit, _) = m.lookup(&[9, 9, 3, 4, 5], &[None]);
         assert!(hit.is_empty());
     }
 
@@ -241,12 +319,12 @@ mod tests {
         m.release(&[b]);
         assert_eq!(m.available(), 2);
         // Reviving `b` takes it out of the eviction order.
-        let (hit, _) = m.lookup(&[7, 8, 9]);
+        let (hit, _) = m.lookup(&[7, 8, 9], &[None]);
         assert_eq!(hit, vec![b]);
         assert_eq!(m.available(), 1);
         // The next allocation evicts `a`, the only evictable block; its prefix is gone.
         assert_eq!(m.allocate(), Some(a));
-        assert!(m.lookup(&[1, 2, 3]).0.is_empty());
+        assert!(m.lookup(&[1, 2, 3], &[None]).0.is_empty());
         assert_eq!(m.allocate(), None);
     }
 
@@ -255,7 +333,7 @@ mod tests {
         let mut m = BlockManager::new(2, 2, false);
         let a = m.allocate().unwrap();
         m.register(a, 0, &[1, 2]);
-        assert!(m.lookup(&[1, 2, 3]).0.is_empty());
+        assert!(m.lookup(&[1, 2, 3], &[None]).0.is_empty());
         m.release(&[a]);
         assert_eq!(m.free.len(), 2);
     }

@@ -84,9 +84,9 @@ struct State<'t> {
     metrics: Metrics,
     shared: &'t Shared,
     blocks: BlockManager,
-    /// The model's [`kiln_runtime::ModelConfig::kv_horizon`]: blocks wholly before it are
-    /// given back as sequences advance.
-    horizon: Option<usize>,
+    /// The model's KV groups' windows ([`kiln_runtime::KvGroups`]): a table holds a page per
+    /// block per group, and a sliding group's pages are given back as they slide out.
+    kv_groups: Vec<Option<usize>>,
     context_length: usize,
     eos: Vec<u32>,
     requests: HashMap<u64, Request>,
@@ -114,7 +114,7 @@ pub(crate) fn run(
             model.block_size(),
             config.prefix_caching,
         ),
-        horizon: model.config().kv_horizon(),
+        kv_groups: model.kv_groups().windows.clone(),
         context_length: config.context_length(model.config().max_position_embeddings),
         eos: tokenizer.eos_ids().to_vec(),
         requests: HashMap::new(),
@@ -285,6 +285,7 @@ impl<'t> State<'t> {
         let limits = planner::Limits {
             max_batched_tokens: self.config.max_batched_tokens,
             max_running: self.config.max_running,
+            kv_groups: &self.kv_groups,
         };
         let plan = {
             let running: Vec<planner::Running<'_>> = self
@@ -393,12 +394,20 @@ impl<'t> State<'t> {
         for (i, (chunk, out)) in chunks.iter().zip(&logits).enumerate() {
             let seq = &mut self.running[i];
             seq.computed += chunk;
+            let groups = self.kv_groups.len();
             while (seq.hashes.len() + 1) * bs <= seq.computed {
                 let b = seq.hashes.len();
                 let parent = seq.hashes.last().copied().unwrap_or(0);
-                let hash =
-                    self.blocks
-                        .register(seq.blocks[b], parent, &seq.tokens[b * bs..(b + 1) * bs]);
+                let tokens = &seq.tokens[b * bs..(b + 1) * bs];
+                // Each group's page of the block (none is freed yet: only blocks that slid
+                // out of a window are, and those were registered when they filled).
+                let mut hash = crate::blocks::chain_hash(parent, tokens);
+                for group in 0..groups {
+                    let id = seq.blocks[b * groups + group];
+                    if id != FREED_BLOCK {
+                        hash = self.blocks.register_group(id, parent, tokens, group);
+                    }
+                }
                 seq.hashes.push(hash);
             }
             if seq.uncomputed() > 0 {
@@ -419,27 +428,32 @@ impl<'t> State<'t> {
         self.collect_finished();
     }
 
-    /// Gives back, for models whose layers all attend within a window, the blocks that slid
-    /// out of it: the next token a sequence feeds (at position `computed`) reads nothing
-    /// before `computed + 1 - window`, nor does any later one. The table keeps its length
-    /// (positions still index it), with [`FREED_BLOCK`] in their place. A prompt whose other
-    /// choices are still to be forked keeps its blocks: they share them.
+    /// Gives back the pages of sliding KV groups that slid out of their window: the next token
+    /// a sequence feeds (at position `computed`) reads nothing before `computed + 1 - window`,
+    /// nor does any later one. The table keeps its length (positions still index it), with
+    /// [`FREED_BLOCK`] in their place; a cached page goes back to the prefix cache's evictable
+    /// set (its K/V are still right for a later hit). A prompt whose other choices are still
+    /// to be forked keeps its pages: they share them.
     fn free_slid_out(&mut self) {
-        let Some(window) = self.horizon else {
-            return;
-        };
         let bs = self.blocks.block_size();
+        let groups = self.kv_groups.len();
         for seq in self
             .running
             .iter_mut()
             .filter(|s| !s.done && s.pending_forks == 0)
         {
-            let dead = (seq.computed + 1).saturating_sub(window) / bs;
-            for entry in seq.blocks.iter_mut().take(dead) {
-                if *entry != FREED_BLOCK {
-                    self.blocks.release(&[*entry]);
-                    *entry = FREED_BLOCK;
-                    self.metrics.window_freed.inc();
+            for (group, window) in self.kv_groups.iter().enumerate() {
+                let Some(window) = window else { continue };
+                let dead = (seq.computed + 1).saturating_sub(*window) / bs;
+                for b in 0..dead {
+                    let Some(entry) = seq.blocks.get_mut(b * groups + group) else {
+                        break;
+                    };
+                    if *entry != FREED_BLOCK {
+                        self.blocks.release(&[*entry]);
+                        *entry = FREED_BLOCK;
+                        self.metrics.window_freed.inc();
+                    }
                 }
             }
         }
@@ -457,7 +471,7 @@ impl<'t> State<'t> {
                 s.request,
                 s.tokens.clone(),
                 s.prompt_len,
-                s.blocks[..full].to_vec(),
+                s.blocks[..full * self.kv_groups.len()].to_vec(),
                 s.hashes[..full.min(s.hashes.len())].to_vec(),
                 n,
             )
@@ -480,7 +494,7 @@ impl<'t> State<'t> {
                     choice,
                     tokens: tokens.clone(),
                     prompt_len,
-                    computed: shared.len() * bs,
+                    computed: shared.len() / self.kv_groups.len().max(1) * bs,
                     blocks: shared.clone(),
                     hashes: hashes.clone(),
                     rng: Rng::new(choice_seed(seed, choice)),

@@ -24,13 +24,16 @@
 
 use crate::blocks::BlockManager;
 
-/// The planner's limits (from [`crate::EngineConfig`]).
+/// The planner's limits (from [`crate::EngineConfig`]) and the shape of a block table.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub(crate) struct Limits<'a> {
     /// Tokens one step may feed the model; 0 is taken as 1.
     pub(crate) max_batched_tokens: usize,
     /// Sequences that may run at once.
     pub(crate) max_running: usize,
+    /// The model's KV groups' windows ([`kiln_runtime::KvGroups`]): a table holds a page per
+    /// block per group, block-major.
+    pub(crate) kv_groups: &'a [Option<usize>],
 }
 
 /// A running sequence as the planner sees it.
@@ -107,9 +110,11 @@ pub(crate) fn plan(
     pool: &mut BlockManager,
     running: &[Running<'_>],
     waiting: &[&[u32]],
-    limits: Limits,
+    limits: Limits<'_>,
 ) -> Plan {
     let bs = pool.block_size();
+    // Pages per block of positions.
+    let groups = limits.kv_groups.len().max(1);
     let mut budget = limits.max_batched_tokens.max(1);
     let mut plan = Plan::default();
 
@@ -121,7 +126,7 @@ pub(crate) fn plan(
         let s = order[i];
         let seq = &running[s];
         let chunk = seq.uncomputed().min(budget);
-        let need = (seq.computed + chunk).div_ceil(bs);
+        let need = (seq.computed + chunk).div_ceil(bs) * groups;
         let mut new_blocks = Vec::new();
         let fits = loop {
             if grow(pool, seq.blocks.len(), &mut new_blocks, need) {
@@ -167,17 +172,18 @@ pub(crate) fn plan(
         if budget == 0 || order.len() + plan.admit.len() >= limits.max_running {
             break;
         }
-        let (mut blocks, hashes) = pool.lookup(tokens);
-        let cached = blocks.len() * bs;
+        let (mut blocks, hashes) = pool.lookup(tokens, limits.kv_groups);
+        let cached = hashes.len() * bs;
         // Room for the whole sequence and the first generated token, so an admitted sequence
-        // does not immediately preempt another.
-        let need = (tokens.len() + 1).div_ceil(bs) - blocks.len();
+        // does not immediately preempt another (a sliding group's pages count in full: what it
+        // gives back later is not counted on).
+        let need = (tokens.len() + 1).div_ceil(bs) * groups - blocks.len();
         if need > pool.available() {
             pool.release(&blocks);
             break;
         }
         let chunk = (tokens.len() - cached).min(budget);
-        if !grow(pool, 0, &mut blocks, (cached + chunk).div_ceil(bs)) {
+        if !grow(pool, 0, &mut blocks, (cached + chunk).div_ceil(bs) * groups) {
             // Cannot happen after the check above; stay correct regardless.
             pool.release(&blocks);
             break;
@@ -250,15 +256,75 @@ mod tests {
             .collect()
     }
 
-    fn limits(max_batched_tokens: usize, max_running: usize) -> Limits {
+    fn limits(max_batched_tokens: usize, max_running: usize) -> Limits<'static> {
         Limits {
             max_batched_tokens,
             max_running,
+            kv_groups: &[None],
         }
     }
 
     fn run(plan: &Plan) -> Vec<(usize, usize)> {
         plan.run.iter().map(|c| (c.seq, c.tokens)).collect()
+    }
+
+    #[test]
+    fn kv_groups_take_a_page_per_block_and_a_hit_needs_only_the_window() {
+        // A full group and a sliding one (window 8): pages block-major, [full, sliding].
+        let groups = [None, Some(8)];
+        let limits = Limits {
+            kv_groups: &groups,
+            ..limits(64, 8)
+        };
+        let mut pool = BlockManager::new(64, BS, true);
+        let prompt = tokens(22, 5);
+        // The full group's pages of blocks 0..5 and the sliding group's of 1..5 are cached.
+        let mut parent = 0;
+        for b in 0..5 {
+            let chunk = &prompt[b * BS..(b + 1) * BS];
+            for g in 0..2 {
+                if g == 1 && b == 0 {
+                    continue;
+                }
+                let id = pool.allocate().unwrap();
+                pool.register_group(id, parent, chunk, g);
+                pool.release(&[id]);
+            }
+            parent = chain_hash(parent, chunk);
+        }
+        let admitted = plan(&mut pool, &[], &[&prompt], limits);
+        let a = &admitted.admit[0];
+        // 5 blocks hit: the sliding group needs only blocks 3..5 (positions 13.. for the token
+        // at 20); its block 0 is not needed, so its absence costs nothing.
+        assert_eq!(a.cached, 20);
+        assert_eq!(a.hashes.len(), 5);
+        assert_eq!(a.blocks.len(), 6 * 2, "a page per block per group");
+        let sliding: Vec<u32> = a.blocks.iter().skip(1).step_by(2).copied().collect();
+        assert_eq!(&sliding[..3], [kiln_runtime::FREED_BLOCK; 3]);
+        assert!(sliding[3..].iter().all(|&b| b != kiln_runtime::FREED_BLOCK));
+        assert!(
+            a.blocks
+                .iter()
+                .step_by(2)
+                .all(|&b| b != kiln_runtime::FREED_BLOCK)
+        );
+        // The full group's pages of every block, the sliding group's from block 3, and the
+        // two fresh pages of block 5: 5 + 2 + 2 held.
+        assert_eq!(pool.available(), 64 - 9);
+
+        // A running sequence grows by a page per group per block.
+        let seqs = [running(&mut pool, 30, 22, 1)];
+        let mut seq_blocks = seqs[0].blocks.clone();
+        seq_blocks.extend((0..6).map(|_| pool.allocate().unwrap()));
+        let view = Running {
+            tokens: &seqs[0].tokens,
+            computed: 22,
+            blocks: &seq_blocks,
+            admitted: 1,
+        };
+        let grown = plan(&mut pool, &[view], &[], limits);
+        assert_eq!(grown.run[0].tokens, 8);
+        assert_eq!(grown.run[0].new_blocks.len(), 2 * 2);
     }
 
     #[test]

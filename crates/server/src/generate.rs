@@ -80,14 +80,15 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         );
     }
     let positions = positions.min(context);
-    let blocks_needed = positions.div_ceil(block_size);
+    // A page per block of positions per KV group (Gemma 3's sliding layers have their own).
+    let blocks_needed = positions.div_ceil(block_size) * model.kv_groups().windows.len();
     if blocks_needed > model.num_blocks() {
         bail!(
             "{positions} positions need {blocks_needed} KV blocks; the cache has {}",
             model.num_blocks()
         );
     }
-    // One sequence: its blocks are simply the first ones of the pool.
+    // One sequence: its pages are simply the first ones of the pool.
     let table: Vec<u32> = (0..blocks_needed as u32).collect();
 
     let mut detok = tokenizer.detokenizer(true);

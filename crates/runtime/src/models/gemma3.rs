@@ -171,7 +171,7 @@ impl Gemma3 {
             tied_head
         };
         let kv = PagedKv::new(
-            c.num_layers,
+            c.kv_groups(),
             (c.num_kv_heads, c.head_dim),
             kv,
             loader.device(),
@@ -225,20 +225,22 @@ impl CausalLm for Gemma3 {
                 Tensor::<2>::from_data(TensorData::new(xs, [total, hidden]), &self.device)
             };
             let mut xs = host_f32(x)?;
-            for (layer, kv) in self.layers.iter().zip(self.kv.layers_mut()) {
+            for (i, layer) in self.layers.iter().enumerate() {
                 if let Some(states) = capture.as_deref_mut() {
                     states.push(on_device(xs.clone()));
                 }
-                let (rope, slots) = step.get(layer.attention);
+                let (group, kv) = self.kv.layer_mut(i);
+                let (rope, slots) = step.get(layer.attention, group);
                 xs = layer.forward_host(&xs, total, (rope, kv, slots), &self.device)?;
             }
             return Ok(on_device(xs));
         }
-        for (layer, kv) in self.layers.iter().zip(self.kv.layers_mut()) {
+        for (i, layer) in self.layers.iter().enumerate() {
             if let Some(states) = capture.as_deref_mut() {
                 states.push(x.clone());
             }
-            let (rope, slots) = step.get(layer.attention);
+            let (group, kv) = self.kv.layer_mut(i);
+            let (rope, slots) = step.get(layer.attention, group);
             x = layer.forward(x, (rope, kv, slots))?;
         }
         Ok(x)

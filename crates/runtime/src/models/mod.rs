@@ -62,13 +62,14 @@ pub(crate) struct LayerRopes {
     sliding: Rope,
 }
 
-/// One step's RoPE tables and KV slots for each attention kind the model's layers use, made
-/// once and shared by the layers of that kind.
+/// One step's RoPE tables for each attention kind the model's layers use and KV slots for each
+/// KV group, made once and shared by the layers of that kind and group.
 #[derive(Debug)]
 pub(crate) struct Step {
     tokens: usize,
-    full: Option<(RopeTables, StepSlots)>,
-    sliding: Option<(RopeTables, StepSlots)>,
+    full: Option<RopeTables>,
+    sliding: Option<RopeTables>,
+    groups: Vec<StepSlots>,
 }
 
 impl LayerRopes {
@@ -79,7 +80,8 @@ impl LayerRopes {
         }
     }
 
-    /// The tables and slots of a checked batch for the kinds `c`'s layers use.
+    /// The tables and slots of a checked batch for the kinds `c`'s layers use and every KV
+    /// group of `kv`.
     pub(crate) fn step(
         &self,
         c: &ModelConfig,
@@ -92,17 +94,17 @@ impl LayerRopes {
             .flat_map(|seq| seq.start..seq.start + seq.tokens.len())
             .collect();
         let kind = |attention: LayerAttention, rope: &Rope| {
-            c.layer_attention.contains(&attention).then(|| {
-                (
-                    rope.tables(&positions, device, dtype),
-                    kv.slots(batch, device, c.window(attention)),
-                )
-            })
+            c.layer_attention
+                .contains(&attention)
+                .then(|| rope.tables(&positions, device, dtype))
         };
         Step {
             tokens: positions.len(),
             full: kind(LayerAttention::Full, &self.full),
             sliding: kind(LayerAttention::Sliding, &self.sliding),
+            groups: (0..kv.groups().windows.len())
+                .map(|group| kv.slots(batch, device, group))
+                .collect(),
         }
     }
 }
@@ -113,21 +115,21 @@ impl Step {
         self.tokens
     }
 
-    /// The tables and slots of a layer of kind `attention` (made by [`LayerRopes::step`] for
-    /// every kind the model has).
-    pub(crate) fn get(&self, attention: LayerAttention) -> (&RopeTables, &StepSlots) {
+    /// The tables of a layer of kind `attention` and the slots of its KV group (made by
+    /// [`LayerRopes::step`] for every kind and group the model has).
+    pub(crate) fn get(&self, attention: LayerAttention, group: usize) -> (&RopeTables, &StepSlots) {
         let kind = match attention {
             LayerAttention::Full => &self.full,
             LayerAttention::Sliding => &self.sliding,
         };
-        match kind
+        let rope = kind
             .as_ref()
             .or(self.full.as_ref())
-            .or(self.sliding.as_ref())
-        {
-            Some((rope, slots)) => (rope, slots),
-            // `step` makes every kind in `layer_attention`, which has one entry per layer.
-            None => unreachable!("a step with no attention kind"),
+            .or(self.sliding.as_ref());
+        match (rope, self.groups.get(group)) {
+            (Some(rope), Some(slots)) => (rope, slots),
+            // `step` makes every kind in `layer_attention` and every group of the pool.
+            _ => unreachable!("a layer of a kind or group the step did not make"),
         }
     }
 }
@@ -185,10 +187,11 @@ impl Family {
         };
         let source = checkpoint.source(layout, &config)?;
         let device = options.device.burn()?;
+        let groups = config.kv_groups();
         let kv = KvLayout::new(
             options.kv_cache,
             (
-                config.num_layers,
+                (groups.size, groups.windows.len()),
                 config.num_kv_heads * config.head_dim,
                 config.max_position_embeddings,
             ),
@@ -347,8 +350,7 @@ impl Family {
                     context_length: config.max_position_embeddings,
                 });
             }
-            self.kv()
-                .check(sequence, seq, config.kv_horizon(), &mut written)?;
+            self.kv().check(sequence, seq, &mut written)?;
         }
         Ok(())
     }

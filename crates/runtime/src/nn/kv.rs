@@ -9,7 +9,8 @@ use half::f16;
 
 use super::{Mask, attention, to_dtype};
 use crate::{
-    DType, KV_AUTO_MEMORY_FRACTION, KV_TOKENS_PER_SEQUENCE, KvCacheSize, RuntimeError, SeqInput,
+    DType, KV_AUTO_MEMORY_FRACTION, KV_TOKENS_PER_SEQUENCE, KvCacheSize, KvGroups, RuntimeError,
+    SeqInput,
 };
 
 /// A zeroed `shape` tensor built from a zero-initialised `Vec` (burn's own `zeros` copies its
@@ -28,11 +29,16 @@ fn zeroed(shape: [usize; 2], dtype: DType, device: &Device) -> Tensor<2> {
     Tensor::from_data(data, (device, dtype.burn()))
 }
 
-/// Slot `block * block_size + offset` of a layer's `[slots, kv_heads * head_dim]` tensor holds
-/// one position of one sequence. The pool is allocated once; a step never reallocates it.
+/// Slot `page * block_size + offset` of a `[slots, kv_heads * head_dim]` tensor holds one
+/// position of one sequence for one layer. Layers are grouped ([`KvGroups`]); the layers at
+/// the same place in every group share one pair of tensors, so a page is one group's block of
+/// positions, and which group owns it is the tables' business. The pool is allocated once; a
+/// step never reallocates it.
 #[derive(Debug)]
 pub(crate) struct PagedKv {
-    layers: Vec<LayerKv>,
+    /// One K/V pair per place in a group.
+    places: Vec<LayerKv>,
+    groups: KvGroups,
     kv_heads: usize,
     head_dim: usize,
     block_size: usize,
@@ -102,20 +108,23 @@ pub(crate) struct KvLayout {
 }
 
 impl KvLayout {
-    /// The layout `size` asks for, for a model of `layers` layers of `kv_dim` K (and V) values
-    /// per position and `context` positions.
+    /// The layout `size` asks for, for a model whose layers share pages in `groups` groups of
+    /// `group_size` layers ([`KvGroups`]) of `kv_dim` K (and V) values per position, and
+    /// `context` positions. A page is one group's block; a count of positions gets a page per
+    /// block per group (room for them however little a sliding group gives back).
     pub(crate) fn new(
         size: KvCacheSize,
-        (layers, kv_dim, context): (usize, usize, usize),
+        ((group_size, groups), kv_dim, context): ((usize, usize), usize, usize),
         block_size: usize,
         dtype: DType,
     ) -> Result<Self, crate::LoadError> {
-        let per_position = 2 * layers * kv_dim * dtype.size();
+        let per_position = 2 * group_size * kv_dim * dtype.size();
         let per_block = (per_position * block_size).max(1);
+        let groups = groups.max(1);
         // A count of positions is rounded up to whole blocks; a byte budget is not exceeded.
         let num_blocks = match size {
             KvCacheSize::Bytes(bytes) => bytes / per_block,
-            KvCacheSize::Tokens(tokens) => tokens.div_ceil(block_size),
+            KvCacheSize::Tokens(tokens) => tokens.div_ceil(block_size) * groups,
             KvCacheSize::Auto {
                 running,
                 context: served,
@@ -126,7 +135,7 @@ impl KvLayout {
                 let cap = memory_available().map_or(usize::MAX, |available| {
                     (available as f64 * KV_AUTO_MEMORY_FRACTION) as usize / per_block
                 });
-                tokens.div_ceil(block_size).min(cap).max(1)
+                (tokens.div_ceil(block_size) * groups).min(cap).max(1)
             }
         };
         if num_blocks == 0 {
@@ -175,10 +184,10 @@ fn cgroup_headroom() -> Option<usize> {
 }
 
 impl PagedKv {
-    /// A zeroed pool laid out as `layout` for `layers` layers. The zeros are fresh pages from
-    /// the allocator, so memory is only committed as positions are written.
+    /// A zeroed pool laid out as `layout` for layers grouped as `groups`. The zeros are fresh
+    /// pages from the allocator, so memory is only committed as positions are written.
     pub(crate) fn new(
-        layers: usize,
+        groups: KvGroups,
         (kv_heads, head_dim): (usize, usize),
         layout: KvLayout,
         device: &Device,
@@ -187,12 +196,13 @@ impl PagedKv {
         let kv_dim = kv_heads * head_dim;
         let zeros = || zeroed([slots, kv_dim], layout.dtype, device);
         Self {
-            layers: (0..layers)
+            places: (0..groups.size)
                 .map(|_| LayerKv {
                     k: zeros(),
                     v: zeros(),
                 })
                 .collect(),
+            groups,
             kv_heads,
             head_dim,
             block_size: layout.block_size,
@@ -208,7 +218,7 @@ impl PagedKv {
 
     /// Bytes of the whole pool.
     pub(crate) fn bytes(&self) -> usize {
-        2 * self.layers.len()
+        2 * self.places.len()
             * self.num_blocks
             * self.block_size
             * self.kv_heads
@@ -216,9 +226,15 @@ impl PagedKv {
             * self.dtype.size()
     }
 
-    /// Each layer's pools, in layer order.
-    pub(crate) fn layers_mut(&mut self) -> impl Iterator<Item = &mut LayerKv> {
-        self.layers.iter_mut()
+    /// How the layers share pages.
+    pub(crate) fn groups(&self) -> &KvGroups {
+        &self.groups
+    }
+
+    /// Layer `layer`'s group and its K/V tensors.
+    pub(crate) fn layer_mut(&mut self, layer: usize) -> (usize, &mut LayerKv) {
+        let (group, place) = self.groups.layers[layer];
+        (group, &mut self.places[place])
     }
 
     pub(crate) fn num_blocks(&self) -> usize {
@@ -229,18 +245,19 @@ impl PagedKv {
         self.block_size
     }
 
-    /// Checks sequence `sequence` of a step: its table covers `0..start + new` with blocks of
-    /// the pool (those wholly before `start + 1 - horizon` may be freed: nothing reads them),
-    /// and no slot it writes was written by an earlier sequence of the step (`written`).
+    /// Checks sequence `sequence` of a step: its table holds a page of the pool per block of
+    /// `0..start + new` per group (a sliding group's pages wholly before its window may be
+    /// freed: it reads them no more), and no slot it writes was written by an earlier sequence
+    /// of the step (`written`; groups share the pool's tensors, so one set for all).
     pub(crate) fn check(
         &self,
         sequence: usize,
         seq: &SeqInput<'_>,
-        horizon: Option<usize>,
         written: &mut HashSet<(u32, usize)>,
     ) -> Result<(), RuntimeError> {
+        let (bs, groups) = (self.block_size, self.groups.windows.len());
         let end = seq.start + seq.tokens.len();
-        let needed = end.div_ceil(self.block_size);
+        let needed = end.div_ceil(bs) * groups;
         if seq.block_table.len() < needed {
             return Err(RuntimeError::BlockTableTooShort {
                 sequence,
@@ -248,36 +265,35 @@ impl PagedKv {
                 given: seq.block_table.len(),
             });
         }
-        let first = horizon.map_or(0, |w| (seq.start + 1).saturating_sub(w)) / self.block_size;
-        for &block in &seq.block_table[first..needed] {
-            if block as usize >= self.num_blocks {
-                return Err(RuntimeError::BadBlock {
-                    block,
-                    num_blocks: self.num_blocks,
-                });
+        for (group, window) in self.groups.windows.iter().enumerate() {
+            let first = window.map_or(0, |w| (seq.start + 1).saturating_sub(w)) / bs;
+            for b in first..end.div_ceil(bs) {
+                let block = seq.block_table[b * groups + group];
+                if block as usize >= self.num_blocks {
+                    return Err(RuntimeError::BadBlock {
+                        block,
+                        num_blocks: self.num_blocks,
+                    });
+                }
             }
-        }
-        for pos in seq.start..end {
-            let block = seq.block_table[pos / self.block_size];
-            if !written.insert((block, pos % self.block_size)) {
-                return Err(RuntimeError::SharedWrite { block });
+            for pos in seq.start..end {
+                let block = seq.block_table[pos / bs * groups + group];
+                if !written.insert((block, pos % bs)) {
+                    return Err(RuntimeError::SharedWrite { block });
+                }
             }
         }
         Ok(())
     }
 
-    /// The slots of a checked step, for layers that attend within `window` positions (or, for
-    /// `None`, to the whole context). Positions that slid out of every new token's window are
-    /// not read — their blocks may hold anything.
-    pub(crate) fn slots(
-        &self,
-        batch: &[SeqInput<'_>],
-        device: &Device,
-        window: Option<usize>,
-    ) -> StepSlots {
-        let bs = self.block_size;
+    /// The slots of a checked step for the layers of group `group` (which attend within its
+    /// window, or to the whole context). Positions that slid out of every new token's window
+    /// are not read — their pages may hold anything.
+    pub(crate) fn slots(&self, batch: &[SeqInput<'_>], device: &Device, group: usize) -> StepSlots {
+        let (bs, groups) = (self.block_size, self.groups.windows.len());
+        let window = self.groups.windows[group];
         let slot = |seq: &SeqInput<'_>, pos: usize| {
-            (seq.block_table[pos / bs] as usize * bs + pos % bs) as i64
+            (seq.block_table[pos / bs * groups + group] as usize * bs + pos % bs) as i64
         };
         let write: Vec<i64> = batch
             .iter()
@@ -365,7 +381,7 @@ mod tests {
     use super::*;
 
     /// 30 layers of 192 K values (SmolLM2-135M), 8192 positions, blocks of 16.
-    const SMOLLM2: (usize, usize, usize) = (30, 192, 8192);
+    const SMOLLM2: ((usize, usize), usize, usize) = ((30, 1), 192, 8192);
 
     fn blocks(size: KvCacheSize, dtype: DType) -> usize {
         KvLayout::new(size, SMOLLM2, 16, dtype).unwrap().num_blocks

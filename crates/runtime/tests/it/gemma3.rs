@@ -101,11 +101,21 @@ fn golden_prompts_match_transformers() {
             .count(),
         3
     );
+    // 3 global and 15 sliding layers: groups of 3, one global and five sliding.
+    let groups = model.kv_groups();
+    assert_eq!(groups.size, 3);
+    assert_eq!(
+        groups.windows,
+        [None, Some(512), Some(512), Some(512), Some(512), Some(512)]
+    );
+    // 4,096 positions of room: a page per block per group.
+    assert_eq!(model.num_blocks(), 256 * 6);
     for (n, name) in PROMPTS.iter().enumerate() {
         let case = &golden[name];
         let prompt = ids(&case["token_ids"]);
-        // 1,024 positions per prompt, each in its own blocks of the one pool.
-        let table: Vec<u32> = (n as u32 * 64..n as u32 * 64 + 64).collect();
+        // 1,024 positions per prompt, each in its own pages of the one pool: 64 blocks, a
+        // page per block for each of the 6 KV groups (the global layers', five sliding).
+        let table: Vec<u32> = (n as u32 * 384..n as u32 * 384 + 384).collect();
         // The long prompt in chunks of 400: the second and third start past the window.
         let chunk = if prompt.len() > 512 {
             400
@@ -146,7 +156,7 @@ fn f16_kv_keeps_the_golden_greedy_ids() {
     for (n, name) in PROMPTS.iter().enumerate() {
         let case = &golden[name];
         let prompt = ids(&case["token_ids"]);
-        let table: Vec<u32> = (n as u32 * 64..n as u32 * 64 + 64).collect();
+        let table: Vec<u32> = (n as u32 * 384..n as u32 * 384 + 384).collect();
         let (_, greedy) = run(&mut model, &prompt, &table, prompt.len(), 32);
         let smallest = greedy.iter().map(|g| g.1).fold(f32::INFINITY, f32::min);
         eprintln!("{name}: smallest top-1 margin with f16 K/V {smallest:.4}");

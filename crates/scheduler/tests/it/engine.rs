@@ -511,7 +511,7 @@ fn tiny_mistral(blocks: usize) -> (Engine, Registry) {
         ..Default::default()
     };
     let model = Model::load(&testdata().join("tiny-mistral"), &options).unwrap();
-    assert_eq!(model.config().kv_horizon(), Some(8));
+    assert_eq!(model.kv_groups().windows, [Some(8)]);
     let registry = Registry::new();
     let engine = Engine::start(model, tokenizer(), EngineConfig::default(), &registry).unwrap();
     (engine, registry)
@@ -571,10 +571,12 @@ fn blocks_outside_the_sliding_window_are_freed_and_change_no_output() {
     engine.shutdown(Duration::from_secs(5));
 }
 
-/// Gemma 3 270M (real Q4_K_M GGUF: five sliding layers of window 512 to each global one)
-/// through the engine: the golden prompts run concurrently give transformers' greedy ids (the
-/// 958-token one prefilled in chunks across the window), and a prefix hit with two choices
-/// sharing the prompt changes no output.
+/// Gemma 3 270M (real Q4_K_M GGUF: five sliding layers of window 512 to each global one, in
+/// six KV groups of three layers) through the engine: the golden prompts run concurrently give
+/// transformers' greedy ids (the 958-token one prefilled in chunks across the window) while
+/// the sliding groups give back the pages that slid out, and a prefix hit (the global group's
+/// pages, the sliding groups' inside the window) with two choices sharing the prompt changes
+/// no output.
 #[test]
 fn gemma3_golden_prompts_concurrently_and_from_the_prefix_cache() {
     let path = kiln_hub::model_path(&kiln_hub::GEMMA3_270M).unwrap();
@@ -626,6 +628,10 @@ fn gemma3_golden_prompts_concurrently_and_from_the_prefix_cache() {
             "{name}"
         );
     }
+    // 958 + 32 positions: each of the five sliding groups needs only the last 512 of them
+    // and gave back its pages of the 29 blocks before.
+    let freed = metric(&registry, "kiln_kv_blocks_freed_by_window_total");
+    assert!(freed >= 5.0 * 29.0, "freed {freed}");
     let again = run(&handle, request("long_sliding_window", 2));
     for choice in &again.choices {
         assert_eq!(
