@@ -5,13 +5,13 @@
 //! `q·k` is scaled by `1/√query_pre_attn_scalar`; the MLP is GeGLU; five sliding-window layers
 //! (their own RoPE base) alternate with one global layer; the output layer is the embedding.
 
-use burn::tensor::{DType as BurnDType, Device, Tensor, TensorData};
+use burn::tensor::{DType as BurnDType, Device, Tensor};
 
-use super::{CausalLm, LayerRopes};
+use super::{CausalLm, DecoderLayer, LayerRopes, decode_layers};
 use crate::config::{LayerAttention, ModelConfig};
 use crate::nn::{
     Embedding, GatedMlp, KvLayout, LayerCache, Linear, PagedKv, RmsNorm, SelfAttention, add_host,
-    host_f32, off_host, to_dtype,
+    off_host, to_dtype,
 };
 use crate::weights::{CheckpointFormat, GgufLayout, Loader};
 use crate::{LoadError, RuntimeError, SeqInput};
@@ -80,6 +80,12 @@ impl Layer {
             post_feedforward_layernorm: layer_norm("post_feedforward_layernorm")?,
             attention: c.layer_attention[i],
         })
+    }
+}
+
+impl DecoderLayer for Layer {
+    fn attention(&self) -> LayerAttention {
+        self.attention
     }
 
     fn forward(&self, x: Tensor<2>, cache: LayerCache<'_>) -> Result<Tensor<2>, RuntimeError> {
@@ -212,38 +218,19 @@ impl CausalLm for Gemma3 {
     fn decode(
         &mut self,
         batch: &[SeqInput<'_>],
-        mut x: Tensor<2>,
-        mut capture: Option<&mut Vec<Tensor<2>>>,
+        x: Tensor<2>,
+        capture: Option<&mut Vec<Tensor<2>>>,
     ) -> Result<Tensor<2>, RuntimeError> {
         let step = self
             .ropes
             .step(&self.config, &self.kv, batch, (&self.device, self.dtype));
-        let total = step.tokens();
-        if self.layers.iter().all(|layer| layer.on_host(total)) {
-            let hidden = self.config.hidden_size;
-            let on_device = |xs: Vec<f32>| {
-                Tensor::<2>::from_data(TensorData::new(xs, [total, hidden]), &self.device)
-            };
-            let mut xs = host_f32(x)?;
-            for (i, layer) in self.layers.iter().enumerate() {
-                if let Some(states) = capture.as_deref_mut() {
-                    states.push(on_device(xs.clone()));
-                }
-                let (group, kv) = self.kv.layer_mut(i);
-                let (rope, slots) = step.get(layer.attention, group);
-                xs = layer.forward_host(&xs, total, (rope, kv, slots), &self.device)?;
-            }
-            return Ok(on_device(xs));
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(states) = capture.as_deref_mut() {
-                states.push(x.clone());
-            }
-            let (group, kv) = self.kv.layer_mut(i);
-            let (rope, slots) = step.get(layer.attention, group);
-            x = layer.forward(x, (rope, kv, slots))?;
-        }
-        Ok(x)
+        decode_layers(
+            &self.layers,
+            (&mut self.kv, &step),
+            x,
+            capture,
+            (&self.device, self.config.hidden_size),
+        )
     }
 
     fn final_norm(&self, x: Tensor<2>) -> Tensor<2> {
@@ -262,21 +249,16 @@ impl CausalLm for Gemma3 {
 /// The GGUF name of a Hugging Face Gemma 3 tensor name: Llama's names, plus the q/k norms and
 /// the sandwich norms.
 fn gguf_name(hf: &str) -> String {
-    let renamed = hf
-        .strip_prefix("model.layers.")
-        .and_then(|rest| rest.split_once('.'))
-        .and_then(|(layer, tail)| {
-            let mapped = match tail {
-                "self_attn.q_norm.weight" => "attn_q_norm.weight",
-                "self_attn.k_norm.weight" => "attn_k_norm.weight",
-                "post_attention_layernorm.weight" => "post_attention_norm.weight",
-                "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
-                "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
-                _ => return None,
-            };
-            Some(format!("blk.{layer}.{mapped}"))
-        });
-    renamed.unwrap_or_else(|| super::llama::gguf_name(hf))
+    super::llama::gguf_name_with(hf, |tail| {
+        Some(match tail {
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
+            "post_attention_layernorm.weight" => "post_attention_norm.weight",
+            "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+            "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
+            _ => return None,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -4,13 +4,13 @@
 //! how they are wired. Phi-3 is this wiring too, with its projections fused in the checkpoint
 //! (`models/phi3.rs` loads it into [`Llama`]).
 
-use burn::tensor::{DType as BurnDType, Device, Tensor, TensorData};
+use burn::tensor::{DType as BurnDType, Device, Tensor};
 
-use super::{CausalLm, LayerRopes};
+use super::{CausalLm, DecoderLayer, LayerRopes, decode_layers};
 use crate::config::{Architecture, LayerAttention, ModelConfig};
 use crate::nn::{
     Embedding, GatedMlp, KvLayout, LayerCache, Linear, PagedKv, RmsNorm, SelfAttention, add_host,
-    host_f32, off_host, to_dtype,
+    off_host, to_dtype,
 };
 use crate::weights::{GgufLayout, Loader};
 use crate::{LoadError, RuntimeError, SeqInput};
@@ -96,6 +96,12 @@ impl Layer {
             ),
             attention: c.layer_attention[i],
         })
+    }
+}
+
+impl DecoderLayer for Layer {
+    fn attention(&self) -> LayerAttention {
+        self.attention
     }
 
     fn forward(&self, x: Tensor<2>, cache: LayerCache<'_>) -> Result<Tensor<2>, RuntimeError> {
@@ -220,38 +226,19 @@ impl CausalLm for Llama {
     fn decode(
         &mut self,
         batch: &[SeqInput<'_>],
-        mut x: Tensor<2>,
-        mut capture: Option<&mut Vec<Tensor<2>>>,
+        x: Tensor<2>,
+        capture: Option<&mut Vec<Tensor<2>>>,
     ) -> Result<Tensor<2>, RuntimeError> {
         let step = self
             .ropes
             .step(&self.config, &self.kv, batch, (&self.device, self.dtype));
-        let total = step.tokens();
-        if self.layers.iter().all(|layer| layer.on_host(total)) {
-            let hidden = self.config.hidden_size;
-            let on_device = |xs: Vec<f32>| {
-                Tensor::<2>::from_data(TensorData::new(xs, [total, hidden]), &self.device)
-            };
-            let mut xs = host_f32(x)?;
-            for (i, layer) in self.layers.iter().enumerate() {
-                if let Some(states) = capture.as_deref_mut() {
-                    states.push(on_device(xs.clone()));
-                }
-                let (group, kv) = self.kv.layer_mut(i);
-                let (rope, slots) = step.get(layer.attention, group);
-                xs = layer.forward_host(&xs, total, (rope, kv, slots), &self.device)?;
-            }
-            return Ok(on_device(xs));
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(states) = capture.as_deref_mut() {
-                states.push(x.clone());
-            }
-            let (group, kv) = self.kv.layer_mut(i);
-            let (rope, slots) = step.get(layer.attention, group);
-            x = layer.forward(x, (rope, kv, slots))?;
-        }
-        Ok(x)
+        decode_layers(
+            &self.layers,
+            (&mut self.kv, &step),
+            x,
+            capture,
+            (&self.device, self.config.hidden_size),
+        )
     }
 
     fn final_norm(&self, x: Tensor<2>) -> Tensor<2> {
@@ -261,6 +248,16 @@ impl CausalLm for Llama {
     fn lm_head(&self, h: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {
         self.lm_head.forward(h)
     }
+}
+
+/// The GGUF name of a layer tensor whose Hugging Face name ends in a tail `rename` maps
+/// (`model.layers.3.self_attn.q_norm.weight` → `blk.3.attn_q_norm.weight`); else Llama's.
+pub(super) fn gguf_name_with(hf: &str, rename: fn(&str) -> Option<&'static str>) -> String {
+    let renamed = hf
+        .strip_prefix("model.layers.")
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(layer, tail)| Some(format!("blk.{layer}.{}", rename(tail)?)));
+    renamed.unwrap_or_else(|| gguf_name(hf))
 }
 
 /// The GGUF name of a Hugging Face Llama/Qwen2 tensor name.

@@ -16,7 +16,7 @@ use std::path::Path;
 use burn::tensor::{DType as BurnDType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Architecture, LayerAttention, ModelConfig};
-use crate::nn::{KvLayout, PagedKv, Rope, RopeTables, StepSlots};
+use crate::nn::{KvLayout, LayerCache, PagedKv, Rope, RopeTables, StepSlots, host_f32};
 use crate::weights::{GgufLayout, GgufSource, Loader, SafetensorsSource, TensorSource};
 use crate::{
     LoadError, LoadOptions, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits,
@@ -132,6 +132,60 @@ impl Step {
             _ => unreachable!("a layer of a kind or group the step did not make"),
         }
     }
+}
+
+/// A decoder layer as [`decode_layers`] runs it: on burn tensors, or on rows kept on the host.
+pub(crate) trait DecoderLayer {
+    /// Whether it attends to everything or within the window.
+    fn attention(&self) -> LayerAttention;
+    /// Whether `m` rows can go through it on the host ([`forward_host`](Self::forward_host)).
+    fn on_host(&self, m: usize) -> bool;
+    /// `x` `[tokens, hidden]` through the layer; its K/V land in the cache.
+    fn forward(&self, x: Tensor<2>, cache: LayerCache<'_>) -> Result<Tensor<2>, RuntimeError>;
+    /// [`forward`](Self::forward) on `m` rows on the host (a decode step's few rows on the
+    /// CPU): no tensor between the norms, the kernels, the MLP and the residual adds.
+    fn forward_host(
+        &self,
+        x: &[f32],
+        m: usize,
+        cache: LayerCache<'_>,
+        device: &Device,
+    ) -> Result<Vec<f32>, RuntimeError>;
+}
+
+/// Runs a family's decoder stack over a checked step: on the host when every layer can take
+/// the step's rows there, else on tensors. With `capture`, keeps each layer's input.
+pub(crate) fn decode_layers<L: DecoderLayer>(
+    layers: &[L],
+    (kv, step): (&mut PagedKv, &Step),
+    mut x: Tensor<2>,
+    mut capture: Option<&mut Vec<Tensor<2>>>,
+    (device, hidden): (&Device, usize),
+) -> Result<Tensor<2>, RuntimeError> {
+    let total = step.tokens();
+    if layers.iter().all(|layer| layer.on_host(total)) {
+        let on_device =
+            |xs: Vec<f32>| Tensor::<2>::from_data(TensorData::new(xs, [total, hidden]), device);
+        let mut xs = host_f32(x)?;
+        for (i, layer) in layers.iter().enumerate() {
+            if let Some(states) = capture.as_deref_mut() {
+                states.push(on_device(xs.clone()));
+            }
+            let (group, layer_kv) = kv.layer_mut(i);
+            let (rope, slots) = step.get(layer.attention(), group);
+            xs = layer.forward_host(&xs, total, (rope, layer_kv, slots), device)?;
+        }
+        return Ok(on_device(xs));
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        if let Some(states) = capture.as_deref_mut() {
+            states.push(x.clone());
+        }
+        let (group, layer_kv) = kv.layer_mut(i);
+        let (rope, slots) = step.get(layer.attention(), group);
+        x = layer.forward(x, (rope, layer_kv, slots))?;
+    }
+    Ok(x)
 }
 
 /// A checkpoint opened far enough to read its config.

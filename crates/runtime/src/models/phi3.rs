@@ -73,16 +73,11 @@ pub(crate) fn with_gguf_rope(
 
 /// The GGUF name of a Hugging Face Phi-3 tensor name: Llama's, with the fused projections'.
 fn gguf_name(hf: &str) -> String {
-    let renamed = hf
-        .strip_prefix("model.layers.")
-        .and_then(|rest| rest.split_once('.'))
-        .and_then(|(layer, tail)| {
-            let mapped = match tail {
-                "self_attn.qkv_proj.weight" => "attn_qkv.weight",
-                "mlp.gate_up_proj.weight" => "ffn_up.weight",
-                _ => return None,
-            };
-            Some(format!("blk.{layer}.{mapped}"))
-        });
-    renamed.unwrap_or_else(|| llama::gguf_name(hf))
+    llama::gguf_name_with(hf, |tail| {
+        Some(match tail {
+            "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+            "mlp.gate_up_proj.weight" => "ffn_up.weight",
+            _ => return None,
+        })
+    })
 }
