@@ -32,18 +32,24 @@ impl Mask {
             let (query, key) = (start + i, first + j);
             key <= query && window.is_none_or(|w| query - key < w)
         };
+        // Nothing hidden (a decode step's one token over exactly what it may see): no mask.
+        // The corners decide: the first token sees least of the end, the last least of the
+        // start.
+        if new == 0
+            || context == 0
+            || (visible(0, context - 1) && visible(new - 1, 0) && visible(0, 0))
+        {
+            return None;
+        }
         let mut mask = vec![0.0f32; new * context];
-        let mut any = false;
         for i in 0..new {
             for j in 0..context {
                 if !visible(i, j) {
                     mask[i * context + j] = f32::NEG_INFINITY;
-                    any = true;
                 }
             }
         }
-        // A single new token whose context is exactly what it may see needs no mask.
-        any.then_some(mask)
+        Some(mask)
     }
 }
 
