@@ -83,7 +83,7 @@ pub(crate) struct LayerKv {
 }
 
 /// Where one step's tokens go and what each sequence reads back, computed once per step and
-/// shared by every layer of one attention kind (full, or one sliding window).
+/// shared by every layer of one KV group (full, or within one sliding window).
 #[derive(Debug)]
 pub(crate) struct StepSlots {
     /// The slot of every new token, batch order.
@@ -429,6 +429,18 @@ mod tests {
             blocks(auto(1, Some(1 << 20)), DType::F16),
             (8192 / 16).min(cap)
         );
+    }
+
+    #[test]
+    fn a_page_is_one_groups_block() {
+        // Gemma 3 270M: six groups of 3 layers, 256 K values per position.
+        let gemma = ((3, 6), 256, 32768);
+        let pages = |size| KvLayout::new(size, gemma, 16, DType::F16).unwrap().num_blocks;
+        // Room for 64 positions: 4 blocks, a page each per group.
+        assert_eq!(pages(KvCacheSize::Tokens(64)), 24);
+        // A page: K and V of 3 layers for 16 positions, in f16.
+        let page = 2 * 3 * 256 * 2 * 16;
+        assert_eq!(pages(KvCacheSize::Bytes(page * 10)), 10);
     }
 
     #[test]
