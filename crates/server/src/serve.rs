@@ -117,14 +117,21 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
         if tty {
             eprintln!();
         }
+        let groups = model.kv_groups();
+        let sliding = groups.windows.iter().filter(|w| w.is_some()).count();
         tracing::info!(
-            "loaded {} in {:.1} s: {} KV blocks of {} positions ({} MiB of {}); CPU kernels: {}",
+            "loaded {} in {:.1} s: {} KV pages of {} positions ({} MiB of {}; {} group{} of {} \
+             layer{}, {sliding} sliding); CPU kernels: {}",
             path.display(),
             started.elapsed().as_secs_f64(),
             model.num_blocks(),
             model.block_size(),
             model.kv_cache_bytes() >> 20,
             crate::config::dtype_name(model.kv_dtype()),
+            groups.windows.len(),
+            if groups.windows.len() == 1 { "" } else { "s" },
+            groups.size,
+            if groups.size == 1 { "" } else { "s" },
             kiln_runtime::kernels::Isa::active().kind().name()
         );
         let engine = Engine::start(model, tokenizer.clone(), engine_config, &registry)?;

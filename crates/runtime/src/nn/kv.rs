@@ -435,7 +435,11 @@ mod tests {
     fn a_page_is_one_groups_block() {
         // Gemma 3 270M: six groups of 3 layers, 256 K values per position.
         let gemma = ((3, 6), 256, 32768);
-        let pages = |size| KvLayout::new(size, gemma, 16, DType::F16).unwrap().num_blocks;
+        let pages = |size| {
+            KvLayout::new(size, gemma, 16, DType::F16)
+                .unwrap()
+                .num_blocks
+        };
         // Room for 64 positions: 4 blocks, a page each per group.
         assert_eq!(pages(KvCacheSize::Tokens(64)), 24);
         // A page: K and V of 3 layers for 16 positions, in f16.
