@@ -1,8 +1,8 @@
 //! kiln-tokenizer's integration tests, one binary: SmolLM2 against transformers' references
 //! (`golden`), chat-template semantics (`templates`), a SentencePiece vocabulary from GGUF
 //! metadata (`gguf_sentencepiece`), Gemma 3's from the real model's GGUF against transformers
-//! (`gemma3`), the tiny fixtures' vocabularies against SentencePiece (`tiny_sentencepiece`) and the
-//! streaming detokenizer (`detokenizer`).
+//! (`gemma3`), the tiny fixtures' vocabularies against SentencePiece (`tiny_sentencepiece`)
+//! and the streaming detokenizer (`detokenizer`).
 
 // Helpers outside #[test] fns unwrap too: a test should fail loudly.
 #![allow(clippy::unwrap_used)]
