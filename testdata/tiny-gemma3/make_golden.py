@@ -26,8 +26,9 @@ What it makes (next to this script, or in --out DIR):
                           <eos>=1 <bos>=2 <unk>=3, <0x00>..<0xFF> = 4..259, 252 merged pieces; byte
                           fallback, split digits, identity normalizer, whitespace not collapsed and, as
                           Gemma's, no dummy prefix), trained single-threaded on the 3000 generated
-                          sentences of testdata/tiny-mistral/ (random.Random(0)). Only there so that
-                          llama.cpp's converter can write a GGUF: the weights know nothing of it
+                          sentences of testdata/tiny-mistral/ (random.Random(0); corpus and trainer
+                          in testdata/tiny_common.py). Only there so that llama.cpp's converter can
+                          write a GGUF: the weights know nothing of it
   tokenizer_config.json   GemmaTokenizer, add_bos_token true, add_eos_token false (read by the
                           converter; not a reference tokenizer)
   golden.json             input_ids (24 ids, BOS 2 first, no 0 or 1 after it: longer than the window
@@ -88,7 +89,9 @@ Run from the repository root (venv as in testdata/GOLDEN-README.md):
     ~/.cache/kiln/golden-venv/bin/python testdata/tiny-gemma3/make_golden.py --out "$(mktemp -d)"
 --llama-cpp DIR names the llama.cpp checkout (default: the one vendored in llama-cpp-python 0.3.36
 under ~/.cache/kiln/llama.cpp); its convert_hf_to_gguf.py is run with this Python and uses its own
-gguf-py.
+gguf-py. The code tiny-gemma3 shares with tiny-mistral and tiny-phi3 (arguments, weights, tokenizer
+training, greedy decoding, dumps, converter run) is in testdata/tiny_common.py, imported from the
+parent folder.
 
 Deterministic: two runs into two folders gave byte-identical files (2026-12-02, 16-core x86-64).
 The converter logs "Unknown RoPE type: default" (harmless: no scaling key is written) and
@@ -97,29 +100,23 @@ Needs llama.cpp: pip download --no-deps --no-binary :all: llama-cpp-python==0.3.
 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e) and unpack it in ~/.cache/kiln/llama.cpp/.
 """
 
-import argparse
-import hashlib
-import io
-import json
 import math
 import os
-import random
-import subprocess
 import sys
 
 import numpy as np
 import torch
-import transformers
-from safetensors.torch import load_file
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_LLAMA_CPP = os.path.expanduser(
-    "~/.cache/kiln/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp")
+sys.dont_write_bytecode = True  # no testdata/__pycache__
+sys.path.insert(0, os.path.dirname(HERE))  # testdata/, for tiny_common
+from tiny_common import (ATTN, check_greedy, check_tensors, check_window, convert_to_gguf,  # noqa: E402
+                         dump_f32, forward_logits, golden_head, greedy, gguf_fields, max_abs_diff,
+                         random_model, read_gguf, rebuild, reload, save_model, setup, sha256_f32le,
+                         tokenizer_samples, top5, train_sentencepiece, write_golden,
+                         write_tokenizer)
 
-SEED = 0
-THREADS = 2
-ATTN = "sdpa"
 HEAD_DIM = 32
 QUERY_PRE_ATTN_SCALAR = 24
 SLIDING_WINDOW = 6
@@ -136,7 +133,7 @@ INPUT_IDS = [2, 17, 42, 100, 7, 255, 300, 511, 3, 64, 128, 9, 77, 401, 4, 5,
              333, 480, 12, 250, 99, 450, 31, 200]
 GREEDY_PROMPT = INPUT_IDS
 GREEDY_STEPS = 16
-TOKENIZER_SAMPLES = ["Hello world, the sun is hot!", "Water 2026 — café.", " Two  spaces,\tand a tab"]
+NORM_RANGE = (-0.5, 0.5)  # Gemma RMSNorm gain is 1 + w: in [0.5, 1.5]
 
 
 def make_config(sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=QUERY_PRE_ATTN_SCALAR,
@@ -169,57 +166,28 @@ def make_config(sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=QUERY_PRE_A
     )
 
 
+def legacy_keys(cfg):
+    # Legacy (hub) spellings for parsers that predate transformers 5's rope_parameters (+ torch_dtype).
+    return {"rope_theta": cfg["rope_parameters"]["full_attention"]["rope_theta"],
+            "rope_local_base_freq": cfg["rope_parameters"]["sliding_attention"]["rope_theta"],
+            "rope_scaling": None}
+
+
+def build(config, state_dict, attn=ATTN):
+    return rebuild(Gemma3ForCausalLM, config, state_dict, attn=attn)
+
+
 # ---------------------------------------------------------------- tokenizer (tiny-mistral's corpus)
-WORDS = (
-    "the a an of to and in is it that was for on are with as his they be at one have this from or "
-    "had by hot word but what some we can out other were all there when up use your how said each "
-    "she which do their time if will way about many then them write would like so these her long "
-    "make thing see him two has look more day could go come did number sound no most people my over "
-    "know water than call first who may down side been now find any new work part take get place "
-    "made live where after back little only round man year came show every good me give our under "
-    "name very through just form sentence great think say help low line differ turn cause much mean "
-    "before move right boy old too same tell does set three want air well also play small end put "
-    "home read hand port large spell add even land here must big high such follow act why ask men "
-    "change went light kind off need house picture try us again animal point mother world near "
-    "build self earth father head stand own page should country found answer school grow study "
-    "still learn plant cover food sun four between state keep eye never last let thought city tree "
-    "cross farm hard start might story saw far sea draw left late run while press close night real "
-    "life few north"
-).split()
-
-
-def training_sentences():
-    rng = random.Random(0)
-    lines = []
-    for _ in range(3000):
-        s = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14)))
-        s = s[0].upper() + s[1:] + rng.choice([".", ".", ".", "?", "!", ","])
-        if rng.random() < 0.2:
-            s += " " + str(rng.randint(0, 2026))
-        lines.append(s)
-    return lines
-
-
 def train_tokenizer():
-    """A 512-piece SentencePiece BPE model with Gemma's special ids, bytes of the .model file
-    (deterministic)."""
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_sentences()), model_writer=buf, vocab_size=512,
-        model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
-        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
-        num_threads=1, shuffle_input_sentence=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", minloglevel=2)
-    model = buf.getvalue()
-    sp = spm.SentencePieceProcessor(model_proto=model)
+    """tiny_common's 512-piece SentencePiece BPE with Gemma's special ids and no dummy prefix: the
+    bytes of the .model file (deterministic) and the tokenizer_samples."""
+    model, sp = train_sentencepiece(
+        add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>")
     assert sp.vocab_size() == 512
     assert [sp.id_to_piece(i) for i in range(5)] == ["<pad>", "<eos>", "<bos>", "<unk>", "<0x00>"]
     assert sp.id_to_piece(259) == "<0xFF>" and not sp.is_byte(260)
-    samples = [{"text": t, "ids": sp.encode(t), "pieces": sp.encode(t, out_type=str)}
-               for t in TOKENIZER_SAMPLES]
-    return model, samples
+    return model, tokenizer_samples(sp)
 
 
 TOKENIZER_CONFIG = {
@@ -235,76 +203,7 @@ TOKENIZER_CONFIG = {
 }
 
 
-# ---------------------------------------------------------------- helpers
-def write_json(path, obj, indent):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-
-
-def f32le(t):
-    return np.ascontiguousarray(t.detach().cpu().numpy().astype("<f4"))
-
-
-def init_weights(model):
-    torch.manual_seed(SEED)
-    with torch.no_grad():
-        for _name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if p.ndim >= 2:
-                p.normal_(mean=0.0, std=0.1)
-            else:
-                p.uniform_(-0.5, 0.5)  # Gemma RMSNorm gain is 1 + w: in [0.5, 1.5]
-
-
-def build(config, state_dict, attn=ATTN):
-    config._attn_implementation = attn
-    model = Gemma3ForCausalLM(config).to(torch.float32).eval()
-    model.load_state_dict(state_dict)
-    return model
-
-
-def greedy(model, prompt, steps):
-    """Argmax decoding with a KV cache, exactly `steps` tokens, not stopped at EOS; returns the ids
-    and the top1 - top2 logit gap of each step."""
-    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-    past = out.past_key_values
-    new, margins = [], []
-    for _ in range(steps):
-        last = out.logits[0, -1]
-        top2 = torch.topk(last, 2).values
-        nxt = int(last.argmax())
-        new.append(nxt)
-        margins.append(float(top2[0] - top2[1]))
-        out = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
-        past = out.past_key_values
-    # The cached decode against one uncached forward over prompt + generated ids.
-    full = model(input_ids=torch.tensor([prompt + new]), use_cache=False).logits[0]
-    recomputed = [int(i) for i in full[len(prompt) - 1:-1].argmax(-1)]
-    assert recomputed == new, (recomputed, new)
-    return new, margins
-
-
-def top5(last):
-    top = torch.topk(last, 5)
-    return {"ids": [int(i) for i in top.indices], "values": [float(v) for v in top.values]}
-
-
-def convert_to_gguf(llama_cpp, model_dir, out_file, name):
-    converter = os.path.join(llama_cpp, "convert_hf_to_gguf.py")
-    if not os.path.isfile(converter):
-        sys.exit(f"error: {converter} not found (pass --llama-cpp DIR)")
-    subprocess.run([sys.executable, converter, model_dir, "--outtype", "f32", "--outfile", out_file,
-                    "--model-name", name], check=True)
-
-
-def import_gguf(llama_cpp):
-    """llama.cpp's own gguf-py (the one its converter uses), not a pip-installed gguf."""
-    sys.path.insert(0, os.path.join(llama_cpp, "gguf-py"))
-    import gguf
-
-    assert os.path.abspath(gguf.__file__).startswith(os.path.abspath(llama_cpp)), gguf.__file__
-    return gguf
-
-
+# ---------------------------------------------------------------- GGUF
 GGUF_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight",
                "output_norm.weight": "model.norm.weight"}
 GGUF_PER_LAYER = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
@@ -316,38 +215,10 @@ GGUF_PER_LAYER = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
                   "post_ffw_norm": "post_feedforward_layernorm"}
 
 
-def read_gguf(llama_cpp, path):
-    """{hf name: array as stored in the GGUF, in the HF shape}, {key: value} of model.gguf."""
-    gguf = import_gguf(llama_cpp)
-    reader = gguf.GGUFReader(path, "r")
-    tensors = {}
-    for t in reader.tensors:
-        assert t.tensor_type == gguf.GGMLQuantizationType.F32, (t.name, t.tensor_type)
-        if t.name.startswith("blk."):
-            _, bid, kind, _ = t.name.split(".")
-            src = f"model.layers.{bid}.{GGUF_PER_LAYER[kind]}.weight"
-        else:
-            src = GGUF_GLOBAL[t.name]
-        shape = list(reversed([int(d) for d in t.shape]))
-        tensors[src] = np.array(t.data).reshape(shape)
-    fields = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
-    return tensors, fields
-
-
 def check_gguf(tensors, fields, st_path):
     """Every GGUF tensor equals its safetensors tensor, norms as 1 + w (bit for bit); the keys."""
-    st = {k: v.numpy() for k, v in load_file(st_path).items()}
-    assert set(tensors) == set(st), set(st) ^ set(tensors)
-    n_norm = 0
-    for name, ref in st.items():
-        got = tensors[name]
-        assert got.shape == ref.shape, (name, got.shape, ref.shape)
-        if name.endswith("norm.weight"):
-            assert np.array_equal(got, ref + np.float32(1.0)), name
-            assert not np.array_equal(got, ref), name
-            n_norm += 1
-        else:
-            assert np.array_equal(got, ref), name
+    norm_shift = lambda name, ref: ref + np.float32(1.0) if name.endswith("norm.weight") else ref
+    n_norm = len(check_tensors(tensors, st_path, norm_shift))
     assert fields["general.architecture"] == "gemma3"
     want = {"gemma3.block_count": 3, "gemma3.embedding_length": 64, "gemma3.context_length": MAX_POS,
             "gemma3.attention.head_count": 4, "gemma3.attention.head_count_kv": 2,
@@ -407,97 +278,64 @@ def numpy_forward(tensors, fields, ids, scale, layer_types):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=HERE, help="output folder (default: next to this script)")
-    ap.add_argument("--llama-cpp", default=DEFAULT_LLAMA_CPP,
-                    help="llama.cpp checkout with convert_hf_to_gguf.py and gguf-py")
-    args = ap.parse_args()
-    out_dir = os.path.abspath(args.out)
-    os.makedirs(out_dir, exist_ok=True)
-
-    if transformers.__version__ != "5.24.0" or not torch.__version__.startswith("2.15."):
-        print(f"warning: made with transformers 5.24.0 / torch 2.15; this is "
-              f"{transformers.__version__} / {torch.__version__}", file=sys.stderr)
-
-    torch.set_num_threads(THREADS)
+    args, out_dir = setup(__doc__, HERE)
 
     config = make_config()
-    config._attn_implementation = ATTN
-    model = Gemma3ForCausalLM(config).to(torch.float32)
-    init_weights(model)  # seed, then sorted-name order (= the safetensors order)
-    model.eval()
+    model = random_model(Gemma3ForCausalLM, config, NORM_RANGE)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     state = model.state_dict()
 
-    model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=1, pad_token_id=0,
-                                               do_sample=False)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    cfg_path = os.path.join(out_dir, "config.json")
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    golden_cfg = dict(cfg)
-    # Legacy (hub) spellings for parsers that predate transformers 5's rope_parameters / dtype.
-    cfg["rope_theta"] = cfg["rope_parameters"]["full_attention"]["rope_theta"]
-    cfg["rope_local_base_freq"] = cfg["rope_parameters"]["sliding_attention"]["rope_theta"]
-    cfg["rope_scaling"] = None
-    cfg["torch_dtype"] = cfg.get("dtype", "float32")
-    write_json(cfg_path, cfg, indent=2)
+    golden_cfg = save_model(model, out_dir, dict(bos_token_id=2, eos_token_id=1, pad_token_id=0),
+                            legacy_keys)
 
     tok_model, tok_samples = train_tokenizer()
-    with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
-        f.write(tok_model)
-    write_json(os.path.join(out_dir, "tokenizer_config.json"), TOKENIZER_CONFIG, indent=2)
+    write_tokenizer(out_dir, tok_model, TOKENIZER_CONFIG)
 
     llamacpp_cfg = make_config(query_pre_attn_scalar=HEAD_DIM, layer_types=LLAMACPP_LAYER_TYPES,
                                pattern=LLAMACPP_PATTERN)
     with torch.no_grad():
-        ids = torch.tensor([INPUT_IDS])
-        logits = model(input_ids=ids, use_cache=False).logits[0]  # (24, 512)
-        assert logits.shape == (len(INPUT_IDS), config.vocab_size), logits.shape
-        logits_np = f32le(logits)
-        logits_np.tofile(os.path.join(out_dir, "logits_all.f32"))
+        logits = forward_logits(model, INPUT_IDS)  # (24, 512)
+        logits_np = dump_f32(logits, os.path.join(out_dir, "logits_all.f32"))
 
         # The files as written load back to the same model (config.json with its legacy keys too).
-        reloaded = Gemma3ForCausalLM.from_pretrained(out_dir, attn_implementation=ATTN).eval()
+        reloaded = reload(Gemma3ForCausalLM, out_dir)
         rc = reloaded.config
         assert (rc.sliding_window, rc.head_dim, rc.query_pre_attn_scalar, rc.layer_types) == \
             (SLIDING_WINDOW, HEAD_DIM, QUERY_PRE_ATTN_SCALAR, LAYER_TYPES)
         assert rc.rope_parameters["sliding_attention"]["rope_theta"] == ROPE_LOCAL
         assert rc.rope_parameters["full_attention"]["rope_theta"] == ROPE_GLOBAL
-        assert torch.equal(reloaded(input_ids=ids, use_cache=False).logits[0], logits)
+        assert torch.equal(forward_logits(reloaded, INPUT_IDS), logits)
 
         new_ids, margins = greedy(model, GREEDY_PROMPT, GREEDY_STEPS)
+        check_greedy(model, GREEDY_PROMPT, new_ids)
 
         # llama.cpp's reading of model.gguf, same weights.
         lcpp = build(llamacpp_cfg, state)
-        lcpp_logits = lcpp(input_ids=ids, use_cache=False).logits[0]
-        lcpp_np = f32le(lcpp_logits)
-        lcpp_np.tofile(os.path.join(out_dir, "logits_all_llamacpp_semantics.f32"))
+        lcpp_logits = forward_logits(lcpp, INPUT_IDS)
+        lcpp_np = dump_f32(lcpp_logits, os.path.join(out_dir, "logits_all_llamacpp_semantics.f32"))
         lcpp_ids, lcpp_margins = greedy(lcpp, GREEDY_PROMPT, GREEDY_STEPS)
-        lcpp_diff = float((lcpp_logits - logits).abs().max())
+        check_greedy(lcpp, GREEDY_PROMPT, lcpp_ids)
+        lcpp_diff = max_abs_diff(lcpp_logits, logits)
 
         # Sanity: the window and the scale matter for this prompt; sdpa agrees with eager.
         nowin = build(make_config(sliding_window=MAX_POS), state)
-        nowin_logits = nowin(input_ids=ids, use_cache=False).logits[0]
-        nowindow_diff = float((nowin_logits - logits).abs().max())
-        head_diff = float((nowin_logits - logits)[:SLIDING_WINDOW].abs().max())
-        assert nowindow_diff > 0.1 and head_diff == 0.0, (nowindow_diff, head_diff)
+        nowindow_diff = check_window(forward_logits(nowin, INPUT_IDS), logits, SLIDING_WINDOW)
         hdscale = build(make_config(query_pre_attn_scalar=HEAD_DIM), state)
-        scale_diff = float((hdscale(input_ids=ids, use_cache=False).logits[0] - logits).abs().max())
+        scale_diff = max_abs_diff(forward_logits(hdscale, INPUT_IDS), logits)
         assert scale_diff > 0.1, scale_diff
         assert lcpp_diff > 0.1, lcpp_diff
         eager = build(make_config(), state, attn="eager")
-        eager_diff = float((eager(input_ids=ids, use_cache=False).logits[0] - logits).abs().max())
+        eager_diff = max_abs_diff(forward_logits(eager, INPUT_IDS), logits)
         lcpp_eager = build(make_config(query_pre_attn_scalar=HEAD_DIM,
                                        layer_types=LLAMACPP_LAYER_TYPES, pattern=LLAMACPP_PATTERN),
                            state, attn="eager")
-        lcpp_eager_diff = float(
-            (lcpp_eager(input_ids=ids, use_cache=False).logits[0] - lcpp_logits).abs().max())
+        lcpp_eager_diff = max_abs_diff(forward_logits(lcpp_eager, INPUT_IDS), lcpp_logits)
         assert eager_diff < 1e-5 and lcpp_eager_diff < 1e-5, (eager_diff, lcpp_eager_diff)
 
     gguf_path = os.path.join(out_dir, "model.gguf")
     convert_to_gguf(args.llama_cpp, out_dir, gguf_path, "tiny-gemma3")
-    tensors, fields = read_gguf(args.llama_cpp, gguf_path)
+    reader, tensors, _ = read_gguf(args.llama_cpp, gguf_path, GGUF_PER_LAYER, GGUF_GLOBAL)
+    fields = gguf_fields(reader)
     summary = check_gguf(tensors, fields, os.path.join(out_dir, "model.safetensors"))
     # An independent float64 forward from the GGUF alone, read both ways.
     hd = fields["gemma3.attention.key_length"]
@@ -508,16 +346,7 @@ def main():
     assert np_lcpp_diff < 1e-4 and np_real_diff < 1e-4, (np_lcpp_diff, np_real_diff)
 
     golden = {
-        "config": golden_cfg,
-        "input_ids": INPUT_IDS,
-        "logits_all_file": "logits_all.f32: (24, 512) little-endian float32, row-major; "
-                           "one forward over input_ids, no cache",
-        "logits_sha256_f32le": hashlib.sha256(logits_np.tobytes()).hexdigest(),
-        "top5_last": top5(logits[-1]),
-        "greedy_prompt": GREEDY_PROMPT,
-        "greedy_ids": new_ids,
-        "margins": margins,
-        "min_margin": min(margins),
+        **golden_head(golden_cfg, INPUT_IDS, logits, logits_np, GREEDY_PROMPT, new_ids, margins),
         "semantics": {
             "logits_all.f32": "transformers, config.json as saved (query_pre_attn_scalar 24, "
                               "layer_types [sliding, sliding, full], sliding rope 1e4, full 1e6); "
@@ -535,7 +364,7 @@ def main():
                                "layer_types": LLAMACPP_LAYER_TYPES},
             "logits_all_file": "logits_all_llamacpp_semantics.f32: (24, 512) little-endian float32, "
                                "row-major; one forward over input_ids, no cache",
-            "logits_sha256_f32le": hashlib.sha256(lcpp_np.tobytes()).hexdigest(),
+            "logits_sha256_f32le": sha256_f32le(lcpp_np),
             "top5_last": top5(lcpp_logits[-1]),
             "greedy_ids": lcpp_ids,
             "margins": lcpp_margins,
@@ -549,7 +378,7 @@ def main():
                                              "logits_all_llamacpp_semantics.f32": np_lcpp_diff},
         "tokenizer_samples": tok_samples,
     }
-    write_json(os.path.join(out_dir, "golden.json"), golden, indent=1)
+    write_golden(out_dir, golden)
 
     print(f"wrote {out_dir}: greedy {new_ids}; min margin {min(margins):.4f}; "
           f"no-window max |diff| {nowindow_diff:.4f}; head_dim-scale max |diff| {scale_diff:.4f}; "
