@@ -441,6 +441,33 @@ pub struct ModelInfo {
     pub kv_capacity_tokens: usize,
 }
 
+/// The longest sequence the KV pool holds alone: its pages are one per block per KV group, a
+/// sliding group's bounded by its window ([`planner::pages_for`], the admission rule). A model
+/// whose layers all slide holds any length its window and a chunk fit in.
+fn kv_capacity_tokens(model: &Model, config: &EngineConfig) -> usize {
+    let (pages, bs) = (model.num_blocks(), model.block_size());
+    let windows = &model.kv_groups().windows;
+    let limits = planner::Limits {
+        max_batched_tokens: config.max_batched_tokens,
+        max_running: config.max_running,
+        kv_groups: windows,
+    };
+    let fits = |positions: usize| planner::pages_for(positions.div_ceil(bs), bs, limits) <= pages;
+    // The largest that fits, searched up to the longest anything could be.
+    let (mut lo, mut hi) = (
+        0usize,
+        (pages * bs).max(model.config().max_position_embeddings),
+    );
+    if fits(hi) {
+        return hi;
+    }
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { lo = mid } else { hi = mid }
+    }
+    lo
+}
+
 pub(crate) enum Command {
     Submit(Box<engine::Submission>),
     Shutdown { deadline: Instant },
@@ -504,7 +531,7 @@ impl Engine {
         let info = ModelInfo {
             context_length: config.context_length(model.config().max_position_embeddings),
             vocab_size: model.config().vocab_size,
-            kv_capacity_tokens: model.num_blocks() * model.block_size(),
+            kv_capacity_tokens: kv_capacity_tokens(&model, &config),
         };
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),

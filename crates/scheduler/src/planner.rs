@@ -175,9 +175,11 @@ pub(crate) fn plan(
         let (mut blocks, hashes) = pool.lookup(tokens, limits.kv_groups);
         let cached = hashes.len() * bs;
         // Room for the whole sequence and the first generated token, so an admitted sequence
-        // does not immediately preempt another (a sliding group's pages count in full: what it
-        // gives back later is not counted on).
-        let need = (tokens.len() + 1).div_ceil(bs) * groups - blocks.len();
+        // does not immediately preempt another: every block of a full group, and of a sliding
+        // group the most it holds at once — its window and a step's chunk, since it gives back
+        // what slides out after every step.
+        let fresh = (tokens.len() + 1).div_ceil(bs) - hashes.len();
+        let need = pages_for(fresh, bs, limits).max(1);
         if need > pool.available() {
             pool.release(&blocks);
             break;
@@ -197,6 +199,18 @@ pub(crate) fn plan(
         });
     }
     plan
+}
+
+/// The most pages a sequence holds at once over `blocks` blocks of positions: every block of a
+/// full KV group, and of a sliding group no more than its window's blocks before a step and a
+/// chunk's after it (it gives back what slides out after every step).
+pub(crate) fn pages_for(blocks: usize, bs: usize, limits: Limits<'_>) -> usize {
+    let most = |window: usize| (window + limits.max_batched_tokens.max(1)).div_ceil(bs) + 2;
+    limits
+        .kv_groups
+        .iter()
+        .map(|w| w.map_or(blocks, |w| blocks.min(most(w))))
+        .sum()
 }
 
 /// Reserves blocks until `held + new_blocks` holds `need` blocks; false if the pool ran out
@@ -325,6 +339,25 @@ mod tests {
         let grown = plan(&mut pool, &[view], &[], limits);
         assert_eq!(grown.run[0].tokens, 8);
         assert_eq!(grown.run[0].new_blocks.len(), 2 * 2);
+    }
+
+    #[test]
+    fn a_sliding_group_needs_room_for_its_window_not_the_whole_prompt() {
+        let groups = [None, Some(8)];
+        let limits = Limits {
+            kv_groups: &groups,
+            ..limits(8, 8)
+        };
+        // 40 tokens and the first generated one: 11 blocks. The full group needs 11 pages,
+        // the sliding one at most (8 + 8) / 4 + 2 = 6 at once: 17, not 22.
+        let prompt = tokens(40, 3);
+        let mut pool = BlockManager::new(17, BS, false);
+        let admitted = plan(&mut pool, &[], &[&prompt], limits);
+        assert_eq!(admitted.admit.len(), 1);
+        // Its first chunk of 8 tokens takes 2 blocks of each group.
+        assert_eq!(admitted.admit[0].blocks.len(), 2 * 2);
+        let mut pool = BlockManager::new(16, BS, false);
+        assert!(plan(&mut pool, &[], &[&prompt], limits).admit.is_empty());
     }
 
     #[test]

@@ -599,7 +599,7 @@ fn gemma3_golden_prompts_concurrently_and_from_the_prefix_cache() {
         max_batched_tokens: 256,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(model, tokenizer, config, &registry).unwrap();
+    let engine = Engine::start(model, tokenizer, config.clone(), &registry).unwrap();
     let handle = engine.handle();
 
     let golden: serde_json::Value = serde_json::from_slice(
@@ -640,5 +640,36 @@ fn gemma3_golden_prompts_concurrently_and_from_the_prefix_cache() {
         );
     }
     assert!(metric(&registry, "kiln_prefix_cache_hits_total") >= 900.0);
+    engine.shutdown(Duration::from_secs(5));
+
+    // 990 positions in 62 blocks would take 372 pages with every group keeping every one; the
+    // global group needs 62, each sliding group at most 50 at once (its window and a chunk):
+    // 330 pages serve the long prompt, without a preemption, with the same output.
+    let small = LoadOptions {
+        kv_cache: KvCacheSize::Tokens(55 * 16),
+        ..options
+    };
+    let model = Model::load(&path, &small).unwrap();
+    assert_eq!(model.num_blocks(), 330);
+    let tokenizer = Arc::new(Tokenizer::from_gguf_path(&path).unwrap());
+    let registry = Registry::new();
+    let engine = Engine::start(model, tokenizer, config, &registry).unwrap();
+    let long = run(&engine.handle(), request("long_sliding_window", 1));
+    assert_eq!(
+        long.choices[0].tokens,
+        ids(&golden["long_sliding_window"]["greedy_ids"])
+    );
+    assert_eq!(metric(&registry, "kiln_num_preemptions_total"), 0.0);
+    // What it cannot hold is refused at once, not left waiting: 62 + 5 x 50 pages fit in 330
+    // up to 80 blocks of positions (1,280); 958 + 400 do not.
+    let mut too_long = request("long_sliding_window", 1);
+    too_long.max_tokens = Some(400);
+    match engine.handle().submit(too_long) {
+        Err(SchedulerError::ExceedsKvCache {
+            capacity_tokens, ..
+        }) => assert_eq!(capacity_tokens, 1280),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a request the pool cannot hold was accepted"),
+    }
     engine.shutdown(Duration::from_secs(5));
 }
