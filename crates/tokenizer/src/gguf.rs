@@ -260,11 +260,7 @@ fn sentencepiece_bpe(
     } else {
         replace_space
     };
-    let mut decoders = vec![
-        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
-        json!({"type": "ByteFallback"}),
-        json!({"type": "Fuse"}),
-    ];
+    let mut decoders = sentencepiece_decoders();
     if add_space_prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
@@ -277,18 +273,37 @@ fn sentencepiece_bpe(
         "pre_tokenizer": null,
         "post_processor": null,
         "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": unk.map(|t| t.text.clone()),
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": true,
-            "byte_fallback": true,
-            "ignore_merges": false,
-            "vocab": vocab(tokens),
-            "merges": sentencepiece_merges(tokens, scores),
-        },
+        "model": sentencepiece_model(unk, vocab(tokens), sentencepiece_merges(tokens, scores)),
+    })
+}
+
+/// The `▁`-to-space, byte-fallback, fuse decoders every SentencePiece vocabulary starts with.
+fn sentencepiece_decoders() -> Vec<Value> {
+    vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ]
+}
+
+/// A SentencePiece vocabulary as `tokenizers`' BPE model: unknown pieces fused, bytes falling
+/// back to `<0xNN>` pieces.
+fn sentencepiece_model(
+    unk: Option<&TokenRef>,
+    vocab: serde_json::Map<String, Value>,
+    merges: Vec<Value>,
+) -> Value {
+    json!({
+        "type": "BPE",
+        "dropout": null,
+        "unk_token": unk.map(|t| t.text.clone()),
+        "continuing_subword_prefix": null,
+        "end_of_word_suffix": null,
+        "fuse_unk": true,
+        "byte_fallback": true,
+        "ignore_merges": false,
+        "vocab": vocab,
+        "merges": merges,
     })
 }
 
@@ -376,23 +391,8 @@ fn gemma_bpe(tokens: &[String], types: &[i32], unk: Option<&TokenRef>) -> Value 
         "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
         "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
         "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-        ]},
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": unk.map(|t| t.text.clone()),
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": true,
-            "byte_fallback": true,
-            "ignore_merges": false,
-            "merges": merges_in_token_order(&respelled),
-            "vocab": vocab,
-        },
+        "decoder": {"type": "Sequence", "decoders": sentencepiece_decoders()},
+        "model": sentencepiece_model(unk, vocab, merges_in_token_order(&respelled)),
     })
 }
 

@@ -43,6 +43,18 @@ pub(crate) fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// The gap between the largest and the second-largest logit.
+pub(crate) fn margin(logits: &[f32]) -> f32 {
+    let best = argmax(logits) as usize;
+    let second = logits
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &v)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    logits[best] - second
+}
+
 /// Little-endian f32 values.
 pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     let (chunks, rest) = bytes.as_chunks::<4>();

@@ -7,7 +7,7 @@
 use kiln_runtime::{DType, KvCacheSize, LayerAttention, LoadOptions, Model, SeqInput};
 use serde_json::Value;
 
-use crate::common::{argmax, device, f32s, ids, testdata};
+use crate::common::{argmax, device, f32s, ids, margin, testdata};
 
 fn model(kv_dtype: DType) -> Model {
     let path = kiln_hub::model_path(&kiln_hub::GEMMA3_270M).unwrap();
@@ -71,17 +71,6 @@ fn run(
         logits = out[0].last().to_vec();
     }
     (last, greedy)
-}
-
-fn margin(logits: &[f32]) -> f32 {
-    let best = argmax(logits) as usize;
-    let second = logits
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != best)
-        .map(|(_, &v)| v)
-        .fold(f32::NEG_INFINITY, f32::max);
-    logits[best] - second
 }
 
 const PROMPTS: [&str; 4] = ["english", "code", "unicode", "long_sliding_window"];

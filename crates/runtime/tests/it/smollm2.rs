@@ -6,7 +6,7 @@
 use kiln_runtime::{DType, KvCacheSize, LoadOptions, Model, SeqInput};
 use serde_json::Value;
 
-use crate::common::{argmax, device, ids, testdata};
+use crate::common::{argmax, device, ids, margin, testdata};
 
 fn model() -> Model {
     model_with_kv(DType::F32)
@@ -108,18 +108,6 @@ fn greedy(model: &mut Model, prompt: &[u32], table: &[u32], steps: usize) -> Vec
         out.push((argmax(&logits), logits));
     }
     out
-}
-
-/// The gap between the largest and the second-largest logit.
-fn margin(logits: &[f32]) -> f32 {
-    let best = argmax(logits) as usize;
-    let second = logits
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != best)
-        .map(|(_, &v)| v)
-        .fold(f32::NEG_INFINITY, f32::max);
-    logits[best] - second
 }
 
 /// f16 K/V (the served default) rounds what attention reads, so logits move a little; the
