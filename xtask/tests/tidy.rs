@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("kiln-hub", 0),
     ("kiln-gguf", 0),
     ("kiln-api-types", 1),
+    ("kiln-media", 1),
     ("kiln-tokenizer", 2),
     ("kiln-runtime", 3),
     ("kiln-scheduler", 4),
