@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
                 start: 0,
                 block_table: table,
                 all_logits: false,
+                embeds: &[],
             }];
             if let Err(err) = model.forward(&step) {
                 panic!("prefill: {err}");
@@ -55,6 +56,7 @@ fn bench(c: &mut Criterion) {
                 start: CONTEXT,
                 block_table: table,
                 all_logits: false,
+                embeds: &[],
             })
             .collect();
         group.throughput(Throughput::Elements(batch as u64));
@@ -74,6 +76,7 @@ fn bench(c: &mut Criterion) {
             start: 0,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }];
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &step, |b, step| {

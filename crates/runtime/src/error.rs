@@ -69,6 +69,18 @@ pub enum RuntimeError {
     EmptyBatch,
     #[error("two sequences in one step write the same KV slot (block {block})")]
     SharedWrite { block: u32 },
+    #[error("image input refused: {0}")]
+    BadImage(String),
+    #[error(
+        "sequence {sequence}'s image rows do not fit its new tokens (rows of width {hidden} \
+         from token {at}, {tokens} tokens)"
+    )]
+    BadEmbeds {
+        sequence: usize,
+        at: usize,
+        hidden: usize,
+        tokens: usize,
+    },
     #[error("the compute backend failed: {0}")]
     Backend(String),
 }

@@ -113,6 +113,23 @@ pub struct SeqInput<'a> {
     pub block_table: &'a [u32],
     /// Logits at every new position (for prompt logprobs and tests), not only the last.
     pub all_logits: bool,
+    /// Rows that replace the embeddings of some of `tokens` (an image's tokens); empty for
+    /// text.
+    pub embeds: &'a [Embeds<'a>],
+}
+
+/// Embedding rows for consecutive new tokens of a step, from [`Model::encode_image`]: they
+/// replace the token embeddings of `tokens[at..at + rows.len() / hidden]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Embeds<'a> {
+    pub at: usize,
+    pub rows: &'a [f32],
+}
+
+/// What a vision model takes: the token its image rows replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisionInfo {
+    pub image_token_id: u32,
 }
 
 /// Logits for one sequence: `rows` rows of `vocab` values, row-major.
@@ -195,6 +212,17 @@ impl Model {
     /// Bytes of the KV pool (fixed at load).
     pub fn kv_cache_bytes(&self) -> usize {
         self.inner.kv().bytes()
+    }
+
+    /// The model's vision input, if it takes images.
+    pub fn vision(&self) -> Option<VisionInfo> {
+        self.inner.vision()
+    }
+
+    /// An image's processed tiles through the vision tower and projector: the rows, `[tokens,
+    /// hidden]` row-major, that replace its image tokens' embeddings ([`SeqInput::embeds`]).
+    pub fn encode_image(&self, tiles: &[kiln_media::Tile]) -> Result<Vec<f32>, RuntimeError> {
+        self.inner.encode_image(tiles)
     }
 
     /// Runs one step over a ragged batch. A sequence's logits do not depend on what else is in

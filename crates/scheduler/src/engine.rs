@@ -8,12 +8,14 @@
 //! logits pick the next token. Prefill, chunked prefill, decode, recompute after preemption and
 //! the tail of a forked choice are all that one rule.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use kiln_runtime::{FREED_BLOCK, Model, SeqInput};
+use kiln_runtime::{Embeds, FREED_BLOCK, Model, SeqInput};
 use kiln_tokenizer::{Detokenizer, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -66,11 +68,101 @@ struct Seq<'t> {
     admitted: u64,
     last_token_at: Option<Instant>,
     done: bool,
+    /// The prompt's images with their tower rows, shared by the request's choices.
+    images: Option<Arc<SeqImages>>,
+}
+
+/// A prompt's images once encoded: each image's rows and spans, and the prompt as the prefix
+/// cache sees it (image positions keyed by the image's hash instead of the placeholder id).
+struct SeqImages {
+    /// Per image: its spans and its rows (`hidden` values per token, in span order).
+    images: Vec<(Vec<(usize, usize)>, Vec<f32>)>,
+    hidden: usize,
+    keys: Vec<u32>,
+}
+
+impl SeqImages {
+    /// The tower's rows for each image of `request`, or the error that refuses it.
+    fn encode(model: &Model, request: &GenerationRequest) -> Result<Self, SchedulerError> {
+        let hidden = model.config().hidden_size;
+        let mut keys = request.prompt.clone();
+        let mut images = Vec::with_capacity(request.images.len());
+        for image in &request.images {
+            let rows = model.encode_image(&image.tiles)?;
+            let tokens: usize = image.spans.iter().map(|&(_, len)| len).sum();
+            if rows.len() != tokens * hidden {
+                return Err(SchedulerError::InvalidParameter {
+                    param: "images",
+                    message: format!(
+                        "the vision tower made {} rows for an image with {tokens} tokens",
+                        rows.len() / hidden.max(1)
+                    ),
+                });
+            }
+            let mut j = 0u32;
+            for &(start, len) in &image.spans {
+                for key in &mut keys[start..start + len] {
+                    *key = image_key(&image.hash, j);
+                    j += 1;
+                }
+            }
+            images.push((image.spans.clone(), rows));
+        }
+        Ok(Self {
+            images,
+            hidden,
+            keys,
+        })
+    }
+
+    /// The rows for new tokens `range` of the prompt, as offsets into the chunk.
+    fn embeds(&self, range: std::ops::Range<usize>) -> Vec<Embeds<'_>> {
+        let mut out = Vec::new();
+        for (spans, rows) in &self.images {
+            let mut row = 0;
+            for &(start, len) in spans {
+                let (from, to) = (start.max(range.start), (start + len).min(range.end));
+                if from < to {
+                    let first = row + from - start;
+                    out.push(Embeds {
+                        at: from - range.start,
+                        rows: &rows[first * self.hidden..(first + to - from) * self.hidden],
+                    });
+                }
+                row += len;
+            }
+        }
+        out
+    }
+}
+
+/// The prefix-cache key of an image's `j`-th token: from its hash, never a vocabulary id (high
+/// bit set) nor the KV-group markers near `u32::MAX`.
+fn image_key(hash: &[u8; 32], j: u32) -> u32 {
+    // FNV-1a over the hash and the index.
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in hash.iter().chain(&j.to_le_bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    0x8000_0000 | (h & 0x3fff_ffff)
 }
 
 impl Seq<'_> {
     fn uncomputed(&self) -> usize {
         self.tokens.len() - self.computed
+    }
+
+    /// The tokens as the prefix cache keys them: image positions by their image.
+    fn cache_tokens(&self) -> Cow<'_, [u32]> {
+        match &self.images {
+            None => Cow::Borrowed(&self.tokens),
+            Some(images) => {
+                let mut keys = images.keys.clone();
+                keys.extend_from_slice(&self.tokens[self.prompt_len..]);
+                Cow::Owned(keys)
+            }
+        }
     }
 
     fn generated(&self) -> usize {
@@ -131,13 +223,13 @@ pub(crate) fn run(
                 break;
             }
             match rx.recv() {
-                Ok(cmd) => st.command(cmd, &mut deadline),
+                Ok(cmd) => st.command(cmd, &mut deadline, &model),
                 Err(_) => break,
             }
         }
         loop {
             match rx.try_recv() {
-                Ok(cmd) => st.command(cmd, &mut deadline),
+                Ok(cmd) => st.command(cmd, &mut deadline, &model),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     disconnected = true;
@@ -172,16 +264,30 @@ impl<'t> State<'t> {
         self.running.is_empty() && self.waiting.is_empty()
     }
 
-    fn command(&mut self, cmd: Command, deadline: &mut Option<Instant>) {
+    fn command(&mut self, cmd: Command, deadline: &mut Option<Instant>, model: &Model) {
         match cmd {
-            Command::Submit(s) => self.enqueue(*s),
+            Command::Submit(s) => self.enqueue(*s, model),
             Command::Shutdown { deadline: d } => {
                 *deadline = Some(deadline.map_or(d, |old| old.min(d)));
             }
         }
     }
 
-    fn enqueue(&mut self, s: Submission) {
+    fn enqueue(&mut self, s: Submission, model: &Model) {
+        // The vision tower runs once per request, here: a failure refuses the request before
+        // it holds anything.
+        let images = if s.request.images.is_empty() {
+            None
+        } else {
+            match SeqImages::encode(model, &s.request) {
+                Ok(images) => Some(Arc::new(images)),
+                Err(e) => {
+                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                    let _ = s.events.send(Event::Error(e));
+                    return;
+                }
+            }
+        };
         let id = self.next_request;
         self.next_request += 1;
         let r = &s.request;
@@ -202,6 +308,7 @@ impl<'t> State<'t> {
             admitted: 0,
             last_token_at: None,
             done: false,
+            images,
         };
         self.requests.insert(
             id,
@@ -288,17 +395,21 @@ impl<'t> State<'t> {
             kv_groups: &self.kv_groups,
         };
         let plan = {
+            let keyed: Vec<Cow<'_, [u32]>> = self.running.iter().map(Seq::cache_tokens).collect();
             let running: Vec<planner::Running<'_>> = self
                 .running
                 .iter()
-                .map(|s| planner::Running {
-                    tokens: &s.tokens,
+                .zip(&keyed)
+                .map(|(s, tokens)| planner::Running {
+                    tokens,
                     computed: s.computed,
                     blocks: &s.blocks,
                     admitted: s.admitted,
                 })
                 .collect();
-            let waiting: Vec<&[u32]> = self.waiting.iter().map(|s| &s.tokens[..]).collect();
+            let waiting_keyed: Vec<Cow<'_, [u32]>> =
+                self.waiting.iter().map(Seq::cache_tokens).collect();
+            let waiting: Vec<&[u32]> = waiting_keyed.iter().map(|t| &t[..]).collect();
             planner::plan(&mut self.blocks, &running, &waiting, limits)
         };
 
@@ -362,19 +473,31 @@ impl<'t> State<'t> {
             return;
         }
 
+        let embeds: Vec<Vec<Embeds<'_>>> = self
+            .running
+            .iter()
+            .zip(&chunks)
+            .map(|(s, &chunk)| match &s.images {
+                Some(images) => images.embeds(s.computed..s.computed + chunk),
+                None => Vec::new(),
+            })
+            .collect();
         let inputs: Vec<SeqInput<'_>> = self
             .running
             .iter()
             .zip(&chunks)
-            .map(|(s, &chunk)| SeqInput {
+            .zip(&embeds)
+            .map(|((s, &chunk), embeds)| SeqInput {
                 tokens: &s.tokens[s.computed..s.computed + chunk],
                 start: s.computed,
                 block_table: &s.blocks,
                 all_logits: false,
+                embeds,
             })
             .collect();
         let result = model.forward(&inputs);
         drop(inputs);
+        drop(embeds);
         let logits = match result {
             Ok(logits) => logits,
             Err(err) => {
@@ -395,20 +518,26 @@ impl<'t> State<'t> {
             let seq = &mut self.running[i];
             seq.computed += chunk;
             let groups = self.kv_groups.len();
-            while (seq.hashes.len() + 1) * bs <= seq.computed {
-                let b = seq.hashes.len();
-                let parent = seq.hashes.last().copied().unwrap_or(0);
-                let tokens = &seq.tokens[b * bs..(b + 1) * bs];
-                // Each group's page of the block (none is freed yet: only blocks that slid
-                // out of a window are, and those were registered when they filled).
-                let mut hash = crate::blocks::chain_hash(parent, tokens);
-                for group in 0..groups {
-                    let id = seq.blocks[b * groups + group];
-                    if id != FREED_BLOCK {
-                        hash = self.blocks.register_group(id, parent, tokens, group);
+            if (seq.hashes.len() + 1) * bs <= seq.computed {
+                let keyed = seq.cache_tokens();
+                let mut parent = seq.hashes.last().copied().unwrap_or(0);
+                let mut new = Vec::new();
+                for b in seq.hashes.len()..seq.computed / bs {
+                    let tokens = &keyed[b * bs..(b + 1) * bs];
+                    // Each group's page of the block (none is freed yet: only blocks that slid
+                    // out of a window are, and those were registered when they filled).
+                    let mut hash = crate::blocks::chain_hash(parent, tokens);
+                    for group in 0..groups {
+                        let id = seq.blocks[b * groups + group];
+                        if id != FREED_BLOCK {
+                            hash = self.blocks.register_group(id, parent, tokens, group);
+                        }
                     }
+                    new.push(hash);
+                    parent = hash;
                 }
-                seq.hashes.push(hash);
+                drop(keyed);
+                seq.hashes.extend(new);
             }
             if seq.uncomputed() > 0 {
                 continue;
@@ -463,7 +592,7 @@ impl<'t> State<'t> {
     /// share its full prompt blocks and recompute only the partial last block.
     fn fork(&mut self, i: usize, logits: &[f32]) -> Vec<(Seq<'t>, Vec<f32>)> {
         let bs = self.blocks.block_size();
-        let (request, tokens, prompt_len, shared, hashes, n) = {
+        let (request, tokens, prompt_len, shared, hashes, n, images) = {
             let s = &mut self.running[i];
             let full = s.prompt_len / bs;
             let n = std::mem::take(&mut s.pending_forks);
@@ -474,6 +603,7 @@ impl<'t> State<'t> {
                 s.blocks[..full * self.kv_groups.len()].to_vec(),
                 s.hashes[..full.min(s.hashes.len())].to_vec(),
                 n,
+                s.images.clone(),
             )
         };
         let Some(r) = self.requests.get(&request) else {
@@ -505,6 +635,7 @@ impl<'t> State<'t> {
                     admitted: self.tick,
                     last_token_at: None,
                     done: false,
+                    images: images.clone(),
                 },
                 logits.to_vec(),
             ));

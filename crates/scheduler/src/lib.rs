@@ -94,6 +94,21 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     /// Leave control tokens out of the text (OpenAI's behaviour).
     pub skip_special_tokens: bool,
+    /// The prompt's images, in prompt order (empty for text).
+    pub images: Vec<ImageInput>,
+}
+
+/// An image in a prompt: its processed tiles, a hash of its pixels and of how they were
+/// processed, and where its tokens are. The vision tower runs when the request reaches the
+/// engine; its rows then fill the spans in order. The prefix cache keys the image's positions
+/// by the hash, so two images behind the same placeholder tokens never share KV blocks, and
+/// one image repeated (a system prompt's) does.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub tiles: Vec<kiln_media::Tile>,
+    pub hash: [u8; 32],
+    /// Runs of the image's tokens in the prompt, `(start, len)`, in order.
+    pub spans: Vec<(usize, usize)>,
 }
 
 impl GenerationRequest {
@@ -108,6 +123,7 @@ impl GenerationRequest {
             n: 1,
             logprobs: None,
             skip_special_tokens: true,
+            images: Vec::new(),
         }
     }
 }
@@ -626,6 +642,23 @@ impl EngineHandle {
         let info = &self.info;
         if r.prompt.is_empty() {
             return Err(SchedulerError::EmptyPrompt);
+        }
+        let mut end = 0;
+        for image in &r.images {
+            for &(start, len) in &image.spans {
+                if start < end || len == 0 || start + len > r.prompt.len() {
+                    return Err(SchedulerError::InvalidParameter {
+                        param: "images",
+                        message: format!(
+                            "an image's tokens at {start}..{} are out of order or outside the \
+                             {}-token prompt",
+                            start + len,
+                            r.prompt.len()
+                        ),
+                    });
+                }
+                end = start + len;
+            }
         }
         if let Some(&id) = r.prompt.iter().find(|&&id| id as usize >= info.vocab_size) {
             return Err(SchedulerError::BadPromptToken {

@@ -99,6 +99,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         start: 0,
         block_table: &table,
         all_logits: false,
+        embeds: &[],
     }])?;
     let prefill = started.elapsed();
     let mut next = argmax(logits.first().map(|l| l.last()).unwrap_or_default());
@@ -120,6 +121,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
             start: position,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }])?;
         next = argmax(logits.first().map(|l| l.last()).unwrap_or_default());
     }

@@ -64,7 +64,8 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Tokenizer> {
         Some(ChatTemplate::new("chat_template.jinja", source)?)
     } else {
         match config.as_ref().and_then(|c| c.get("chat_template")) {
-            None | Some(Value::Null) => None,
+            // Vision models on the Hub keep the processor's template in `chat_template.json`.
+            None | Some(Value::Null) => processor_template(dir)?,
             Some(Value::String(source)) => Some(ChatTemplate::new(
                 "tokenizer_config.json chat_template",
                 source.clone(),
@@ -79,6 +80,25 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Tokenizer> {
         }
     };
     Tokenizer::assemble(inner, specials, chat_template)
+}
+
+/// `chat_template.json`'s `{"chat_template": "..."}`, if the folder has one.
+fn processor_template(dir: &Path) -> Result<Option<ChatTemplate>> {
+    let path = dir.join("chat_template.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let json: Value = serde_json::from_slice(&read(&path)?).map_err(|e| invalid(&path, e))?;
+    match json.get("chat_template") {
+        Some(Value::String(source)) => Ok(Some(ChatTemplate::new(
+            "chat_template.json",
+            source.clone(),
+        )?)),
+        _ => Err(TokenizerError::InvalidFile {
+            path,
+            message: "chat_template must be a string".into(),
+        }),
+    }
 }
 
 /// Picks the `default` template from a list of named ones.

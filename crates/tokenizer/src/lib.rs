@@ -52,6 +52,17 @@ pub enum TokenizerError {
     /// alternate: the request's problem, not the model's.
     #[error("{message}")]
     TemplateRejected { name: String, message: String },
+    /// The template placed a different number of images than the messages hold (it ignores
+    /// image parts, or is not a vision template).
+    #[error(
+        "the chat template placed {found} image placeholder(s) (`{placeholder}`) for {images} \
+         image(s) in the messages"
+    )]
+    ImagePlaceholders {
+        placeholder: String,
+        found: usize,
+        images: usize,
+    },
 }
 
 impl TokenizerError {
@@ -218,9 +229,54 @@ impl Tokenizer {
             .as_ref()
             .ok_or(TokenizerError::NoChatTemplate)?;
         let rendered = template.render(self, messages, options)?;
+        self.encode_rendered(&rendered)
+    }
+
+    /// Like [`apply_chat_template`](Self::apply_chat_template) for messages with images: the
+    /// template writes `placeholder` for each image part, and the `i`-th becomes
+    /// `expansions[i]` (the image processor's text for that image, whose special-token strings
+    /// become those tokens). Only the template's own placeholders count — a user who types the
+    /// placeholder gets it as text.
+    pub fn apply_chat_template_with_images(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatTemplateOptions,
+        placeholder: &str,
+        expansions: &[String],
+    ) -> Result<ChatPrompt> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        let rendered = template.render(self, messages, options)?;
+        let found = rendered.matches(placeholder).count();
+        if found != expansions.len() || placeholder.is_empty() {
+            return Err(TokenizerError::ImagePlaceholders {
+                placeholder: placeholder.to_string(),
+                found,
+                images: expansions.len(),
+            });
+        }
+        let mut expanded = String::with_capacity(rendered.len());
+        let mut rest = rendered.as_str();
+        for expansion in expansions {
+            let Some(at) = rest.find(placeholder) else {
+                break;
+            };
+            expanded.push_str(&rest[..at]);
+            expanded.push_str(expansion);
+            rest = &rest[at + placeholder.len()..];
+        }
+        expanded.push_str(rest);
+        self.encode_rendered(&expanded)
+    }
+
+    /// A rendered template to ids: its special-token strings become those tokens, escaped
+    /// caller text stays literal.
+    fn encode_rendered(&self, rendered: &str) -> Result<ChatPrompt> {
         let mut ids = Vec::with_capacity(rendered.len() / 3 + 4);
         let mut text = String::with_capacity(rendered.len());
-        for segment in self.splitter.split(&rendered) {
+        for segment in self.splitter.split(rendered) {
             match segment {
                 special::Segment::Text(t) => {
                     let literal = self.splitter.unescape(t);

@@ -7,6 +7,7 @@
 //! [`Family::load`].
 
 mod gemma3;
+mod idefics3;
 mod llama;
 mod phi3;
 
@@ -20,8 +21,10 @@ use crate::nn::{KvLayout, LayerCache, PagedKv, Rope, RopeTables, StepSlots, host
 use crate::weights::{GgufLayout, GgufSource, Loader, SafetensorsSource, TensorSource};
 use crate::{
     LoadError, LoadOptions, LoadProgress, RuntimeError, SeqHiddenStates, SeqInput, SeqLogits,
+    VisionInfo,
 };
 use gemma3::Gemma3;
+use idefics3::Idefics3;
 use llama::{Llama, Projections};
 
 /// What the shared step logic needs of a family.
@@ -53,6 +56,7 @@ pub(crate) trait CausalLm: std::fmt::Debug + Send {
 pub(crate) enum Family {
     Llama(Llama),
     Gemma3(Gemma3),
+    Idefics3(Box<Idefics3>),
 }
 
 /// Each attention kind's RoPE (Gemma 3's sliding layers have their own base).
@@ -221,10 +225,17 @@ impl Family {
         if options.block_size == 0 {
             return Err(LoadError::Unsupported("block_size must be positive".into()));
         }
+        let mut vision = None;
         let (config, checkpoint) = if path.is_dir() {
             let config_path = path.join("config.json");
             let json = crate::weights::read_json(&config_path)?;
-            let config = ModelConfig::from_hf_json(&json, &config_path.display().to_string())?;
+            let origin = config_path.display().to_string();
+            let config = if json["model_type"].as_str() == Some("idefics3") {
+                vision = Some(idefics3::VisionConfig::from_hf_json(&json, &origin)?);
+                ModelConfig::from_hf_json(&json["text_config"], &format!("{origin} text_config"))?
+            } else {
+                ModelConfig::from_hf_json(&json, &origin)?
+            };
             (config, Checkpoint::Safetensors(path))
         } else {
             let file = kiln_gguf::GgufFile::open(path)?;
@@ -253,6 +264,13 @@ impl Family {
             options.kv_dtype,
         )?;
         let mut loader = Loader::new(&*source, (options.device, options.dtype), device, progress);
+        if let Some(vision) = vision {
+            return Ok(Self::Idefics3(Box::new(Idefics3::load(
+                (config, vision),
+                &mut loader,
+                kv,
+            )?)));
+        }
         Ok(match config.architecture {
             Architecture::Llama | Architecture::Qwen2 => {
                 Self::Llama(Llama::load(config, &mut loader, kv, Projections::Separate)?)
@@ -266,6 +284,7 @@ impl Family {
         match self {
             Self::Llama(m) => m,
             Self::Gemma3(m) => m,
+            Self::Idefics3(m) => &m.text,
         }
     }
 
@@ -273,6 +292,28 @@ impl Family {
         match self {
             Self::Llama(m) => m,
             Self::Gemma3(m) => m,
+            Self::Idefics3(m) => &mut m.text,
+        }
+    }
+
+    pub(crate) fn vision(&self) -> Option<VisionInfo> {
+        match self {
+            Self::Idefics3(m) => Some(VisionInfo {
+                image_token_id: m.image_token_id(),
+            }),
+            Self::Llama(_) | Self::Gemma3(_) => None,
+        }
+    }
+
+    pub(crate) fn encode_image(
+        &self,
+        tiles: &[kiln_media::Tile],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        match self {
+            Self::Idefics3(m) => m.encode(tiles),
+            Self::Llama(_) | Self::Gemma3(_) => Err(RuntimeError::BadImage(
+                "this model has no vision tower".into(),
+            )),
         }
     }
 
@@ -371,8 +412,29 @@ impl Family {
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
-        let x = self.lm().embed(&ids);
+        let mut x = self.lm().embed(&ids);
+        if batch.iter().any(|s| !s.embeds.is_empty()) {
+            x = self.splice(x, batch)?;
+        }
         self.lm_mut().decode(batch, x, capture)
+    }
+
+    /// The step's token embeddings `x` with each sequence's image rows in place of its image
+    /// tokens' (on the host: a prefill chunk's rows, once per image chunk).
+    fn splice(&self, x: Tensor<2>, batch: &[SeqInput<'_>]) -> Result<Tensor<2>, RuntimeError> {
+        let dtype = x.dtype();
+        let [tokens, hidden] = x.dims();
+        let mut xs = read_f32(x, "embeddings")?;
+        let mut offset = 0;
+        for seq in batch {
+            for e in seq.embeds {
+                let start = (offset + e.at) * hidden;
+                xs[start..start + e.rows.len()].copy_from_slice(e.rows);
+            }
+            offset += seq.tokens.len();
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(xs, [tokens, hidden]), self.lm().device());
+        Ok(crate::nn::to_dtype(x, dtype))
     }
 
     /// Checks a batch against the vocabulary, the context length and the KV pool before any
@@ -403,6 +465,17 @@ impl Family {
                     position: end - 1,
                     context_length: config.max_position_embeddings,
                 });
+            }
+            let hidden = config.hidden_size;
+            for e in seq.embeds {
+                if e.rows.len() % hidden != 0 || e.at + e.rows.len() / hidden > seq.tokens.len() {
+                    return Err(RuntimeError::BadEmbeds {
+                        sequence,
+                        at: e.at,
+                        hidden,
+                        tokens: seq.tokens.len(),
+                    });
+                }
             }
             self.kv().check(sequence, seq, &mut written)?;
         }

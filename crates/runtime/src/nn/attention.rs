@@ -18,6 +18,8 @@ pub(crate) enum Mask {
         first: usize,
         window: Option<usize>,
     },
+    /// Every token sees every other (a vision tower's patches of one image).
+    Full,
 }
 
 impl Mask {
@@ -27,7 +29,10 @@ impl Mask {
             start,
             first,
             window,
-        } = self;
+        } = self
+        else {
+            return None;
+        };
         let visible = |i: usize, j: usize| {
             let (query, key) = (start + i, first + j);
             key <= query && window.is_none_or(|w| query - key < w)

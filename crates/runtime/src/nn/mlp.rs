@@ -26,6 +26,21 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + inner.tanh())
 }
 
+/// `activation` on every value of `x` (shared with the vision towers' plain MLPs).
+pub(crate) fn activate(x: Tensor<2>, activation: Activation) -> Tensor<2> {
+    match activation {
+        Activation::Silu => silu(x),
+        Activation::GeluTanh => {
+            let cube = x.clone().mul(x.clone()).mul(x.clone());
+            let inner = x
+                .clone()
+                .add(cube.mul_scalar(GELU_CUBIC))
+                .mul_scalar(SQRT_2_OVER_PI);
+            x.mul_scalar(0.5).mul(inner.tanh().add_scalar(1.0))
+        }
+    }
+}
+
 impl GatedMlp {
     pub(crate) fn new(gate_up: Linear, down: Linear, activation: Activation) -> Self {
         Self {
@@ -36,17 +51,7 @@ impl GatedMlp {
     }
 
     fn act(&self, gate: Tensor<2>) -> Tensor<2> {
-        match self.activation {
-            Activation::Silu => silu(gate),
-            Activation::GeluTanh => {
-                let cube = gate.clone().mul(gate.clone()).mul(gate.clone());
-                let inner = gate
-                    .clone()
-                    .add(cube.mul_scalar(GELU_CUBIC))
-                    .mul_scalar(SQRT_2_OVER_PI);
-                gate.mul_scalar(0.5).mul(inner.tanh().add_scalar(1.0))
-            }
-        }
+        activate(gate, self.activation)
     }
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {

@@ -1,7 +1,8 @@
 //! The layers every model family is built from, each written once: RMSNorm, RoPE (full or
 //! partial), attention (with its mask — causal, sliding window — as a parameter) and the
 //! self-attention block around it, the gated MLPs (SwiGLU, GeGLU), linear projections over any
-//! [`Placement`], and the paged KV cache with attention over block tables. Norms and softmax run
+//! [`Placement`], the paged KV cache with attention over block tables, and the vision towers'
+//! layers (LayerNorm, biased projections, bidirectional attention over an image's patches). Norms and softmax run
 //! in f32 whatever the compute dtype, as transformers does.
 //!
 //! [`Placement`]: crate::device::Placement
@@ -13,6 +14,7 @@ mod mlp;
 mod norm;
 mod rope;
 mod self_attention;
+mod vision;
 
 pub(crate) use attention::{Mask, attention};
 pub(crate) use kv::{KvLayout, LayerKv, PagedKv, StepSlots};
@@ -21,6 +23,7 @@ pub(crate) use mlp::GatedMlp;
 pub(crate) use norm::RmsNorm;
 pub(crate) use rope::{Rope, RopeTables};
 pub(crate) use self_attention::{LayerCache, SelfAttention};
+pub(crate) use vision::{Affine, LayerNorm, VisionEncoderLayer, VisionMlp, patchify};
 
 use crate::RuntimeError;
 

@@ -21,6 +21,9 @@ pub(crate) struct Loader<'a> {
     dtype: DType,
     progress: &'a mut dyn FnMut(LoadProgress),
     progress_at: LoadProgress,
+    /// Names starting with `.0` are read as starting with `.1` instead (a text model nested in
+    /// a multimodal checkpoint: `model.layers.0…` is `model.text_model.layers.0…`).
+    rename: Option<(&'static str, &'static str)>,
 }
 
 impl std::fmt::Debug for Loader<'_> {
@@ -47,6 +50,22 @@ impl<'a> Loader<'a> {
             dtype,
             progress,
             progress_at: LoadProgress { done: 0, total: 0 },
+            rename: None,
+        }
+    }
+
+    /// From now on, names starting with `from` are read as starting with `to` (`None`: as
+    /// they are).
+    pub(crate) fn set_rename(&mut self, rename: Option<(&'static str, &'static str)>) {
+        self.rename = rename;
+    }
+
+    fn name<'n>(&self, name: &'n str) -> std::borrow::Cow<'n, str> {
+        match self.rename {
+            Some((from, to)) if name.starts_with(from) => {
+                std::borrow::Cow::Owned(format!("{to}{}", &name[from.len()..]))
+            }
+            _ => std::borrow::Cow::Borrowed(name),
         }
     }
 
@@ -66,7 +85,7 @@ impl<'a> Loader<'a> {
 
     /// Whether the checkpoint has this tensor (an optional weight, such as an untied head).
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.source.contains(name)
+        self.source.contains(&self.name(name))
     }
 
     /// Says how many groups of weights the family will load, for progress reports.
@@ -89,7 +108,12 @@ impl<'a> Loader<'a> {
     pub(crate) fn vectors(&self, parts: &[(&str, usize)]) -> Result<Tensor<1>, LoadError> {
         let mut data = Vec::new();
         for &(name, len) in parts {
-            data.extend(self.source.tensor(name, &[len], false)?.into_host().data);
+            data.extend(
+                self.source
+                    .tensor(&self.name(name), &[len], false)?
+                    .into_host()
+                    .data,
+            );
         }
         let len = data.len();
         Ok(self.upload(TensorData::new(data, [len])))
@@ -102,7 +126,7 @@ impl<'a> Loader<'a> {
         let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
         let raws = parts
             .iter()
-            .map(|(name, shape)| self.source.tensor(name, shape, keep_packed))
+            .map(|(name, shape)| self.source.tensor(&self.name(name), shape, keep_packed))
             .collect::<Result<Vec<_>, _>>()?;
         let raws = match stack_packed(raws) {
             Ok(packed) => return Ok(Linear::CpuPacked(Arc::new(packed))),
@@ -110,6 +134,25 @@ impl<'a> Loader<'a> {
         };
         let host = concat_rows(raws.into_iter().map(RawTensor::into_host).collect());
         Ok(self.dense(self.matrix(host)))
+    }
+
+    /// A projection stored with more dimensions than two — a patch embedding's convolution,
+    /// `[out, channels, k, k]` — with everything after the first flattened into `in`.
+    pub(crate) fn linear_flat(&self, name: &str, shape: &[usize]) -> Result<Linear, LoadError> {
+        let host = self
+            .source
+            .tensor(&self.name(name), shape, false)?
+            .into_host();
+        Ok(self.dense(self.matrix(host)))
+    }
+
+    /// A matrix used as a table (a position embedding), dense, in the compute dtype.
+    pub(crate) fn table(&self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, LoadError> {
+        let host = self
+            .source
+            .tensor(&self.name(name), &shape, false)?
+            .into_host();
+        Ok(self.matrix(host))
     }
 
     /// The token embedding `[vocab, hidden]` and the output layer that shares it (for tied
@@ -120,16 +163,18 @@ impl<'a> Loader<'a> {
         shape: [usize; 2],
     ) -> Result<(Embedding, Linear), LoadError> {
         let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
-        Ok(match self.source.tensor(name, &shape, keep_packed)? {
-            RawTensor::Packed(m) => {
-                let m = Arc::new(m);
-                (Embedding::CpuPacked(m.clone()), Linear::CpuPacked(m))
-            }
-            RawTensor::F32(t) => {
-                let table = self.matrix(t);
-                (Embedding::Device(table.clone()), self.dense(table))
-            }
-        })
+        Ok(
+            match self.source.tensor(&self.name(name), &shape, keep_packed)? {
+                RawTensor::Packed(m) => {
+                    let m = Arc::new(m);
+                    (Embedding::CpuPacked(m.clone()), Linear::CpuPacked(m))
+                }
+                RawTensor::F32(t) => {
+                    let table = self.matrix(t);
+                    (Embedding::Device(table.clone()), self.dense(table))
+                }
+            },
+        )
     }
 
     /// A dense `W` (`[out, in]`) as the projection its placement asks for.

@@ -62,6 +62,7 @@ fn all_logits(model: &mut Model, prompt: &[u32], chunk: usize, first_block: u32)
                 start: i * chunk,
                 block_table: &table,
                 all_logits: true,
+                embeds: &[],
             }])
             .unwrap();
         out.extend_from_slice(&logits[0].data);
@@ -81,6 +82,7 @@ fn greedy(model: &mut Model, prompt: &[u32], steps: usize, first_block: u32) -> 
                 start,
                 block_table: &table,
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap();
         let next = argmax(logits[0].last());
@@ -168,6 +170,7 @@ fn blocks_before_the_window_may_be_freed() {
             start,
             block_table: table,
             all_logits: false,
+            embeds: &[],
         }])
     };
     model
@@ -176,6 +179,7 @@ fn blocks_before_the_window_may_be_freed() {
             start: 0,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }])
         .unwrap();
     let whole = step(&mut model, &table, 7, 24).unwrap();

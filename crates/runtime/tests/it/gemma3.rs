@@ -48,6 +48,7 @@ fn run(
                 start: i * chunk,
                 block_table: table,
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap();
         last = out[0].last().to_vec();
@@ -66,6 +67,7 @@ fn run(
                 start: prompt.len() + step,
                 block_table: table,
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap();
         logits = out[0].last().to_vec();

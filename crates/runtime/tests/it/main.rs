@@ -1,7 +1,8 @@
 //! kiln-runtime's integration tests, one binary: dequantization against gguf-py, the tiny
 //! random Llama against transformers (CI runs `tiny_llama::` again on wgpu), and SmolLM2 and
 //! Gemma 3 270M (real GGUFs) against their float32 references, tiny Mistral and Phi-3 from
-//! safetensors and GGUF against transformers.
+//! safetensors and GGUF against transformers; the tiny random SmolVLM (Idefics3) with its
+//! images, processor and prompt expansion against transformers.
 
 // Helpers outside #[test] fns unwrap too: a test should fail loudly.
 #![allow(clippy::unwrap_used)]
@@ -11,4 +12,5 @@ mod families;
 mod gemma3;
 mod quant;
 mod smollm2;
+mod smolvlm;
 mod tiny_llama;

@@ -47,6 +47,7 @@ fn golden_prompts_match_transformers() {
                 start: 0,
                 block_table: &table,
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap();
         let logits = out[0].last().to_vec();
@@ -79,6 +80,7 @@ fn golden_prompts_match_transformers() {
                     start: prompt.len() + step - 1,
                     block_table: &table,
                     all_logits: false,
+                    embeds: &[],
                 }])
                 .unwrap();
             greedy.push(argmax(out[0].last()));
@@ -101,6 +103,7 @@ fn greedy(model: &mut Model, prompt: &[u32], table: &[u32], steps: usize) -> Vec
                 start,
                 block_table: table,
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap()[0]
             .last()

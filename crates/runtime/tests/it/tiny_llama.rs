@@ -56,6 +56,7 @@ fn greedy(model: &mut Model, prompt: &[u32], steps: usize, first_block: u32) -> 
             start: 0,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }])
         .unwrap();
     let mut next = argmax(logits[0].last());
@@ -70,6 +71,7 @@ fn greedy(model: &mut Model, prompt: &[u32], steps: usize, first_block: u32) -> 
                 start: prompt.len() + i,
                 block_table: &table,
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap();
         next = argmax(logits[0].last());
@@ -89,6 +91,7 @@ fn logits_at_every_position_match_transformers() {
             start: 0,
             block_table: &table,
             all_logits: true,
+            embeds: &[],
         }])
         .unwrap();
     let expected = read_f32(&dir().join("logits_all.f32"));
@@ -110,6 +113,7 @@ fn hidden_states_match_transformers_layer_by_layer() {
             start: 0,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }])
         .unwrap();
     // 3 × 16 × 64: the embedding output, after layer 0, after layer 1 + the final norm.
@@ -131,6 +135,7 @@ fn hidden_states_match_transformers_layer_by_layer() {
             start: 16,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }])
         .unwrap();
     let whole: Vec<u32> = input.iter().copied().chain(next).collect();
@@ -140,6 +145,7 @@ fn hidden_states_match_transformers_layer_by_layer() {
             start: 0,
             block_table: &table,
             all_logits: false,
+            embeds: &[],
         }])
         .unwrap();
     let diff = max_diff(step[0].last(), fresh[0].last());
@@ -175,6 +181,7 @@ fn chunked_prefill_equals_one_prefill() {
                 start,
                 block_table: &table,
                 all_logits: true,
+                embeds: &[],
             }])
             .unwrap();
         let want = &expected[start * 512..(start + chunk) * 512];
@@ -195,6 +202,7 @@ fn a_sequence_gives_the_same_logits_alone_and_in_a_ragged_batch() {
             start: 0,
             block_table: &[0, 1, 2],
             all_logits: false,
+            embeds: &[],
         }])
         .unwrap();
     // Eight sequences of different lengths, the probe among them, each in its own blocks.
@@ -216,6 +224,7 @@ fn a_sequence_gives_the_same_logits_alone_and_in_a_ragged_batch() {
                 start: 0,
                 block_table: &tables[7],
                 all_logits: false,
+                embeds: &[],
             });
         }
         batch.push(SeqInput {
@@ -223,6 +232,7 @@ fn a_sequence_gives_the_same_logits_alone_and_in_a_ragged_batch() {
             start: 0,
             block_table: &tables[i],
             all_logits: false,
+            embeds: &[],
         });
     }
     let together = model.forward(&batch).unwrap();
@@ -237,6 +247,7 @@ fn a_sequence_gives_the_same_logits_alone_and_in_a_ragged_batch() {
                 start: 0,
                 block_table: &tables[i],
                 all_logits: false,
+                embeds: &[],
             }])
             .unwrap();
         let j = if i < 3 { i } else { i + 1 };
@@ -334,6 +345,7 @@ fn the_gguf_form_of_the_model_gives_the_same_logits() {
             start: 0,
             block_table: &[0, 1, 2, 3],
             all_logits: true,
+            embeds: &[],
         }])
         .unwrap();
     let diff = max_diff(&out[0].data, &read_f32(&dir().join("logits_all.f32")));
@@ -352,6 +364,7 @@ fn bad_steps_are_errors_and_leave_the_cache_alone() {
                 start,
                 block_table: table,
                 all_logits: false,
+                embeds: &[],
             }])
             .map(|_| ())
     };
@@ -399,12 +412,14 @@ fn bad_steps_are_errors_and_leave_the_cache_alone() {
             start: 0,
             block_table: &[0],
             all_logits: false,
+            embeds: &[],
         },
         SeqInput {
             tokens: &[2],
             start: 0,
             block_table: &[0],
             all_logits: false,
+            embeds: &[],
         },
     ]);
     assert_eq!(
@@ -465,6 +480,7 @@ fn f16_compute_stays_close_to_the_f32_reference() {
             start: 0,
             block_table: &[0, 1, 2, 3],
             all_logits: true,
+            embeds: &[],
         }])
         .unwrap();
     let diff = max_diff(&out[0].data, &read_f32(&dir().join("logits_all.f32")));
@@ -536,6 +552,7 @@ fn sharded_bf16_safetensors_load_and_agree() {
             start: 0,
             block_table: &[0, 1, 2, 3],
             all_logits: true,
+            embeds: &[],
         }])
         .unwrap();
     // BF16 weights carry ~3 significant digits: close to the f32 reference, not equal to it.
@@ -596,6 +613,7 @@ fn qkv_biases_are_loaded_and_applied() {
                 start: 0,
                 block_table: &[0, 1, 2, 3],
                 all_logits: true,
+                embeds: &[],
             }])
             .unwrap()
             .remove(0)

@@ -1,0 +1,319 @@
+//! Idefics3 / SmolVLM — `Idefics3ForConditionalGeneration` — read as candle's model files are:
+//! a SigLIP vision tower (patch embedding, learned positions, LayerNorm encoder layers,
+//! post-LayerNorm), a connector (pixel shuffle, then a projection into the text model's width)
+//! and a Llama text model ([`Llama`], SmolVLM's being SmolLM2). The image's rows replace the
+//! `<image>` tokens' embeddings; everything after that is the text model's step.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_media::Tile;
+use serde_json::Value;
+
+use super::CausalLm;
+use super::llama::{Llama, Projections};
+use crate::config::{Activation, ModelConfig};
+use crate::nn::{
+    Affine, KvLayout, LayerNorm, Linear, VisionEncoderLayer, VisionMlp, host_f32, patchify,
+};
+use crate::weights::Loader;
+use crate::{LoadError, RuntimeError};
+
+/// The vision side of an Idefics3 `config.json`: `vision_config`, `scale_factor` and
+/// `image_token_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct VisionConfig {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) num_layers: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) patch_size: usize,
+    /// The tile's side: the position table covers `(image_size / patch_size)²` patches.
+    pub(crate) image_size: usize,
+    pub(crate) eps: f32,
+    pub(crate) activation: Activation,
+    /// The pixel shuffle's factor: `scale_factor²` patches become one token.
+    pub(crate) scale_factor: usize,
+    pub(crate) image_token_id: u32,
+}
+
+impl VisionConfig {
+    pub(crate) fn from_hf_json(json: &Value, origin: &str) -> Result<Self, LoadError> {
+        let bad = |message: String| LoadError::Config {
+            origin: origin.to_string(),
+            message,
+        };
+        let v = &json["vision_config"];
+        let num = |key: &str, default: Option<u64>| -> Result<usize, LoadError> {
+            v[key]
+                .as_u64()
+                .or(default)
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| bad(format!("vision_config.{key} must be a positive integer")))
+        };
+        let activation = match v["hidden_act"].as_str().unwrap_or("gelu_pytorch_tanh") {
+            "gelu_pytorch_tanh" => Activation::GeluTanh,
+            other => {
+                return Err(bad(format!(
+                    "vision_config.hidden_act {other:?} is not supported (gelu_pytorch_tanh)"
+                )));
+            }
+        };
+        let c = Self {
+            hidden_size: num("hidden_size", None)?,
+            intermediate_size: num("intermediate_size", None)?,
+            num_layers: num("num_hidden_layers", None)?,
+            num_heads: num("num_attention_heads", None)?,
+            patch_size: num("patch_size", None)?,
+            image_size: num("image_size", None)?,
+            eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
+            activation,
+            scale_factor: json["scale_factor"].as_u64().unwrap_or(2) as usize,
+            image_token_id: json["image_token_id"]
+                .as_u64()
+                .ok_or_else(|| bad("image_token_id is missing".into()))?
+                as u32,
+        };
+        let side = c.image_size / c.patch_size;
+        if c.hidden_size % c.num_heads != 0
+            || c.image_size % c.patch_size != 0
+            || c.scale_factor == 0
+            || side % c.scale_factor != 0
+        {
+            return Err(bad(format!(
+                "vision_config does not fit together (hidden {} over {} heads, image {} in patches \
+                 of {}, pixel shuffle by {})",
+                c.hidden_size, c.num_heads, c.image_size, c.patch_size, c.scale_factor
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Patches per side of a full tile.
+    fn side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+/// The SigLIP tower.
+#[derive(Debug)]
+struct Tower {
+    patch_embedding: Affine,
+    /// `[(image_size / patch)², hidden]`.
+    position_embedding: Tensor<2>,
+    layers: Vec<VisionEncoderLayer>,
+    post_layernorm: LayerNorm,
+}
+
+/// An Idefics3 model: its text model with the KV cache, the tower and the connector.
+#[derive(Debug)]
+pub(crate) struct Idefics3 {
+    pub(crate) text: Llama,
+    tower: Tower,
+    connector: Linear,
+    vision: VisionConfig,
+    device: Device,
+}
+
+impl Idefics3 {
+    /// Reads the text model under `model.text_model.` and the tower and connector beside it.
+    pub(crate) fn load(
+        (config, vision): (ModelConfig, VisionConfig),
+        loader: &mut Loader<'_>,
+        kv: KvLayout,
+    ) -> Result<Self, LoadError> {
+        loader.set_rename(Some(("model.", "model.text_model.")));
+        let text = Llama::load(config, loader, kv, Projections::Separate);
+        loader.set_rename(None);
+        let text = text?;
+        let v = &vision;
+        let (hidden, inter) = (v.hidden_size, v.intermediate_size);
+        let affine = |name: &str, shape: [usize; 2]| -> Result<Affine, LoadError> {
+            Ok(Affine::new(
+                loader.linear(&[(&format!("{name}.weight"), shape)])?,
+                Some(loader.vector(&format!("{name}.bias"), shape[0])?),
+            ))
+        };
+        let layer_norm = |name: &str| -> Result<LayerNorm, LoadError> {
+            Ok(LayerNorm::new(
+                loader.vector(&format!("{name}.weight"), hidden)?,
+                loader.vector(&format!("{name}.bias"), hidden)?,
+                v.eps,
+            ))
+        };
+        let e = "model.vision_model.embeddings";
+        let p = v.patch_size;
+        let patch_embedding = Affine::new(
+            loader.linear_flat(&format!("{e}.patch_embedding.weight"), &[hidden, 3, p, p])?,
+            Some(loader.vector(&format!("{e}.patch_embedding.bias"), hidden)?),
+        );
+        let position_embedding = loader.table(
+            &format!("{e}.position_embedding.weight"),
+            [v.side() * v.side(), hidden],
+        )?;
+        let mut layers = Vec::with_capacity(v.num_layers);
+        for i in 0..v.num_layers {
+            let l = format!("model.vision_model.encoder.layers.{i}");
+            let a = format!("{l}.self_attn");
+            layers.push(VisionEncoderLayer {
+                norm1: layer_norm(&format!("{l}.layer_norm1"))?,
+                q: affine(&format!("{a}.q_proj"), [hidden, hidden])?,
+                k: affine(&format!("{a}.k_proj"), [hidden, hidden])?,
+                v: affine(&format!("{a}.v_proj"), [hidden, hidden])?,
+                out: affine(&format!("{a}.out_proj"), [hidden, hidden])?,
+                norm2: layer_norm(&format!("{l}.layer_norm2"))?,
+                mlp: VisionMlp::new(
+                    affine(&format!("{l}.mlp.fc1"), [inter, hidden])?,
+                    affine(&format!("{l}.mlp.fc2"), [hidden, inter])?,
+                    v.activation,
+                ),
+                heads: v.num_heads,
+            });
+        }
+        let post_layernorm = layer_norm("model.vision_model.post_layernorm")?;
+        let text_hidden = text.config().hidden_size;
+        let connector = loader.linear(&[(
+            "model.connector.modality_projection.proj.weight",
+            [text_hidden, hidden * v.scale_factor * v.scale_factor],
+        )])?;
+        Ok(Self {
+            device: loader.device().clone(),
+            text,
+            tower: Tower {
+                patch_embedding,
+                position_embedding,
+                layers,
+                post_layernorm,
+            },
+            connector,
+            vision,
+        })
+    }
+
+    pub(crate) fn image_token_id(&self) -> u32 {
+        self.vision.image_token_id
+    }
+
+    /// The rows that replace an image's `<image>` tokens, `[tokens, text hidden]` row-major:
+    /// each tile through the tower, pixel-shuffled and projected, tiles in order.
+    pub(crate) fn encode(&self, tiles: &[Tile]) -> Result<Vec<f32>, RuntimeError> {
+        let v = &self.vision;
+        let p = v.patch_size;
+        let side = v.side();
+        let mut rows = Vec::new();
+        let mut positions = Vec::new();
+        for tile in tiles {
+            let (tw, th) = (tile.width as usize, tile.height as usize);
+            if tw != v.image_size || th != v.image_size || tile.pixels.len() != 3 * tw * th {
+                return Err(RuntimeError::BadImage(format!(
+                    "a {tw}x{th} tile where the vision tower takes {0}x{0}",
+                    v.image_size
+                )));
+            }
+            rows.extend(patchify(tile, p));
+            positions.extend(position_ids(th / p, tw / p, side));
+        }
+        let patches = side * side;
+        let n = tiles.len() * patches;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(rows, [n, 3 * p * p]), &self.device);
+        let x = crate::nn::to_dtype(x, self.tower.position_embedding.dtype());
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), &self.device);
+        let mut x = self
+            .tower
+            .patch_embedding
+            .forward(x)?
+            .add(self.tower.position_embedding.clone().select(0, ids));
+        for layer in &self.tower.layers {
+            x = layer.forward(x, patches)?;
+        }
+        let x = host_f32(self.tower.post_layernorm.forward(x))?;
+        let shuffled = pixel_shuffle(&x, (tiles.len(), side, v.hidden_size), v.scale_factor);
+        let s2 = v.scale_factor * v.scale_factor;
+        let tokens = n / s2;
+        let y = Tensor::<2>::from_data(
+            TensorData::new(shuffled, [tokens, v.hidden_size * s2]),
+            &self.device,
+        );
+        let y = crate::nn::to_dtype(y, self.tower.position_embedding.dtype());
+        host_f32(self.connector.forward(y)?)
+    }
+}
+
+/// Idefics3VisionEmbeddings' position ids for a tile of `rows` x `cols` patches: each patch's
+/// fractional coordinate bucketed into the `side` x `side` table, in torch's f32 arithmetic
+/// (for a full tile, simply `0..side²`).
+fn position_ids(rows: usize, cols: usize, side: usize) -> Vec<i64> {
+    // torch.arange(1/side, 1.0, 1/side): start + i·step in f64, stored as f32.
+    let step = 1.0 / side as f64;
+    let count = ((1.0 - step) / step).ceil().max(0.0) as usize;
+    let boundaries: Vec<f32> = (0..count)
+        .map(|i| (step + i as f64 * step) as f32)
+        .collect();
+    let bucket = |i: usize, n: usize| -> i64 {
+        let frac = (i as f32 * (1.0 / n as f32)).min(1.0 - 1e-6);
+        boundaries.iter().filter(|&&b| b <= frac).count() as i64
+    };
+    let mut ids = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            ids.push(bucket(r, rows) * side as i64 + bucket(c, cols));
+        }
+    }
+    ids
+}
+
+/// Idefics3Connector's pixel shuffle on the host: per tile, `side²` rows of `hidden` become
+/// `(side/s)²` rows of `s²·hidden`; output row `(h2, w2)` holds, at `(hs·s + ws)·hidden + e`,
+/// input row `(h2·s + hs, w2·s + ws)`'s value `e`.
+fn pixel_shuffle(x: &[f32], (tiles, side, hidden): (usize, usize, usize), s: usize) -> Vec<f32> {
+    let out_side = side / s;
+    let mut out = Vec::with_capacity(x.len());
+    for t in 0..tiles {
+        let tile = &x[t * side * side * hidden..(t + 1) * side * side * hidden];
+        for h2 in 0..out_side {
+            for w2 in 0..out_side {
+                for hs in 0..s {
+                    for ws in 0..s {
+                        let row = (h2 * s + hs) * side + (w2 * s + ws);
+                        out.extend_from_slice(&tile[row * hidden..(row + 1) * hidden]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_tiles_use_the_table_in_order() {
+        for side in [4, 26, 32] {
+            let ids = position_ids(side, side, side);
+            assert_eq!(
+                ids,
+                (0..(side * side) as i64).collect::<Vec<_>>(),
+                "side {side}"
+            );
+        }
+        // A 2x2 patch tile of a 4x4 table spreads over it.
+        assert_eq!(position_ids(2, 2, 4), vec![0, 2, 8, 10]);
+    }
+
+    #[test]
+    fn pixel_shuffle_matches_the_reshapes() {
+        // One 4x4 tile, hidden 1, values = row index: output row 0 holds rows 0, 1, 4, 5.
+        let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let out = pixel_shuffle(&x, (1, 4, 1), 2);
+        assert_eq!(
+            out,
+            vec![
+                0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.
+            ]
+        );
+    }
+}

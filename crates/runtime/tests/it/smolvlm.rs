@@ -1,0 +1,308 @@
+//! The tiny random SmolVLM / Idefics3 checkpoint (`testdata/tiny-smolvlm`, made with
+//! transformers 5.24; see its `make_golden.py`) through the real path: PNG → `kiln-media`'s
+//! decoder and Idefics3 processor (pixel values against transformers' Pillow processor) → the
+//! chat template with the images expanded (ids exact) → the vision tower and connector (image
+//! rows) → the Llama text model with the rows spliced in (logits at every position, prefilled
+//! in chunks that cut through the images, and 8 greedy steps over the paged KV cache).
+
+use kiln_media::{DecodeLimits, Detail, ImageProcessor, ProcessedImage};
+use kiln_runtime::{DType, Embeds, KvCacheSize, LoadOptions, Model, SeqInput};
+use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content, ContentPart, Tokenizer};
+use serde_json::Value;
+
+use crate::common::{argmax, device, f32s, ids, testdata};
+
+fn dir() -> std::path::PathBuf {
+    testdata("tiny-smolvlm")
+}
+
+fn golden() -> Value {
+    serde_json::from_slice(&std::fs::read(dir().join("golden.json")).unwrap()).unwrap()
+}
+
+fn floats(file: &str) -> Vec<f32> {
+    f32s(&std::fs::read(dir().join(file)).unwrap())
+}
+
+/// The file named at the start of a golden `..._file` description (`x.f32: (…) …`).
+fn file_of(description: &Value) -> String {
+    description
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn processed(case: &Value, processor: &ImageProcessor) -> Vec<ProcessedImage> {
+    let detail = if case["processor_kwargs"]["do_image_splitting"] == Value::Bool(false) {
+        Detail::Low
+    } else {
+        Detail::Auto
+    };
+    case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| {
+            let bytes = std::fs::read(dir().join(image["file"].as_str().unwrap())).unwrap();
+            let img = kiln_media::decode(&bytes, &DecodeLimits::default()).unwrap();
+            processor.process(&img, detail)
+        })
+        .collect()
+}
+
+fn messages(case: &Value) -> Vec<ChatMessage> {
+    case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage {
+            role: m["role"].as_str().unwrap().to_string(),
+            content: Some(Content::Parts(
+                m["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| match p["type"].as_str().unwrap() {
+                        "image" => ContentPart::Image,
+                        _ => ContentPart::Text {
+                            text: p["text"].as_str().unwrap().to_string(),
+                        },
+                    })
+                    .collect(),
+            )),
+            extra: serde_json::Map::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn the_processor_makes_transformers_pixels_and_prompt_text() {
+    let processor = ImageProcessor::from_dir(&dir()).unwrap().unwrap();
+    let tokenizer = Tokenizer::from_hf_dir(dir()).unwrap();
+    let golden = golden();
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let images = processed(case, &processor);
+        for (image, expected) in images.iter().zip(case["images"].as_array().unwrap()) {
+            assert_eq!(
+                image.tiles.len() as u64,
+                expected["tiles"].as_u64().unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                image.prompt,
+                expected["expansion"].as_str().unwrap(),
+                "{name}"
+            );
+            let pixels: Vec<f32> = image.tiles.iter().flat_map(|t| t.pixels.clone()).collect();
+            let want = floats(&file_of(&expected["pixel_values_file"]));
+            let diff = max_diff(&pixels, &want);
+            assert!(diff <= 1e-5, "{name}: pixel values differ by {diff}");
+        }
+        let expansions: Vec<String> = images.iter().map(|i| i.prompt.clone()).collect();
+        let options = ChatTemplateOptions {
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        let prompt = tokenizer
+            .apply_chat_template_with_images(&messages(case), &options, "<image>", &expansions)
+            .unwrap();
+        assert_eq!(prompt.ids, ids(&case["input_ids"]), "{name}: input ids");
+    }
+}
+
+#[test]
+fn a_template_that_drops_an_image_is_refused() {
+    let tokenizer = Tokenizer::from_hf_dir(dir()).unwrap();
+    let msg = ChatMessage {
+        role: "user".into(),
+        content: Some(Content::Parts(vec![ContentPart::Text {
+            // Typed by the user: text, not a placeholder.
+            text: "look: <image>".into(),
+        }])),
+        extra: serde_json::Map::new(),
+    };
+    let err = tokenizer
+        .apply_chat_template_with_images(
+            &[msg],
+            &ChatTemplateOptions::default(),
+            "<image>",
+            &["x".into()],
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("placed 0 image placeholder"),
+        "{err}"
+    );
+}
+
+/// `(start, len)` runs of `token` in `ids`, split into `per_image` counts.
+fn image_runs(ids: &[u32], token: u32, per_image: &[usize]) -> Vec<Vec<(usize, usize)>> {
+    let mut positions = ids
+        .iter()
+        .enumerate()
+        .filter(|&(_, &t)| t == token)
+        .map(|(p, _)| p);
+    per_image
+        .iter()
+        .map(|&n| {
+            let mut runs: Vec<(usize, usize)> = Vec::new();
+            for _ in 0..n {
+                let p = positions.next().unwrap();
+                match runs.last_mut() {
+                    Some((s, l)) if *s + *l == p => *l += 1,
+                    _ => runs.push((p, 1)),
+                }
+            }
+            runs
+        })
+        .collect()
+}
+
+/// The image rows for prompt positions `range`, as offsets into the chunk.
+fn embeds<'a>(
+    rows: &'a [Vec<f32>],
+    runs: &[Vec<(usize, usize)>],
+    range: std::ops::Range<usize>,
+    hidden: usize,
+) -> Vec<Embeds<'a>> {
+    let mut out = Vec::new();
+    for (rows, runs) in rows.iter().zip(runs) {
+        let mut row = 0;
+        for &(start, len) in runs {
+            let (from, to) = (start.max(range.start), (start + len).min(range.end));
+            if from < to {
+                let first = row + from - start;
+                out.push(Embeds {
+                    at: from - range.start,
+                    rows: &rows[first * hidden..(first + to - from) * hidden],
+                });
+            }
+            row += len;
+        }
+    }
+    out
+}
+
+#[test]
+fn logits_and_greedy_ids_match_transformers_with_the_images() {
+    let mut model = Model::load(
+        &dir(),
+        &LoadOptions {
+            device: device(),
+            block_size: 4,
+            kv_cache: KvCacheSize::Tokens(4 * 64),
+            kv_dtype: DType::F32,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let token = model.vision().unwrap().image_token_id;
+    assert_eq!(token, 510);
+    let hidden = model.config().hidden_size;
+    let processor = ImageProcessor::from_dir(&dir()).unwrap().unwrap();
+    let golden = golden();
+    let mut worst = 0.0f32;
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["input_ids"]);
+        let images = processed(case, &processor);
+        let rows: Vec<Vec<f32>> = images
+            .iter()
+            .map(|i| model.encode_image(&i.tiles).unwrap())
+            .collect();
+        for (r, expected) in rows.iter().zip(case["images"].as_array().unwrap()) {
+            let want = floats(&file_of(&expected["features_file"]));
+            let diff = max_diff(r, &want);
+            assert!(diff <= 1e-4, "{name}: image features differ by {diff}");
+        }
+        let counts: Vec<usize> = images.iter().map(|i| i.image_tokens).collect();
+        let runs = image_runs(&prompt, token, &counts);
+        let table: Vec<u32> = (0..64).collect();
+
+        // Prefill in chunks of 24: they cut through the images' runs.
+        let mut logits = Vec::new();
+        for start in (0..prompt.len()).step_by(24) {
+            let end = (start + 24).min(prompt.len());
+            let e = embeds(&rows, &runs, start..end, hidden);
+            let out = model
+                .forward(&[SeqInput {
+                    tokens: &prompt[start..end],
+                    start,
+                    block_table: &table,
+                    all_logits: true,
+                    embeds: &e,
+                }])
+                .unwrap();
+            logits.extend_from_slice(&out[0].data);
+        }
+        let want = floats(&file_of(&case["logits_file"]));
+        let diff = max_diff(&logits, &want);
+        worst = worst.max(diff);
+        assert!(diff <= 1e-3, "{name}: logits differ by {diff}");
+
+        // Greedy decoding from the cache.
+        let vocab = model.config().vocab_size;
+        let mut next = argmax(&logits[(prompt.len() - 1) * vocab..]);
+        let mut got = vec![next];
+        for step in 0..7 {
+            let out = model
+                .forward(&[SeqInput {
+                    tokens: &[next],
+                    start: prompt.len() + step,
+                    block_table: &table,
+                    all_logits: false,
+                    embeds: &[],
+                }])
+                .unwrap();
+            next = argmax(out[0].last());
+            got.push(next);
+        }
+        assert_eq!(got, ids(&case["greedy_ids"]), "{name}: greedy ids");
+    }
+    eprintln!("tiny SmolVLM: largest logit difference {worst:e}");
+}
+
+#[test]
+fn rows_that_do_not_fit_their_tokens_are_refused() {
+    let mut model = Model::load(
+        &dir(),
+        &LoadOptions {
+            device: device(),
+            kv_cache: KvCacheSize::Tokens(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let hidden = model.config().hidden_size;
+    let rows = vec![0.0f32; 3 * hidden];
+    let table: Vec<u32> = (0..4).collect();
+    let err = model
+        .forward(&[SeqInput {
+            tokens: &[1, 510, 510],
+            start: 0,
+            block_table: &table,
+            all_logits: false,
+            embeds: &[Embeds { at: 1, rows: &rows }],
+        }])
+        .unwrap_err();
+    assert!(err.to_string().contains("image rows"), "{err}");
+    // A text model has no tower.
+    let bad = model.encode_image(&[kiln_media::Tile {
+        width: 16,
+        height: 16,
+        pixels: vec![0.0; 3 * 16 * 16],
+    }]);
+    assert!(bad.unwrap_err().to_string().contains("32x32"));
+}
