@@ -481,10 +481,12 @@ impl JsonSchema for ContentPart {
 #[serde(remote = "Self", deny_unknown_fields)]
 #[schemars(rename = "ImageUrl")]
 pub struct ImageUrl {
-    /// `https://…`, `http://…` or `data:image/<type>;base64,<data>`.
+    /// `https://…`, `http://…`, `data:image/<type>;base64,<data>`, or `file://…` where the
+    /// server allows a local media folder.
     #[schemars(pattern(schema::IMAGE_URL_PATTERN))]
     pub url: String,
-    /// Accepted and ignored: Kiln always uses the model's own resolution.
+    /// `low` asks for fewer image tokens where the model's processor has a way (Idefics3: the
+    /// global image only, no tiles); elsewhere accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<ImageDetail>,
 }

@@ -38,5 +38,6 @@ pub use models::{Health, HealthStatus, Model, ModelList};
 pub use openapi::{openapi, openapi_for};
 pub use parse::{parse_chat_request, parse_completion_request};
 pub use validate::{
-    GenerationParams, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion, ValidatedMessage,
+    GenerationParams, ImagePart, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion,
+    ValidatedMessage,
 };

@@ -9,8 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::limits::{Limits, MAX_PROMPTS};
 
 /// What [`crate::validate::is_accepted_image_url`] accepts, as an ECMA-262 pattern.
-pub(crate) const IMAGE_URL_PATTERN: &str =
-    "^(?:[Hh][Tt][Tt][Pp][Ss]?://|[Dd][Aa][Tt][Aa]:[Ii][Mm][Aa][Gg][Ee]/[^,]*;[Bb][Aa][Ss][Ee]64,)";
+pub(crate) const IMAGE_URL_PATTERN: &str = "^(?:[Hh][Tt][Tt][Pp][Ss]?://|[Ff][Ii][Ll][Ee]://|[Dd][Aa][Tt][Aa]:[Ii][Mm][Aa][Gg][Ee]/[^,]*;[Bb][Aa][Ss][Ee]64,)";
 
 /// An unsupported feature: only null passes.
 pub(crate) fn null_only(_: &mut SchemaGenerator) -> Schema {

@@ -14,7 +14,7 @@
 //! | `model` | Honoured. Missing or `""` → `None`: the server's default model. |
 //! | `messages` | Honoured. At least one. Roles `system`, `developer`, `user`, `assistant`; `tool` and `function` rejected (no tool calling). |
 //! | `messages[i].content` | Honoured. Required for every role (null only makes sense with tool calls). A string, or a non-empty array of parts: `text` anywhere, `image_url` in user messages only; other part types rejected. |
-//! | `messages[i].content[j].image_url.url` | Honoured. `https://`, `http://` or `data:image/…;base64,…` (scheme checked, case-insensitively; nothing fetched or decoded here). At most [`Limits::max_images`] images per request; with `max_images` 0 any image part is rejected. |
+//! | `messages[i].content[j].image_url.url` | Honoured. `https://`, `http://`, `data:image/…;base64,…` or `file://` (scheme checked, case-insensitively; fetched and decoded by the gateway, `file://` only under `--allowed-local-media-path`). At most [`Limits::max_images`] images per request; with `max_images` 0 any image part is rejected. |
 //! | `messages[i].content[j].image_url.detail` | Accepted, ignored: the model's own image resolution is used. |
 //! | `messages[i].name` | Honoured: given to the chat template. |
 //! | `messages[i].refusal`, `.tool_calls`, `.tool_call_id`, `.function_call`, `.audio` | Null accepted (clients echo them back); any value rejected. |
@@ -100,9 +100,16 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
     Text(String),
-    /// An image URL whose scheme is `http`, `https` or `data:image/…;base64`; not fetched or
-    /// decoded yet.
-    Image(String),
+    /// An image, not fetched or decoded yet.
+    Image(ImagePart),
+}
+
+/// An image part: its URL (`http`, `https`, `data:image/…;base64` or `file` scheme — only the
+/// scheme is checked here) and `detail` (`auto` when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePart {
+    pub url: String,
+    pub detail: crate::ImageDetail,
 }
 
 /// A validated chat message. String content becomes one [`Part::Text`].
@@ -602,7 +609,8 @@ pub fn is_accepted_image_url(url: &str) -> bool {
         url.len() >= prefix.len()
             && url.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     };
-    if has_prefix("http://") || has_prefix("https://") {
+    // `file://` is refused later unless the server allows a local media folder.
+    if has_prefix("http://") || has_prefix("https://") || has_prefix("file://") {
         return true;
     }
     if !has_prefix("data:image/") {
@@ -694,11 +702,14 @@ fn validate_messages(
                                 return Err(ValidationError::at(
                                     format!("messages[{i}].content[{j}].image_url.url"),
                                     code::INVALID_VALUE,
-                                    "image URLs must start with `https://`, `http://` or `data:image/<type>;base64,`",
+                                    "image URLs must start with `https://`, `http://`, `data:image/<type>;base64,` or `file://`",
                                 ));
                             }
                             images += 1;
-                            content.push(Part::Image(image_url.url));
+                            content.push(Part::Image(ImagePart {
+                                url: image_url.url,
+                                detail: image_url.detail.unwrap_or(crate::ImageDetail::Auto),
+                            }));
                         }
                     }
                 }

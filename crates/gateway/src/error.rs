@@ -32,6 +32,8 @@ pub enum ErrorKind {
     ContextLengthExceeded,
     /// Images sent to a model without vision.
     ImageInputNotSupported,
+    /// An image that could not be fetched, decoded or processed.
+    InvalidImage,
     /// A chat request to a model without a chat template.
     NoChatTemplate,
     /// The request body could not be read.
@@ -70,6 +72,7 @@ impl ErrorKind {
             | Self::InvalidRequest
             | Self::ContextLengthExceeded
             | Self::ImageInputNotSupported
+            | Self::InvalidImage
             | Self::NoChatTemplate
             | Self::InvalidBody => StatusCode::BAD_REQUEST,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -107,6 +110,7 @@ impl ErrorKind {
             Self::InvalidRequest | Self::Internal => return None,
             Self::ContextLengthExceeded => "context_length_exceeded",
             Self::ImageInputNotSupported => "image_input_not_supported",
+            Self::InvalidImage => "invalid_image",
             Self::NoChatTemplate => "no_chat_template",
             Self::InvalidBody => "invalid_body",
             Self::RequestTooLarge => "request_too_large",
@@ -296,6 +300,9 @@ impl From<TokenizerError> for ApiError {
             // The template refused these messages (e.g. roles that do not alternate).
             TokenizerError::TemplateRejected { message, .. } => {
                 ApiError::new(ErrorKind::InvalidValue, message).param("messages")
+            }
+            TokenizerError::ImagePlaceholders { .. } => {
+                ApiError::new(ErrorKind::InvalidValue, e.to_string()).param("messages")
             }
             TokenizerError::NoChatTemplate => ApiError::new(
                 ErrorKind::NoChatTemplate,

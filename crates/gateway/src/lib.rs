@@ -8,7 +8,8 @@
 //! A request goes `server` (the accept loop) → `access` (request id, metrics, access log) →
 //! `routing` (route, method, `auth`, dispatch) → a handler in `handlers` (`chat`,
 //! `completions`, `info`), which reads its body with `body` and answers with a JSON body or an
-//! `sse` stream.
+//! `sse` stream. A chat's image parts are fetched by `fetch` (SSRF-safe) and decoded and
+//! processed by `images` before its prompt is built.
 
 // Errors are the cold path of a request that already allocates; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -17,8 +18,10 @@ mod access;
 mod auth;
 mod body;
 pub mod error;
+pub mod fetch;
 mod handlers;
 mod ids;
+mod images;
 mod routing;
 mod server;
 mod sse;
@@ -32,6 +35,7 @@ use kiln_tokenizer::Tokenizer;
 use prometheus::Registry;
 
 pub use error::{ApiError, ErrorKind};
+pub use images::{MediaConfig, Vision};
 
 /// [`GatewayConfig::served_model_names`] by default.
 pub const DEFAULT_SERVED_MODEL_NAME: &str = "default";
@@ -60,8 +64,8 @@ pub struct GatewayConfig {
     /// Time allowed to send a request's headers.
     pub header_timeout: Duration,
     pub limits: Limits,
-    /// Whether the model takes image input.
-    pub accepts_images: bool,
+    /// How image URLs are fetched and decoded.
+    pub media: Arc<MediaConfig>,
     pub owned_by: String,
 }
 
@@ -75,7 +79,7 @@ impl Default for GatewayConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             limits: Limits::default(),
-            accepts_images: false,
+            media: Arc::default(),
             owned_by: DEFAULT_OWNED_BY.into(),
         }
     }
@@ -86,6 +90,8 @@ impl Default for GatewayConfig {
 pub struct Backend {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
+    /// The image side of a vision model.
+    pub vision: Option<Vision>,
 }
 
 /// The HTTP service. Serve it with [`Gateway::serve`]; it answers `/health` with 503 until
@@ -133,6 +139,11 @@ impl Gateway {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.config
+    }
+
+    /// Whether the loaded model takes images (and the server allows any per request).
+    pub(crate) fn accepts_images(&self) -> bool {
+        self.config.limits.max_images > 0 && self.backend.get().is_some_and(|b| b.vision.is_some())
     }
 
     pub(crate) fn backend(&self) -> Result<&Backend, ApiError> {

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Command};
 use kiln_api_types::Limits;
-use kiln_gateway::GatewayConfig;
+use kiln_gateway::fetch::MediaPolicy;
+use kiln_gateway::{GatewayConfig, MediaConfig};
 use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions};
 use kiln_scheduler::EngineConfig;
 
@@ -125,6 +126,34 @@ pub(crate) struct ServeConfig {
         default_value_t = !EngineConfig::default().prefix_caching, value_parser = switch)]
     pub(crate) no_prefix_caching: bool,
 
+    /// Most images in one chat request (a vision model; 0 refuses images)
+    #[arg(long, env = "KILN_MAX_IMAGES_PER_REQUEST", value_name = "N",
+        default_value_t = kiln_api_types::DEFAULT_MAX_IMAGES)]
+    pub(crate) max_images_per_request: usize,
+
+    /// Host name, IP or CIDR image URLs may be fetched from although it is loopback, private or
+    /// link-local (repeat for more; the environment variable is comma-separated)
+    #[arg(long, env = "KILN_ALLOW_MEDIA_HOST", value_name = "HOST")]
+    pub(crate) allow_media_host: Vec<String>,
+
+    /// Folder `file://` image URLs may read from [default: none, `file://` refused]
+    #[arg(long, env = "KILN_ALLOWED_LOCAL_MEDIA_PATH", value_name = "DIR")]
+    pub(crate) allowed_local_media_path: Option<PathBuf>,
+
+    /// Largest image a URL may return
+    #[arg(long, env = "KILN_MEDIA_MAX_BYTES", value_name = "SIZE",
+        default_value_t = ByteSize(kiln_gateway::fetch::MediaPolicy::DEFAULT_MAX_BYTES))]
+    pub(crate) media_max_bytes: ByteSize,
+
+    /// Seconds an image fetch may take, redirects and body included
+    #[arg(long, env = "KILN_MEDIA_TIMEOUT", value_name = "SECONDS",
+        default_value_t = kiln_gateway::fetch::MediaPolicy::default().total_timeout.as_secs())]
+    pub(crate) media_timeout: u64,
+
+    /// PEM file of CA certificates trusted for https image URLs besides the system's
+    #[arg(long, env = "KILN_MEDIA_CA_FILE", value_name = "FILE")]
+    pub(crate) media_ca_file: Option<PathBuf>,
+
     /// TOML file with any of these settings (keys are the flags with `_`: `max_running = 8`)
     #[arg(long, env = "KILN_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -181,10 +210,47 @@ impl ServeConfig {
             // The engine enforces `max_n`; validation states the same limit to clients.
             limits: Limits {
                 max_n: self.max_n as u32,
+                max_images: self.max_images_per_request,
                 ..Limits::default()
             },
             ..GatewayConfig::default()
         }
+    }
+
+    /// How image URLs are fetched: the allow-list, the local folder, the size and time limits
+    /// and any extra CA.
+    pub(crate) fn media_config(&self) -> Result<MediaConfig> {
+        let mut policy = MediaPolicy {
+            max_bytes: self.media_max_bytes.0,
+            total_timeout: Duration::from_secs(self.media_timeout.max(1)),
+            ..MediaPolicy::default()
+        };
+        for host in &self.allow_media_host {
+            policy.allow_hosts.push(
+                MediaPolicy::parse_host_rule(host)
+                    .map_err(|e| anyhow::anyhow!("--allow-media-host {host:?}: {e}"))?,
+            );
+        }
+        if let Some(dir) = &self.allowed_local_media_path {
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("--allowed-local-media-path {}", dir.display()))?;
+            if !dir.is_dir() {
+                bail!(
+                    "--allowed-local-media-path {}: not a directory",
+                    dir.display()
+                );
+            }
+            policy.allowed_local_path = Some(dir);
+        }
+        if let Some(file) = &self.media_ca_file {
+            policy.extra_roots = kiln_gateway::fetch::read_pem_certificates(file)
+                .map_err(|e| anyhow::anyhow!("--media-ca-file: {e}"))?;
+        }
+        Ok(MediaConfig {
+            policy,
+            ..MediaConfig::default()
+        })
     }
 
     pub(crate) fn shutdown_grace(&self) -> Duration {
@@ -219,6 +285,7 @@ impl ServeConfig {
         for (id, list) in [
             ("served_model_name", &mut self.served_model_name),
             ("api_key", &mut self.api_key),
+            ("allow_media_host", &mut self.allow_media_host),
         ] {
             if matches.value_source(id) == Some(ValueSource::EnvVariable) {
                 *list = split_env_list(list);

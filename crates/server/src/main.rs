@@ -223,6 +223,34 @@ pub(crate) fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(Strin
     })
 }
 
+/// The image side of a vision model: its processor (from the model folder's processor
+/// configs) and image token; `None` for a text model.
+pub(crate) fn vision(
+    model: &kiln_runtime::Model,
+    path: &std::path::Path,
+) -> Result<Option<kiln_gateway::Vision>> {
+    let Some(info) = model.vision() else {
+        return Ok(None);
+    };
+    let processor = if path.is_dir() {
+        kiln_media::ImageProcessor::from_dir(path)
+            .with_context(|| format!("the image processor of {}", path.display()))?
+    } else {
+        None
+    };
+    let Some(processor) = processor else {
+        bail!(
+            "{} is a vision model but has no image processor configuration \
+             (preprocessor_config.json or processor_config.json)",
+            path.display()
+        );
+    };
+    Ok(Some(kiln_gateway::Vision {
+        processor,
+        image_token_id: info.image_token_id,
+    }))
+}
+
 /// The model's tokenizer, with `chat_template` (a Jinja file) replacing the model's own.
 pub(crate) fn load_tokenizer(
     model: &std::path::Path,

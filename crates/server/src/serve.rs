@@ -49,7 +49,8 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
         names.push(default_name(&path));
     }
     let api_keys = config.api_keys();
-    let gateway_config = config.gateway_config(names.clone());
+    let mut gateway_config = config.gateway_config(names.clone());
+    gateway_config.media = Arc::new(config.media_config()?);
     let grace = config.shutdown_grace();
     let ServeConfig {
         host,
@@ -134,10 +135,15 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
             if groups.size == 1 { "" } else { "s" },
             kiln_runtime::kernels::Isa::active().kind().name()
         );
+        let vision = crate::vision(&model, &path)?;
+        if vision.is_some() {
+            tracing::info!("the model takes images");
+        }
         let engine = Engine::start(model, tokenizer.clone(), engine_config, &registry)?;
         gateway.set_backend(Backend {
             engine: engine.handle(),
             tokenizer,
+            vision,
         });
         let shown = if addr.ip().is_unspecified() {
             format!("127.0.0.1:{}", addr.port())

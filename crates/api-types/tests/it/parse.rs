@@ -64,8 +64,8 @@ fn vision_request() {
     match &v.messages[0].content[..] {
         [Part::Text(t), Part::Image(a), Part::Image(b)] => {
             assert_eq!(t, "What is in these images?");
-            assert!(a.starts_with("https://upload.wikimedia.org/"));
-            assert!(b.starts_with("data:image/jpeg;base64,"));
+            assert!(a.url.starts_with("https://upload.wikimedia.org/"));
+            assert!(b.url.starts_with("data:image/jpeg;base64,"));
         }
         other => panic!("unexpected content {other:?}"),
     }

@@ -2,7 +2,7 @@
 //! the good values around it come out as the right typed values.
 
 use crate::common::*;
-use kiln_api_types::{Limits, Part, PromptInput, Role, code};
+use kiln_api_types::{ImageDetail, ImagePart, Limits, Part, PromptInput, Role, code};
 use serde_json::json;
 
 #[test]
@@ -630,10 +630,17 @@ fn image_rules() {
     ] {
         let v = user(vec![image(good)]).unwrap();
         assert_eq!(v.image_count, 1);
-        assert_eq!(v.messages[0].content, vec![Part::Image(good.to_owned())]);
+        assert_eq!(
+            v.messages[0].content,
+            vec![Part::Image(ImagePart {
+                url: good.to_owned(),
+                detail: ImageDetail::Auto,
+            })]
+        );
     }
     for bad in [
         "ftp://example.com/cat.png",
+        "gopher://example.com/cat.png",
         "example.com/cat.png",
         " https://example.com",
         "data:text/plain;base64,aGk=",

@@ -11,30 +11,45 @@ use kiln_api_types::{
     ChatCompletionMessage, ChatCompletionObject, ChatLogprobs, FinishReason, Part, Role,
     ValidatedMessage,
 };
-use kiln_scheduler::{Completion, Event, SchedulerError};
-use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content};
+use kiln_scheduler::{Completion, Event, ImageInput, SchedulerError};
+use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content, ContentPart};
 
 use super::{fingerprint, finish, generation_request, token_logprob, usage};
-use crate::Gateway;
 use crate::body::{Body, json_response};
 use crate::error::{ApiError, ErrorKind, from_scheduler};
 use crate::ids::{random_hex, unix_now};
 use crate::sse::sse_response;
+use crate::{Gateway, images};
 
 /// The field that holds a chat's prompt, for errors about it.
 const PROMPT_PARAM: &str = "messages";
 
-/// A validated message as the chat template takes it: text parts joined, images left to the
-/// model's processor.
-fn template_message(m: &ValidatedMessage) -> ChatMessage {
-    let text: Vec<&str> = m
-        .content
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text(t) => Some(t.as_str()),
-            Part::Image(_) => None,
-        })
-        .collect();
+/// A validated message as the chat template takes it. For a text model, text parts joined;
+/// for a vision model, the parts as a list (`{"type": "image"}` for an image, whose pixels the
+/// processor handles) — vision templates iterate over the parts, and render a plain string as
+/// nothing.
+fn template_message(m: &ValidatedMessage, vision: bool) -> ChatMessage {
+    let content = if vision {
+        Content::Parts(
+            m.content
+                .iter()
+                .map(|p| match p {
+                    Part::Text(text) => ContentPart::Text { text: text.clone() },
+                    Part::Image(_) => ContentPart::Image,
+                })
+                .collect(),
+        )
+    } else {
+        let text: Vec<&str> = m
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                Part::Text(t) => Some(t.as_str()),
+                Part::Image(_) => None,
+            })
+            .collect();
+        Content::Text(text.join("\n"))
+    };
     // Templates written for system prompts rarely know `developer`.
     let role = match m.role {
         Role::Developer => "system",
@@ -42,7 +57,7 @@ fn template_message(m: &ValidatedMessage) -> ChatMessage {
     };
     let mut msg = ChatMessage {
         role: role.to_string(),
-        content: Some(Content::Text(text.join("\n"))),
+        content: Some(content),
         extra: serde_json::Map::new(),
     };
     if let Some(name) = &m.name {
@@ -58,23 +73,63 @@ pub(crate) async fn chat(gw: Arc<Gateway>, body: Bytes) -> Result<Response<Body>
     limits.vocab_size = Some(backend.engine.model_info().vocab_size as u32);
     let req = kiln_api_types::parse_chat_request(&body)?.validate(&limits)?;
     let model = gw.resolve_model(req.model.as_deref())?;
-    if req.image_count > 0 && !gw.config.accepts_images {
-        return Err(ApiError::new(
-            ErrorKind::ImageInputNotSupported,
-            format!("The model `{model}` does not accept image input."),
-        )
-        .param("messages"));
-    }
-    let messages: Vec<ChatMessage> = req.messages.iter().map(template_message).collect();
-    let prompt = backend.tokenizer.apply_chat_template(
-        &messages,
-        &ChatTemplateOptions {
-            add_generation_prompt: true,
-            ..ChatTemplateOptions::default()
-        },
-    )?;
+    let vision = match &backend.vision {
+        Some(v) if gw.accepts_images() => Some(v),
+        _ if req.image_count > 0 => {
+            return Err(ApiError::new(
+                ErrorKind::ImageInputNotSupported,
+                format!("The model `{model}` does not accept image input."),
+            )
+            .param("messages"));
+        }
+        _ => None,
+    };
+    let messages: Vec<ChatMessage> = req
+        .messages
+        .iter()
+        .map(|m| template_message(m, vision.is_some()))
+        .collect();
+    let options = ChatTemplateOptions {
+        add_generation_prompt: true,
+        ..ChatTemplateOptions::default()
+    };
+    let (prompt, images) = match vision {
+        Some(v) if req.image_count > 0 => {
+            let processed = images::prepare(&req.messages, &v.processor, &gw.config.media).await?;
+            let expansions: Vec<String> = processed.iter().map(|p| p.prompt.clone()).collect();
+            let prompt = backend.tokenizer.apply_chat_template_with_images(
+                &messages,
+                &options,
+                v.processor.placeholder(),
+                &expansions,
+            )?;
+            let spans =
+                images::spans(&prompt.ids, v.image_token_id, &processed).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::InvalidValue,
+                        "the prompt's image tokens do not match its images",
+                    )
+                    .param(PROMPT_PARAM)
+                })?;
+            let inputs = processed
+                .into_iter()
+                .zip(spans)
+                .map(|(p, spans)| ImageInput {
+                    tiles: p.tiles,
+                    hash: p.hash,
+                    spans,
+                })
+                .collect();
+            (prompt, inputs)
+        }
+        _ => (
+            backend.tokenizer.apply_chat_template(&messages, &options)?,
+            Vec::new(),
+        ),
+    };
     let n = req.params.n as usize;
-    let request = generation_request(prompt.ids, &req.params, req.logprobs);
+    let mut request = generation_request(prompt.ids, &req.params, req.logprobs);
+    request.images = images;
     let mut stream = backend
         .engine
         .submit(request)

@@ -41,11 +41,12 @@ pub(crate) fn metrics(gw: &Gateway) -> Result<Response<Body>, ApiError> {
     Ok(r)
 }
 
-/// The document for what this server accepts: no image parts for a text-only model, and the
+/// The document for what this server accepts: no image parts for a text-only model (or before
+/// the model is loaded), and the
 /// loaded vocabulary's bound on token ids.
 pub(crate) fn openapi(gw: &Gateway) -> Response<Body> {
     let mut limits = gw.config.limits;
-    if !gw.config.accepts_images {
+    if !gw.accepts_images() {
         limits.max_images = 0;
     }
     if let Some(b) = gw.backend.get() {

@@ -51,6 +51,7 @@ fn generation_request(
         n: p.n as usize,
         logprobs: logprobs.map(usize::from),
         skip_special_tokens: true,
+        images: Vec::new(),
     }
 }
 
