@@ -142,6 +142,67 @@ impl ImageProcessor {
         Self::from_configs(&pre, &processor).map(Some)
     }
 
+    /// The processor an `mmproj` GGUF implies (llama.cpp's converter writes the tower's sizes
+    /// and the normalisation, not the processor): Idefics3's tile is the tower's image size and
+    /// its longest edge `clip.vision.preproc_image_size`; Pixtral's longest edge is the tower's
+    /// image size (Pixtral-12B's processor and tower agree on 1024). Resampling, rescaling and
+    /// splitting are the families' defaults.
+    pub fn from_mmproj(meta: &kiln_gguf::Metadata) -> Result<Self, MediaError> {
+        let bad = |e: kiln_gguf::GgufError| MediaError::Config(format!("mmproj: {e}"));
+        let projector = meta.get_str("clip.projector_type").map_err(bad)?;
+        let num = |key: &str| -> Result<u32, MediaError> {
+            let v = meta.get_u64(&format!("clip.vision.{key}")).map_err(bad)?;
+            u32::try_from(v)
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| MediaError::Config(format!("mmproj: clip.vision.{key} is {v}")))
+        };
+        let three = |key: &str| -> Result<[f32; 3], MediaError> {
+            let v = meta
+                .get_f32_array(&format!("clip.vision.{key}"))
+                .map_err(bad)?;
+            <[f32; 3]>::try_from(v.as_slice()).map_err(|_| {
+                MediaError::Config(format!("mmproj: clip.vision.{key} is not 3 values"))
+            })
+        };
+        let normalize = Normalize {
+            rescale: Some(1.0 / 255.0),
+            mean_std: Some((three("image_mean")?, three("image_std")?)),
+        };
+        let (image, patch) = (num("image_size")?, num("patch_size")?);
+        match projector {
+            "idefics3" => {
+                let scale = meta
+                    .opt_u64("clip.vision.projector.scale_factor")
+                    .map_err(bad)?
+                    .unwrap_or(2) as u32;
+                let side = image / patch;
+                if scale == 0 || side % scale != 0 {
+                    return Err(MediaError::Config(format!(
+                        "mmproj: a {side}-patch tile does not shuffle by {scale}"
+                    )));
+                }
+                Ok(Self::Idefics3(Idefics3 {
+                    longest_edge: Some(num("preproc_image_size")?),
+                    tile: image,
+                    filter: Filter::Lanczos,
+                    normalize,
+                    split: true,
+                    tokens_per_tile: ((side / scale) * (side / scale)) as usize,
+                }))
+            }
+            "pixtral" => Ok(Self::Pixtral(Pixtral {
+                longest_edge: image,
+                patch,
+                filter: Filter::Bicubic,
+                normalize,
+            })),
+            other => Err(MediaError::Config(format!(
+                "mmproj: projector `{other}` is not one Kiln implements (idefics3, pixtral)"
+            ))),
+        }
+    }
+
     /// The processor from `preprocessor_config.json` and `processor_config.json` (or Null).
     pub fn from_configs(pre: &Value, processor: &Value) -> Result<Self, MediaError> {
         let kind = pre["image_processor_type"].as_str().unwrap_or_default();

@@ -1,6 +1,6 @@
 //! Pillow's `Image.resize` on 8-bit RGB images, reproduced operation for operation
-//! (libImaging/Resample.c): a horizontal pass into an 8-bit intermediate over only the rows the
-//! vertical pass reads, then the vertical pass; coefficients computed in f64, normalised, and
+//! (libImaging/Resample.c, Pillow 13): one pass per axis whose size changes, each into an 8-bit
+//! image, in Pillow's order; coefficients computed in f64, normalised, and
 //! rounded to 22-bit fixed point. The reference image processors resize with Pillow, so a model
 //! sees the same bytes here as under transformers — any other resampler shifts pixels by a
 //! level or two, which a vision tower turns into visibly different logits.
@@ -132,69 +132,75 @@ fn clip8(v: i64) -> u8 {
 }
 
 /// `img` resized to `width` x `height` as Pillow's `Image.resize(size, resample=filter)` does
-/// (the whole image as the box, no `reducing_gap`).
+/// (the whole image as the box, no `reducing_gap`), Pillow 13's pass order included: the
+/// vertical pass first when the height shrinks by more than twice as many pixels as the width.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
     let (in_w, in_h) = (img.width as usize, img.height as usize);
     let (out_w, out_h) = (width as usize, height as usize);
     if (in_w, in_h) == (out_w, out_h) {
         return img.clone();
     }
-    let vert = taps(in_h, out_h, filter);
-    let half = 1i64 << (PRECISION_BITS - 1);
-
-    // Horizontal pass, over only the rows the vertical pass will read.
-    let (rows, row_first, src_w, src) = if out_w != in_w {
-        let first_row = vert.first[0];
-        let last_row = vert.first[out_h - 1] + vert.len[out_h - 1];
-        let horiz = taps(in_w, out_w, filter);
-        let mut tmp = vec![0u8; (last_row - first_row) * out_w * 3];
-        for (yy, out_row) in tmp.chunks_exact_mut(out_w * 3).enumerate() {
-            let in_row = &img.data[(yy + first_row) * in_w * 3..(yy + first_row + 1) * in_w * 3];
-            for xx in 0..out_w {
-                let k = &horiz.weights[xx * horiz.ksize..];
-                let x0 = horiz.first[xx];
-                for c in 0..3 {
-                    let mut ss = half;
-                    for (x, &w) in k.iter().enumerate().take(horiz.len[xx]) {
-                        ss += i64::from(in_row[(x0 + x) * 3 + c]) * i64::from(w);
-                    }
-                    out_row[xx * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        (last_row - first_row, first_row, out_w, tmp)
-    } else {
-        (in_h, 0, in_w, img.data.clone())
-    };
-    if out_h == in_h {
-        debug_assert_eq!(rows, in_h);
-        return RgbImage {
-            width,
-            height,
-            data: src,
-        };
-    }
-
-    // Vertical pass.
-    let mut out = vec![0u8; out_w * out_h * 3];
-    for yy in 0..out_h {
-        let k = &vert.weights[yy * vert.ksize..];
-        let y0 = vert.first[yy] - row_first;
-        for xx in 0..src_w {
-            for c in 0..3 {
-                let mut ss = half;
-                for (y, &w) in k.iter().enumerate().take(vert.len[yy]) {
-                    ss += i64::from(src[((y0 + y) * src_w + xx) * 3 + c]) * i64::from(w);
-                }
-                out[(yy * out_w + xx) * 3 + c] = clip8(ss);
-            }
+    let shrink_h = in_h as i64 - out_h as i64;
+    let shrink_w = in_w as i64 - out_w as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
+    let mut data = img.data.clone();
+    let (mut w, mut h) = (in_w, in_h);
+    for vertical in [vertical_first, !vertical_first] {
+        if vertical && out_h != h {
+            data = vertical_pass(&data, (w, h), out_h, filter);
+            h = out_h;
+        } else if !vertical && out_w != w {
+            data = horizontal_pass(&data, (w, h), out_w, filter);
+            w = out_w;
         }
     }
     RgbImage {
         width,
         height,
-        data: out,
+        data,
     }
+}
+
+/// Every row of the `w` x `h` RGB image `src` resampled to `out_w` wide.
+fn horizontal_pass(src: &[u8], (w, h): (usize, usize), out_w: usize, filter: Filter) -> Vec<u8> {
+    let taps = taps(w, out_w, filter);
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; out_w * h * 3];
+    for (in_row, out_row) in src.chunks_exact(w * 3).zip(out.chunks_exact_mut(out_w * 3)) {
+        for xx in 0..out_w {
+            let k = &taps.weights[xx * taps.ksize..];
+            let x0 = taps.first[xx];
+            for c in 0..3 {
+                let mut ss = half;
+                for (x, &wt) in k.iter().enumerate().take(taps.len[xx]) {
+                    ss += i64::from(in_row[(x0 + x) * 3 + c]) * i64::from(wt);
+                }
+                out_row[xx * 3 + c] = clip8(ss);
+            }
+        }
+    }
+    out
+}
+
+/// Every column of the `w` x `h` RGB image `src` resampled to `out_h` high.
+fn vertical_pass(src: &[u8], (w, h): (usize, usize), out_h: usize, filter: Filter) -> Vec<u8> {
+    let taps = taps(h, out_h, filter);
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; w * out_h * 3];
+    for yy in 0..out_h {
+        let k = &taps.weights[yy * taps.ksize..];
+        let y0 = taps.first[yy];
+        for xx in 0..w {
+            for c in 0..3 {
+                let mut ss = half;
+                for (y, &wt) in k.iter().enumerate().take(taps.len[yy]) {
+                    ss += i64::from(src[((y0 + y) * w + xx) * 3 + c]) * i64::from(wt);
+                }
+                out[(yy * w + xx) * 3 + c] = clip8(ss);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

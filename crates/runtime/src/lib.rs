@@ -78,6 +78,8 @@ pub struct LoadOptions {
     /// The dtype K and V are stored in. f16 halves the cache; f32 keeps a step's results
     /// bit-identical to an f32 reference.
     pub kv_dtype: DType,
+    /// A GGUF model's vision tower and projector, in llama.cpp's `mmproj` GGUF.
+    pub mmproj: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -88,6 +90,7 @@ impl Default for LoadOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             kv_cache: KvCacheSize::default(),
             kv_dtype: DType::F16,
+            mmproj: None,
         }
     }
 }

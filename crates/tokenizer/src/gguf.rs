@@ -190,7 +190,9 @@ fn byte_level_bpe(
             json!({"type": "Digits", "individual_digits": true}),
             byte_level(true),
         ]),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => {
+        // llama.cpp reads Pixtral's as Llama 3's (LLAMA_VOCAB_PRE_TYPE_LLAMA3): its
+        // tokenizer.json splits with the Llama 3 pattern, not tekken's.
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => {
             ignore_merges = true;
             sequence(vec![split(LLAMA3_SPLIT), byte_level(false)])
         }
@@ -202,7 +204,7 @@ fn byte_level_bpe(
         other => {
             return Err(TokenizerError::Unsupported(format!(
                 "tokenizer.ggml.pre {other:?}: Kiln knows default, gpt-2, mpt, olmo, smollm, \
-                 starcoder, refact, llama3, llama-bpe, falcon3, qwen2, deepseek-r1-qwen, tekken"
+                 starcoder, refact, llama3, llama-bpe, falcon3, pixtral, qwen2, deepseek-r1-qwen, tekken"
             )));
         }
     };

@@ -12,9 +12,10 @@ use super::CausalLm;
 use super::llama::{Llama, Projections};
 use crate::config::{Activation, ModelConfig};
 use crate::nn::{
-    Affine, KvLayout, LayerNorm, Linear, VisionEncoderLayer, VisionMlp, host_f32, patchify,
+    Affine, KvLayout, LayerNorm, Linear, VisionActivation, VisionEncoderLayer, VisionFfn,
+    VisionMlp, VisionNorm, host_f32, patchify,
 };
-use crate::weights::Loader;
+use crate::weights::{CheckpointFormat, GgufLayout, Loader, TensorSource};
 use crate::{LoadError, RuntimeError};
 
 /// The vision side of an Idefics3 `config.json`: `vision_config`, `scale_factor` and
@@ -88,10 +89,99 @@ impl VisionConfig {
         Ok(c)
     }
 
+    /// The tower as llama.cpp's `mmproj` GGUF describes it (`clip.*`, projector `idefics3`);
+    /// the image token is the text model's `<image>`.
+    pub(crate) fn from_gguf(
+        tower: &kiln_gguf::Metadata,
+        text: &kiln_gguf::Metadata,
+        origin: &str,
+    ) -> Result<Self, LoadError> {
+        let bad = |message: String| LoadError::Config {
+            origin: origin.to_string(),
+            message,
+        };
+        let projector = tower.opt_str("clip.projector_type")?.unwrap_or_default();
+        if projector != "idefics3" {
+            return Err(bad(format!(
+                "clip.projector_type {projector:?} is not one Kiln runs (idefics3)"
+            )));
+        }
+        let num = |key: &str| -> Result<usize, LoadError> {
+            let v = tower.get_u64(&format!("clip.vision.{key}"))? as usize;
+            if v == 0 {
+                return Err(bad(format!("clip.vision.{key} is 0")));
+            }
+            Ok(v)
+        };
+        let image_token_id = text
+            .get_str_array("tokenizer.ggml.tokens")?
+            .iter()
+            .position(|t| t == "<image>")
+            .ok_or_else(|| bad("the text model's vocabulary has no `<image>` token".into()))?
+            as u32;
+        Ok(Self {
+            hidden_size: num("embedding_length")?,
+            intermediate_size: num("feed_forward_length")?,
+            num_layers: num("block_count")?,
+            num_heads: num("attention.head_count")?,
+            patch_size: num("patch_size")?,
+            image_size: num("image_size")?,
+            eps: tower
+                .opt_f32("clip.vision.attention.layer_norm_epsilon")?
+                .unwrap_or(1e-6),
+            activation: Activation::GeluTanh,
+            scale_factor: tower
+                .opt_u64("clip.vision.projector.scale_factor")?
+                .unwrap_or(2) as usize,
+            image_token_id,
+        })
+    }
+
     /// Patches per side of a full tile.
     fn side(&self) -> usize {
         self.image_size / self.patch_size
     }
+}
+
+/// How llama.cpp's converter names the tower and connector in an `mmproj` GGUF (every tensor
+/// the Hugging Face values, nothing permuted).
+pub(crate) const MMPROJ_LAYOUT: GgufLayout = GgufLayout {
+    name: mmproj_name,
+    permuted_heads: |_, _| None,
+};
+
+fn mmproj_name(hf: &str) -> String {
+    let fixed = match hf {
+        "model.vision_model.embeddings.patch_embedding.weight" => "v.patch_embd.weight",
+        "model.vision_model.embeddings.patch_embedding.bias" => "v.patch_embd.bias",
+        "model.vision_model.embeddings.position_embedding.weight" => "v.position_embd.weight",
+        "model.vision_model.post_layernorm.weight" => "v.post_ln.weight",
+        "model.vision_model.post_layernorm.bias" => "v.post_ln.bias",
+        "model.connector.modality_projection.proj.weight" => "mm.model.fc.weight",
+        _ => "",
+    };
+    if !fixed.is_empty() {
+        return fixed.to_string();
+    }
+    let Some((layer, tail)) = hf
+        .strip_prefix("model.vision_model.encoder.layers.")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return hf.to_string();
+    };
+    let (module, kind) = tail.rsplit_once('.').unwrap_or((tail, ""));
+    let mapped = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.out_proj" => "attn_out",
+        "layer_norm1" => "ln1",
+        "layer_norm2" => "ln2",
+        "mlp.fc1" => "ffn_up",
+        "mlp.fc2" => "ffn_down",
+        other => other,
+    };
+    format!("v.blk.{layer}.{mapped}.{kind}")
 }
 
 /// The SigLIP tower.
@@ -115,16 +205,24 @@ pub(crate) struct Idefics3 {
 }
 
 impl Idefics3 {
-    /// Reads the text model under `model.text_model.` and the tower and connector beside it.
-    pub(crate) fn load(
+    /// Reads the text model (in a Hugging Face folder, under `model.text_model.`) and the tower
+    /// and connector (beside it, or from `tower`: an `mmproj` GGUF).
+    pub(crate) fn load<'a>(
         (config, vision): (ModelConfig, VisionConfig),
-        loader: &mut Loader<'_>,
+        loader: &mut Loader<'a>,
+        tower: Option<&'a dyn TensorSource>,
         kv: KvLayout,
     ) -> Result<Self, LoadError> {
-        loader.set_rename(Some(("model.", "model.text_model.")));
+        let nested = loader.format() == CheckpointFormat::Safetensors;
+        if nested {
+            loader.set_rename(&[("model.", "model.text_model.")]);
+        }
         let text = Llama::load(config, loader, kv, Projections::Separate);
-        loader.set_rename(None);
+        loader.set_rename(&[]);
         let text = text?;
+        if let Some(tower) = tower {
+            loader.set_source(tower);
+        }
         let v = &vision;
         let (hidden, inter) = (v.hidden_size, v.intermediate_size);
         let affine = |name: &str, shape: [usize; 2]| -> Result<Affine, LoadError> {
@@ -155,17 +253,17 @@ impl Idefics3 {
             let l = format!("model.vision_model.encoder.layers.{i}");
             let a = format!("{l}.self_attn");
             layers.push(VisionEncoderLayer {
-                norm1: layer_norm(&format!("{l}.layer_norm1"))?,
+                norm1: VisionNorm::Layer(layer_norm(&format!("{l}.layer_norm1"))?),
                 q: affine(&format!("{a}.q_proj"), [hidden, hidden])?,
                 k: affine(&format!("{a}.k_proj"), [hidden, hidden])?,
                 v: affine(&format!("{a}.v_proj"), [hidden, hidden])?,
                 out: affine(&format!("{a}.out_proj"), [hidden, hidden])?,
-                norm2: layer_norm(&format!("{l}.layer_norm2"))?,
-                mlp: VisionMlp::new(
+                norm2: VisionNorm::Layer(layer_norm(&format!("{l}.layer_norm2"))?),
+                ffn: VisionFfn::Plain(VisionMlp::new(
                     affine(&format!("{l}.mlp.fc1"), [inter, hidden])?,
                     affine(&format!("{l}.mlp.fc2"), [hidden, inter])?,
-                    v.activation,
-                ),
+                    VisionActivation::Text(v.activation),
+                )),
                 heads: v.num_heads,
             });
         }
@@ -225,8 +323,9 @@ impl Idefics3 {
             .patch_embedding
             .forward(x)?
             .add(self.tower.position_embedding.clone().select(0, ids));
+        let images = vec![patches; tiles.len()];
         for layer in &self.tower.layers {
-            x = layer.forward(x, patches)?;
+            x = layer.forward(x, &images, None)?;
         }
         let x = host_f32(self.tower.post_layernorm.forward(x))?;
         let shuffled = pixel_shuffle(&x, (tiles.len(), side, v.hidden_size), v.scale_factor);

@@ -206,6 +206,13 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// The dtype activations are computed in.
+    pub(crate) fn compute_dtype(&self) -> BurnDType {
+        self.dtype
+    }
+}
+
 impl CausalLm for Llama {
     fn config(&self) -> &ModelConfig {
         &self.config

@@ -10,6 +10,7 @@ mod gemma3;
 mod idefics3;
 mod llama;
 mod phi3;
+mod pixtral;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,6 +27,7 @@ use crate::{
 use gemma3::Gemma3;
 use idefics3::Idefics3;
 use llama::{Llama, Projections};
+use pixtral::Pixtral;
 
 /// What the shared step logic needs of a family.
 pub(crate) trait CausalLm: std::fmt::Debug + Send {
@@ -57,6 +59,13 @@ pub(crate) enum Family {
     Llama(Llama),
     Gemma3(Gemma3),
     Idefics3(Box<Idefics3>),
+    Pixtral(Box<Pixtral>),
+}
+
+/// A vision family's tower, as its config describes it.
+enum Tower {
+    Idefics3(idefics3::VisionConfig),
+    Pixtral(pixtral::VisionConfig),
 }
 
 /// Each attention kind's RoPE (Gemma 3's sliding layers have their own base).
@@ -225,13 +234,29 @@ impl Family {
         if options.block_size == 0 {
             return Err(LoadError::Unsupported("block_size must be positive".into()));
         }
+        if options.mmproj.is_some() && path.is_dir() {
+            return Err(LoadError::Unsupported(
+                "--mmproj goes with a GGUF model; a Hugging Face folder has its vision tower \
+                 inside"
+                    .into(),
+            ));
+        }
         let mut vision = None;
+        let mut tower_file = None;
         let (config, checkpoint) = if path.is_dir() {
             let config_path = path.join("config.json");
             let json = crate::weights::read_json(&config_path)?;
             let origin = config_path.display().to_string();
-            let config = if json["model_type"].as_str() == Some("idefics3") {
-                vision = Some(idefics3::VisionConfig::from_hf_json(&json, &origin)?);
+            vision = match json["model_type"].as_str() {
+                Some("idefics3") => Some(Tower::Idefics3(idefics3::VisionConfig::from_hf_json(
+                    &json, &origin,
+                )?)),
+                Some("llava") => Some(Tower::Pixtral(pixtral::VisionConfig::from_hf_json(
+                    &json, &origin,
+                )?)),
+                _ => None,
+            };
+            let config = if vision.is_some() {
                 ModelConfig::from_hf_json(&json["text_config"], &format!("{origin} text_config"))?
             } else {
                 ModelConfig::from_hf_json(&json, &origin)?
@@ -240,6 +265,34 @@ impl Family {
         } else {
             let file = kiln_gguf::GgufFile::open(path)?;
             let mut config = ModelConfig::from_gguf(file.metadata())?;
+            if let Some(mmproj) = &options.mmproj {
+                let tower = kiln_gguf::GgufFile::open(mmproj)?;
+                let (meta, text, origin) = (
+                    tower.metadata(),
+                    file.metadata(),
+                    mmproj.display().to_string(),
+                );
+                vision = Some(
+                    match meta.opt_str("clip.projector_type")?.unwrap_or_default() {
+                        "idefics3" => {
+                            Tower::Idefics3(idefics3::VisionConfig::from_gguf(meta, text, &origin)?)
+                        }
+                        "pixtral" => {
+                            Tower::Pixtral(pixtral::VisionConfig::from_gguf(meta, text, &origin)?)
+                        }
+                        other => {
+                            return Err(LoadError::Config {
+                                origin,
+                                message: format!(
+                                    "clip.projector_type {other:?} is not one Kiln runs (idefics3, \
+                                 pixtral)"
+                                ),
+                            });
+                        }
+                    },
+                );
+                tower_file = Some(tower);
+            }
             if config.architecture == Architecture::Phi3 {
                 config = phi3::with_gguf_rope(config, &file)?;
             }
@@ -265,11 +318,39 @@ impl Family {
         )?;
         let mut loader = Loader::new(&*source, (options.device, options.dtype), device, progress);
         if let Some(vision) = vision {
-            return Ok(Self::Idefics3(Box::new(Idefics3::load(
-                (config, vision),
-                &mut loader,
-                kv,
-            )?)));
+            let tower = tower_file.map(|file| {
+                let path = options.mmproj.clone().unwrap_or_default();
+                match &vision {
+                    Tower::Idefics3(_) => {
+                        GgufSource::new(file, path, idefics3::MMPROJ_LAYOUT, &config)
+                    }
+                    // The layout reads the head counts of its q/k permutation from the config
+                    // it is given: the tower's.
+                    Tower::Pixtral(v) => {
+                        let heads = ModelConfig {
+                            num_heads: v.num_heads,
+                            num_kv_heads: v.num_heads,
+                            ..config.clone()
+                        };
+                        GgufSource::new(file, path, pixtral::MMPROJ_LAYOUT, &heads)
+                    }
+                }
+            });
+            let tower = tower.as_ref().map(|t| t as &dyn TensorSource);
+            return Ok(match vision {
+                Tower::Idefics3(v) => Self::Idefics3(Box::new(Idefics3::load(
+                    (config, v),
+                    &mut loader,
+                    tower,
+                    kv,
+                )?)),
+                Tower::Pixtral(v) => Self::Pixtral(Box::new(Pixtral::load(
+                    (config, v),
+                    &mut loader,
+                    tower,
+                    kv,
+                )?)),
+            });
         }
         Ok(match config.architecture {
             Architecture::Llama | Architecture::Qwen2 => {
@@ -285,6 +366,7 @@ impl Family {
             Self::Llama(m) => m,
             Self::Gemma3(m) => m,
             Self::Idefics3(m) => &m.text,
+            Self::Pixtral(m) => &m.text,
         }
     }
 
@@ -293,12 +375,16 @@ impl Family {
             Self::Llama(m) => m,
             Self::Gemma3(m) => m,
             Self::Idefics3(m) => &mut m.text,
+            Self::Pixtral(m) => &mut m.text,
         }
     }
 
     pub(crate) fn vision(&self) -> Option<VisionInfo> {
         match self {
             Self::Idefics3(m) => Some(VisionInfo {
+                image_token_id: m.image_token_id(),
+            }),
+            Self::Pixtral(m) => Some(VisionInfo {
                 image_token_id: m.image_token_id(),
             }),
             Self::Llama(_) | Self::Gemma3(_) => None,
@@ -311,6 +397,7 @@ impl Family {
     ) -> Result<Vec<f32>, RuntimeError> {
         match self {
             Self::Idefics3(m) => m.encode(tiles),
+            Self::Pixtral(m) => m.encode(tiles),
             Self::Llama(_) | Self::Gemma3(_) => Err(RuntimeError::BadImage(
                 "this model has no vision tower".into(),
             )),

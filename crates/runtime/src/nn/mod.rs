@@ -23,7 +23,10 @@ pub(crate) use mlp::GatedMlp;
 pub(crate) use norm::RmsNorm;
 pub(crate) use rope::{Rope, RopeTables};
 pub(crate) use self_attention::{LayerCache, SelfAttention};
-pub(crate) use vision::{Affine, LayerNorm, VisionEncoderLayer, VisionMlp, patchify};
+pub(crate) use vision::{
+    Affine, LayerNorm, VisionActivation, VisionEncoderLayer, VisionFfn, VisionMlp, VisionNorm,
+    patchify,
+};
 
 use crate::RuntimeError;
 

@@ -61,6 +61,19 @@ impl Rope {
 }
 
 impl RopeTables {
+    /// Tables from their values, `[rows, dim]` each, row-major (a vision tower's 2D positions).
+    pub(crate) fn new(
+        (cos, sin): (Vec<f32>, Vec<f32>),
+        shape: [usize; 2],
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+            sin: Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
+        }
+    }
+
     /// Rotates `x` `[tokens, heads, head_dim]`: `x * cos + rotate_half(x) * sin` over the first
     /// `rotary_dim` dimensions, where `rotate_half([a, b]) = [-b, a]`; the rest unchanged.
     pub(crate) fn apply(&self, x: Tensor<3>) -> Tensor<3> {

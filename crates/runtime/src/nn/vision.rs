@@ -1,5 +1,6 @@
 //! The layers of vision towers, written once for the vision families: LayerNorm, projections
-//! with biases, an encoder layer (pre-norm bidirectional attention over each image's patches
+//! with biases, plain MLPs (a tower's, or a projector into the text model), an encoder layer
+//! (pre-norm bidirectional attention over each image's patches, 2D RoPE where the tower has it,
 //! and a pre-norm MLP, each added to the residual), and patchifying a tile for a patch
 //! embedding — a convolution whose kernel equals its stride is a matmul over the flattened
 //! patches.
@@ -8,7 +9,7 @@ use burn::tensor::Tensor;
 use kiln_media::Tile;
 
 use super::mlp::activate;
-use super::{Linear, Mask, attention, to_dtype, to_f32};
+use super::{GatedMlp, Linear, Mask, RmsNorm, RopeTables, attention, to_dtype, to_f32};
 use crate::{Activation, RuntimeError};
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension, in f32.
@@ -57,16 +58,24 @@ impl Affine {
     }
 }
 
-/// `fc2(act(fc1(x)))`: a vision tower's plain MLP.
+/// A vision MLP's activation: the text models' ([`Activation`]) or GELU's exact erf form
+/// (LLaVA's projector, `gelu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VisionActivation {
+    Text(Activation),
+    Gelu,
+}
+
+/// `fc2(act(fc1(x)))`: a vision tower's plain MLP, or a projector into the text model.
 #[derive(Debug, Clone)]
 pub(crate) struct VisionMlp {
     fc1: Affine,
     fc2: Affine,
-    activation: Activation,
+    activation: VisionActivation,
 }
 
 impl VisionMlp {
-    pub(crate) fn new(fc1: Affine, fc2: Affine, activation: Activation) -> Self {
+    pub(crate) fn new(fc1: Affine, fc2: Affine, activation: VisionActivation) -> Self {
         Self {
             fc1,
             fc2,
@@ -75,46 +84,89 @@ impl VisionMlp {
     }
 
     pub(crate) fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, RuntimeError> {
-        self.fc2
-            .forward(activate(self.fc1.forward(x)?, self.activation))
+        let h = self.fc1.forward(x)?;
+        let h = match self.activation {
+            VisionActivation::Text(a) => activate(h, a),
+            VisionActivation::Gelu => burn::tensor::activation::gelu(h),
+        };
+        self.fc2.forward(h)
     }
 }
 
-/// One encoder layer of a SigLIP-style tower: LayerNorm → attention → residual, LayerNorm →
-/// MLP → residual. The attention is bidirectional within each image and never across images.
+/// A tower's norm: SigLIP's LayerNorm or Pixtral's RMSNorm.
+#[derive(Debug, Clone)]
+pub(crate) enum VisionNorm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl VisionNorm {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Layer(n) => n.forward(x),
+            Self::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+/// A tower's feed-forward block: SigLIP's plain MLP or Pixtral's gated one.
+#[derive(Debug, Clone)]
+pub(crate) enum VisionFfn {
+    Plain(VisionMlp),
+    Gated(GatedMlp),
+}
+
+/// One encoder layer of a vision tower: norm → attention (with the patches' 2D RoPE where the
+/// tower has one) → residual, norm → MLP → residual. The attention is bidirectional within each
+/// image and never across images.
 #[derive(Debug, Clone)]
 pub(crate) struct VisionEncoderLayer {
-    pub(crate) norm1: LayerNorm,
-    /// q, k and v, each with its bias.
+    pub(crate) norm1: VisionNorm,
     pub(crate) q: Affine,
     pub(crate) k: Affine,
     pub(crate) v: Affine,
     pub(crate) out: Affine,
-    pub(crate) norm2: LayerNorm,
-    pub(crate) mlp: VisionMlp,
+    pub(crate) norm2: VisionNorm,
+    pub(crate) ffn: VisionFfn,
     pub(crate) heads: usize,
 }
 
 impl VisionEncoderLayer {
-    /// `x` is `[images * patches, hidden]`: `images` images of `patches` rows each.
-    pub(crate) fn forward(&self, x: Tensor<2>, patches: usize) -> Result<Tensor<2>, RuntimeError> {
+    /// `x` is `[rows, hidden]`: images of `images[i]` rows each, in order; `rope` rotates q and
+    /// k of every row.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<2>,
+        images: &[usize],
+        rope: Option<&RopeTables>,
+    ) -> Result<Tensor<2>, RuntimeError> {
         let [rows, hidden] = x.dims();
         let head_dim = hidden / self.heads;
         let scale = (head_dim as f32).powf(-0.5);
         let h = self.norm1.forward(x.clone());
         let heads = |t: Tensor<2>| t.reshape([rows, self.heads, head_dim]);
-        let q = heads(self.q.forward(h.clone())?);
-        let k = heads(self.k.forward(h.clone())?);
+        let mut q = heads(self.q.forward(h.clone())?);
+        let mut k = heads(self.k.forward(h.clone())?);
         let v = heads(self.v.forward(h)?);
-        let mut attended = Vec::with_capacity(rows / patches.max(1));
-        for start in (0..rows).step_by(patches.max(1)) {
-            let span = start..start + patches;
+        if let Some(rope) = rope {
+            q = rope.apply(q);
+            k = rope.apply(k);
+        }
+        let mut attended = Vec::with_capacity(images.len());
+        let mut start = 0;
+        for &n in images {
+            let span = start..start + n;
             let part = |t: &Tensor<3>| t.clone().slice([span.clone(), 0..self.heads, 0..head_dim]);
             attended.push(attention(part(&q), part(&k), part(&v), Mask::Full, scale));
+            start += n;
         }
         let x = x.add(self.out.forward(Tensor::cat(attended, 0))?);
         let h = self.norm2.forward(x.clone());
-        Ok(x.add(self.mlp.forward(h)?))
+        let y = match &self.ffn {
+            VisionFfn::Plain(mlp) => mlp.forward(h)?,
+            VisionFfn::Gated(mlp) => mlp.forward(h)?,
+        };
+        Ok(x.add(y))
     }
 }
 

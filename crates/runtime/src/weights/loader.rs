@@ -21,9 +21,10 @@ pub(crate) struct Loader<'a> {
     dtype: DType,
     progress: &'a mut dyn FnMut(LoadProgress),
     progress_at: LoadProgress,
-    /// Names starting with `.0` are read as starting with `.1` instead (a text model nested in
-    /// a multimodal checkpoint: `model.layers.0…` is `model.text_model.layers.0…`).
-    rename: Option<(&'static str, &'static str)>,
+    /// Prefixes read as others (a text model nested in a multimodal checkpoint:
+    /// `model.layers.0…` is `model.text_model.layers.0…`): the first `(from, to)` whose `from`
+    /// starts a name applies.
+    rename: &'static [(&'static str, &'static str)],
 }
 
 impl std::fmt::Debug for Loader<'_> {
@@ -50,22 +51,25 @@ impl<'a> Loader<'a> {
             dtype,
             progress,
             progress_at: LoadProgress { done: 0, total: 0 },
-            rename: None,
+            rename: &[],
         }
     }
 
-    /// From now on, names starting with `from` are read as starting with `to` (`None`: as
-    /// they are).
-    pub(crate) fn set_rename(&mut self, rename: Option<(&'static str, &'static str)>) {
+    /// From now on, weights come from `source` (a vision tower in its own `mmproj` file).
+    pub(crate) fn set_source(&mut self, source: &'a dyn TensorSource) {
+        self.source = source;
+    }
+
+    /// From now on, a name starting with a `from` of `rename` is read with that `to` in its
+    /// place (empty: names as they are).
+    pub(crate) fn set_rename(&mut self, rename: &'static [(&'static str, &'static str)]) {
         self.rename = rename;
     }
 
     fn name<'n>(&self, name: &'n str) -> std::borrow::Cow<'n, str> {
-        match self.rename {
-            Some((from, to)) if name.starts_with(from) => {
-                std::borrow::Cow::Owned(format!("{to}{}", &name[from.len()..]))
-            }
-            _ => std::borrow::Cow::Borrowed(name),
+        match self.rename.iter().find(|(from, _)| name.starts_with(from)) {
+            Some((from, to)) => std::borrow::Cow::Owned(format!("{to}{}", &name[from.len()..])),
+            None => std::borrow::Cow::Borrowed(name),
         }
     }
 

@@ -10,7 +10,7 @@ use kiln_runtime::{DType, Embeds, KvCacheSize, LoadOptions, Model, SeqInput};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content, ContentPart, Tokenizer};
 use serde_json::Value;
 
-use crate::common::{argmax, device, f32s, ids, testdata};
+use crate::common::{argmax, device, embeds, f32s, ids, image_runs, max_diff, messages, testdata};
 
 fn dir() -> std::path::PathBuf {
     testdata("tiny-smolvlm")
@@ -35,14 +35,6 @@ fn file_of(description: &Value) -> String {
         .to_string()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn processed(case: &Value, processor: &ImageProcessor) -> Vec<ProcessedImage> {
     let detail = if case["processor_kwargs"]["do_image_splitting"] == Value::Bool(false) {
         Detail::Low
@@ -57,31 +49,6 @@ fn processed(case: &Value, processor: &ImageProcessor) -> Vec<ProcessedImage> {
             let bytes = std::fs::read(dir().join(image["file"].as_str().unwrap())).unwrap();
             let img = kiln_media::decode(&bytes, &DecodeLimits::default()).unwrap();
             processor.process(&img, detail)
-        })
-        .collect()
-}
-
-fn messages(case: &Value) -> Vec<ChatMessage> {
-    case["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| ChatMessage {
-            role: m["role"].as_str().unwrap().to_string(),
-            content: Some(Content::Parts(
-                m["content"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| match p["type"].as_str().unwrap() {
-                        "image" => ContentPart::Image,
-                        _ => ContentPart::Text {
-                            text: p["text"].as_str().unwrap().to_string(),
-                        },
-                    })
-                    .collect(),
-            )),
-            extra: serde_json::Map::new(),
         })
         .collect()
 }
@@ -123,6 +90,32 @@ fn the_processor_makes_transformers_pixels_and_prompt_text() {
 }
 
 #[test]
+fn the_mmproj_and_gguf_give_the_same_processor_and_ids() {
+    let mmproj = kiln_gguf::GgufFile::open(dir().join("mmproj.gguf")).unwrap();
+    let from_gguf = ImageProcessor::from_mmproj(mmproj.metadata()).unwrap();
+    assert_eq!(
+        from_gguf,
+        ImageProcessor::from_dir(&dir()).unwrap().unwrap()
+    );
+    let tokenizer = Tokenizer::from_gguf_path(dir().join("model.gguf")).unwrap();
+    let golden = golden();
+    let options = ChatTemplateOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    for case in golden["cases"].as_array().unwrap() {
+        let expansions: Vec<String> = processed(case, &from_gguf)
+            .into_iter()
+            .map(|i| i.prompt)
+            .collect();
+        let prompt = tokenizer
+            .apply_chat_template_with_images(&messages(case), &options, "<image>", &expansions)
+            .unwrap();
+        assert_eq!(prompt.ids, ids(&case["input_ids"]), "{}", case["name"]);
+    }
+}
+
+#[test]
 fn a_template_that_drops_an_image_is_refused() {
     let tokenizer = Tokenizer::from_hf_dir(dir()).unwrap();
     let msg = ChatMessage {
@@ -147,63 +140,28 @@ fn a_template_that_drops_an_image_is_refused() {
     );
 }
 
-/// `(start, len)` runs of `token` in `ids`, split into `per_image` counts.
-fn image_runs(ids: &[u32], token: u32, per_image: &[usize]) -> Vec<Vec<(usize, usize)>> {
-    let mut positions = ids
-        .iter()
-        .enumerate()
-        .filter(|&(_, &t)| t == token)
-        .map(|(p, _)| p);
-    per_image
-        .iter()
-        .map(|&n| {
-            let mut runs: Vec<(usize, usize)> = Vec::new();
-            for _ in 0..n {
-                let p = positions.next().unwrap();
-                match runs.last_mut() {
-                    Some((s, l)) if *s + *l == p => *l += 1,
-                    _ => runs.push((p, 1)),
-                }
-            }
-            runs
-        })
-        .collect()
-}
-
-/// The image rows for prompt positions `range`, as offsets into the chunk.
-fn embeds<'a>(
-    rows: &'a [Vec<f32>],
-    runs: &[Vec<(usize, usize)>],
-    range: std::ops::Range<usize>,
-    hidden: usize,
-) -> Vec<Embeds<'a>> {
-    let mut out = Vec::new();
-    for (rows, runs) in rows.iter().zip(runs) {
-        let mut row = 0;
-        for &(start, len) in runs {
-            let (from, to) = (start.max(range.start), (start + len).min(range.end));
-            if from < to {
-                let first = row + from - start;
-                out.push(Embeds {
-                    at: from - range.start,
-                    rows: &rows[first * hidden..(first + to - from) * hidden],
-                });
-            }
-            row += len;
-        }
-    }
-    out
+#[test]
+fn logits_and_greedy_ids_match_transformers_from_safetensors() {
+    logits_and_greedy_ids(&dir(), None);
 }
 
 #[test]
-fn logits_and_greedy_ids_match_transformers_with_the_images() {
+fn logits_and_greedy_ids_match_transformers_from_gguf_and_mmproj() {
+    logits_and_greedy_ids(&dir().join("model.gguf"), Some(dir().join("mmproj.gguf")));
+}
+
+/// Every case through the model at `path` (with its `mmproj`): image rows against transformers'
+/// connector output, logits at every position prefilled in chunks of 24 (which cut through the
+/// images), then 8 greedy ids from the paged KV cache.
+fn logits_and_greedy_ids(path: &std::path::Path, mmproj: Option<std::path::PathBuf>) {
     let mut model = Model::load(
-        &dir(),
+        path,
         &LoadOptions {
             device: device(),
             block_size: 4,
             kv_cache: KvCacheSize::Tokens(4 * 64),
             kv_dtype: DType::F32,
+            mmproj,
             ..Default::default()
         },
     )
@@ -271,7 +229,10 @@ fn logits_and_greedy_ids_match_transformers_with_the_images() {
         }
         assert_eq!(got, ids(&case["greedy_ids"]), "{name}: greedy ids");
     }
-    eprintln!("tiny SmolVLM: largest logit difference {worst:e}");
+    eprintln!(
+        "tiny SmolVLM ({}): largest logit difference {worst:e}",
+        path.display()
+    );
 }
 
 #[test]
