@@ -24,12 +24,20 @@ use crate::{Gateway, images};
 /// The field that holds a chat's prompt, for errors about it.
 const PROMPT_PARAM: &str = "messages";
 
-/// A validated message as the chat template takes it. For a text model, text parts joined;
-/// for a vision model, the parts as a list (`{"type": "image"}` for an image, whose pixels the
-/// processor handles) — vision templates iterate over the parts, and render a plain string as
-/// nothing.
-fn template_message(m: &ValidatedMessage, vision: bool) -> ChatMessage {
-    let content = if vision {
+/// How a vision model's template takes message content. Hugging Face vision templates iterate
+/// over a message's parts (SmolVLM's renders a plain string as nothing), and some also take
+/// plain strings — and need them where they concatenate (Pixtral's system and assistant
+/// messages). So: parts for every message, unless the template tests `is string`, in which
+/// case only messages with images get parts.
+fn parts_for_text(template: Option<&str>) -> bool {
+    !template.is_some_and(|t| t.contains("is string"))
+}
+
+/// A validated message as the chat template takes it: its parts as a list (`{"type":
+/// "image"}` for an image, whose pixels the processor handles) with `as_parts`, else its text
+/// parts joined.
+fn template_message(m: &ValidatedMessage, as_parts: bool) -> ChatMessage {
+    let content = if as_parts {
         Content::Parts(
             m.content
                 .iter()
@@ -84,10 +92,14 @@ pub(crate) async fn chat(gw: Arc<Gateway>, body: Bytes) -> Result<Response<Body>
         }
         _ => None,
     };
+    let text_as_parts = vision.is_some() && parts_for_text(backend.tokenizer.chat_template());
     let messages: Vec<ChatMessage> = req
         .messages
         .iter()
-        .map(|m| template_message(m, vision.is_some()))
+        .map(|m| {
+            let has_image = m.content.iter().any(|p| matches!(p, Part::Image(_)));
+            template_message(m, vision.is_some() && (has_image || text_as_parts))
+        })
         .collect();
     let options = ChatTemplateOptions {
         add_generation_prompt: true,
