@@ -89,7 +89,7 @@ pub(crate) async fn prepare(
 
 /// Where each image's tokens are in `ids`: the image token's positions, taken in order, each
 /// image its own count of them, as runs `(start, len)`. `None` when the counts do not add up.
-pub(crate) fn spans(
+pub fn spans(
     ids: &[u32],
     image_token: u32,
     images: &[ProcessedImage],

@@ -35,7 +35,7 @@ use kiln_tokenizer::Tokenizer;
 use prometheus::Registry;
 
 pub use error::{ApiError, ErrorKind};
-pub use images::{MediaConfig, Vision};
+pub use images::{MediaConfig, Vision, spans as image_spans};
 
 /// [`GatewayConfig::served_model_names`] by default.
 pub const DEFAULT_SERVED_MODEL_NAME: &str = "default";

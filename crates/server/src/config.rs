@@ -26,6 +26,10 @@ pub(crate) struct ServeConfig {
     #[arg(long, env = "KILN_MODEL", value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
 
+    /// llama.cpp's mmproj GGUF: the vision tower of a GGUF model (SmolVLM, Pixtral)
+    #[arg(long, env = "KILN_MMPROJ", value_name = "FILE")]
+    pub(crate) mmproj: Option<PathBuf>,
+
     /// Jinja chat template file for /v1/chat/completions, replacing the model's own (a base
     /// model has none) [default: the model's]
     #[arg(long, env = "KILN_CHAT_TEMPLATE", value_name = "FILE")]
@@ -175,6 +179,7 @@ impl ServeConfig {
                 },
             },
             kv_dtype: self.kv_cache_dtype,
+            mmproj: self.mmproj.clone(),
         }
     }
 

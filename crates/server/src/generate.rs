@@ -1,5 +1,6 @@
-//! `kiln generate`: greedy decoding of one prompt on the burn runtime, streamed to stdout, with
-//! prefill and decode speed on stderr — the quickest end-to-end check of a model.
+//! `kiln generate`: greedy decoding of one prompt (with `--image`s for a vision model) on the
+//! burn runtime, streamed to stdout, with prefill and decode speed on stderr — the quickest
+//! end-to-end check of a model.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -33,6 +34,43 @@ pub(crate) struct GenerateArgs {
     /// f16 | f32: what K and V are stored in
     #[arg(long, value_name = "DTYPE", default_value = dtype_name(LoadOptions::default().kv_dtype))]
     kv_cache_dtype: DType,
+    /// An image for a vision model, before --chat's text: a file, or an https/http/data URL
+    /// (fetched as `serve` fetches, public addresses only); repeat for more
+    #[arg(long, value_name = "PATH_OR_URL", requires = "chat")]
+    image: Vec<String>,
+    /// llama.cpp's mmproj GGUF: the vision tower of a GGUF model
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+}
+
+/// The images of `kiln generate --image`, read (a file) or fetched (a URL) and processed.
+fn read_images(
+    sources: &[String],
+    processor: &kiln_media::ImageProcessor,
+) -> Result<Vec<kiln_media::ProcessedImage>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let policy = kiln_gateway::fetch::MediaPolicy::default();
+    sources
+        .iter()
+        .map(|source| {
+            let is_url = ["http://", "https://", "data:"]
+                .iter()
+                .any(|p| source.len() >= p.len() && source[..p.len()].eq_ignore_ascii_case(p));
+            let bytes = if is_url {
+                runtime
+                    .block_on(kiln_gateway::fetch::load(source, &policy))
+                    .map_err(|e| anyhow::anyhow!("--image: {e}"))?
+            } else {
+                std::fs::read(source).with_context(|| format!("reading --image {source}"))?
+            };
+            let image = kiln_media::decode(&bytes, &kiln_media::DecodeLimits::default())
+                .with_context(|| format!("--image {source}"))?;
+            Ok(processor.process(&image, kiln_media::Detail::Auto))
+        })
+        .collect()
 }
 
 pub(crate) fn run(args: GenerateArgs) -> Result<()> {
@@ -44,11 +82,58 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         device,
         dtype,
         kv_cache_dtype,
+        image,
+        mmproj,
     } = args;
     let input = input.input()?;
     let path = resolve_model(model)?;
     let tokenizer = load_tokenizer(&path, template.chat_template.as_deref())?;
-    let (_, prompt) = encode_input(&tokenizer, input)?;
+    // With images: the user message is the images, then the text; each image's tokens are
+    // where the processor's text put them.
+    let (prompt, images) = match (&input, image.is_empty()) {
+        (crate::Input::Chat(text), false) => {
+            let processor = match &mmproj {
+                Some(file) => kiln_media::ImageProcessor::from_mmproj(
+                    kiln_gguf::GgufFile::open(file)?.metadata(),
+                )?,
+                None => kiln_media::ImageProcessor::from_dir(&path)?.with_context(|| {
+                    format!(
+                        "{} has no image processor (not a vision model?)",
+                        path.display()
+                    )
+                })?,
+            };
+            let processed = read_images(&image, &processor)?;
+            let mut parts = vec![kiln_tokenizer::ContentPart::Image; processed.len()];
+            parts.push(kiln_tokenizer::ContentPart::Text { text: text.clone() });
+            let message = kiln_tokenizer::ChatMessage {
+                role: "user".into(),
+                content: Some(kiln_tokenizer::Content::Parts(parts)),
+                extra: serde_json::Map::new(),
+            };
+            let expansions: Vec<String> = processed.iter().map(|p| p.prompt.clone()).collect();
+            let options = kiln_tokenizer::ChatTemplateOptions {
+                add_generation_prompt: true,
+                ..Default::default()
+            };
+            let prompt = tokenizer.apply_chat_template_with_images(
+                &[message],
+                &options,
+                processor.placeholder(),
+                &expansions,
+            )?;
+            let token = tokenizer
+                .token_to_id(processor.placeholder())
+                .with_context(|| format!("the vocabulary has no {}", processor.placeholder()))?;
+            let spans = kiln_gateway::image_spans(&prompt.ids, token, &processed)
+                .context("the prompt's image tokens do not match its images")?;
+            (
+                prompt.ids,
+                processed.into_iter().zip(spans).collect::<Vec<_>>(),
+            )
+        }
+        _ => (encode_input(&tokenizer, input)?.1, Vec::new()),
+    };
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
@@ -62,6 +147,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
             context: Some(prompt.len() + max_tokens),
         },
         kv_dtype: kv_cache_dtype,
+        mmproj,
         ..LoadOptions::default()
     };
     let block_size = options.block_size;
@@ -94,12 +180,28 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
     let mut detok = tokenizer.detokenizer(true);
     let mut stdout = std::io::stdout().lock();
     let started = Instant::now();
+    let rows = images
+        .iter()
+        .map(|(image, _)| model.encode_image(&image.tiles))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hidden = model.config().hidden_size;
+    let mut embeds = Vec::new();
+    for ((_, spans), rows) in images.iter().zip(&rows) {
+        let mut row = 0;
+        for &(at, len) in spans {
+            embeds.push(kiln_runtime::Embeds {
+                at,
+                rows: &rows[row * hidden..(row + len) * hidden],
+            });
+            row += len;
+        }
+    }
     let logits = model.forward(&[SeqInput {
         tokens: &prompt,
         start: 0,
         block_table: &table,
         all_logits: false,
-        embeds: &[],
+        embeds: &embeds,
     }])?;
     let prefill = started.elapsed();
     let mut next = argmax(logits.first().map(|l| l.last()).unwrap_or_default());

@@ -228,20 +228,28 @@ pub(crate) fn encode_input(tokenizer: &Tokenizer, input: Input) -> Result<(Strin
 pub(crate) fn vision(
     model: &kiln_runtime::Model,
     path: &std::path::Path,
+    mmproj: Option<&std::path::Path>,
 ) -> Result<Option<kiln_gateway::Vision>> {
     let Some(info) = model.vision() else {
         return Ok(None);
     };
-    let processor = if path.is_dir() {
-        kiln_media::ImageProcessor::from_dir(path)
-            .with_context(|| format!("the image processor of {}", path.display()))?
-    } else {
-        None
+    let processor = match mmproj {
+        Some(mmproj) => {
+            let file = kiln_gguf::GgufFile::open(mmproj)
+                .with_context(|| format!("reading {}", mmproj.display()))?;
+            Some(
+                kiln_media::ImageProcessor::from_mmproj(file.metadata())
+                    .with_context(|| format!("the image processor of {}", mmproj.display()))?,
+            )
+        }
+        None if path.is_dir() => kiln_media::ImageProcessor::from_dir(path)
+            .with_context(|| format!("the image processor of {}", path.display()))?,
+        None => None,
     };
     let Some(processor) = processor else {
         bail!(
             "{} is a vision model but has no image processor configuration \
-             (preprocessor_config.json or processor_config.json)",
+             (preprocessor_config.json or processor_config.json, or an --mmproj file)",
             path.display()
         );
     };

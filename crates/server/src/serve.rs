@@ -56,6 +56,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
         host,
         port,
         chat_template,
+        mmproj,
         ..
     } = config;
 
@@ -135,7 +136,7 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
             if groups.size == 1 { "" } else { "s" },
             kiln_runtime::kernels::Isa::active().kind().name()
         );
-        let vision = crate::vision(&model, &path)?;
+        let vision = crate::vision(&model, &path, mmproj.as_deref())?;
         if vision.is_some() {
             tracing::info!("the model takes images");
         }

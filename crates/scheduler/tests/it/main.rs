@@ -1,6 +1,7 @@
 //! kiln-scheduler's integration tests, one binary: the engine driven through its public API on
-//! real models.
+//! real models, text and images.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 mod engine;
+mod images;
