@@ -14,17 +14,35 @@ pub struct Model {
     /// Unix seconds.
     pub created: u64,
     pub owned_by: String,
+    /// What the model takes as input: `["text"]`, or `["text", "image"]` for a vision model
+    /// (a Kiln extension; OpenAI's model object has no such field, clients ignore it).
+    pub input_modalities: Vec<Modality>,
+}
+
+/// A kind of input a model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Modality {
+    Text,
+    Image,
 }
 
 impl Model {
-    /// A model entry.
+    /// A text model's entry.
     pub fn new(id: impl Into<String>, created: u64, owned_by: impl Into<String>) -> Self {
         Self {
             id: id.into(),
             object: ModelObject::Value,
             created,
             owned_by: owned_by.into(),
+            input_modalities: vec![Modality::Text],
         }
+    }
+
+    /// The entry of a model that also takes images.
+    pub fn with_images(mut self) -> Self {
+        self.input_modalities = vec![Modality::Text, Modality::Image];
+        self
     }
 }
 

@@ -400,7 +400,7 @@ impl Idefics3 {
 /// or down), the other follows the aspect ratio truncated, then made even.
 fn rescale_to_max_len(height: u32, width: u32, max_len: u32) -> (u32, u32) {
     let aspect = f64::from(width) / f64::from(height);
-    let even = |v: u32| if v % 2 != 0 { v + 1 } else { v };
+    let even = |v: u32| if v.is_multiple_of(2) { v } else { v + 1 };
     let (h, w) = if width >= height {
         (even((f64::from(max_len) / aspect) as u32), max_len)
     } else {

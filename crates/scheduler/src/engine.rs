@@ -72,11 +72,17 @@ struct Seq<'t> {
     images: Option<Arc<SeqImages>>,
 }
 
+/// An image's spans in the prompt and the tower's rows for them (`hidden` values per token, in
+/// span order).
+struct EncodedImage {
+    spans: Vec<(usize, usize)>,
+    rows: Vec<f32>,
+}
+
 /// A prompt's images once encoded: each image's rows and spans, and the prompt as the prefix
 /// cache sees it (image positions keyed by the image's hash instead of the placeholder id).
 struct SeqImages {
-    /// Per image: its spans and its rows (`hidden` values per token, in span order).
-    images: Vec<(Vec<(usize, usize)>, Vec<f32>)>,
+    images: Vec<EncodedImage>,
     hidden: usize,
     keys: Vec<u32>,
 }
@@ -106,7 +112,10 @@ impl SeqImages {
                     j += 1;
                 }
             }
-            images.push((image.spans.clone(), rows));
+            images.push(EncodedImage {
+                spans: image.spans.clone(),
+                rows,
+            });
         }
         Ok(Self {
             images,
@@ -118,7 +127,7 @@ impl SeqImages {
     /// The rows for new tokens `range` of the prompt, as offsets into the chunk.
     fn embeds(&self, range: std::ops::Range<usize>) -> Vec<Embeds<'_>> {
         let mut out = Vec::new();
-        for (spans, rows) in &self.images {
+        for EncodedImage { spans, rows } in &self.images {
             let mut row = 0;
             for &(start, len) in spans {
                 let (from, to) = (start.max(range.start), (start + len).min(range.end));

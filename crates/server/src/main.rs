@@ -34,6 +34,8 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// One per process, parsed once: boxing `serve`'s many settings buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Commands {
     /// Serve the OpenAI-compatible API
     ///

@@ -309,12 +309,20 @@ fn duplicate_top_logprob_tokens_keep_the_first() {
 
 #[test]
 fn models() {
-    let list = ModelList::new(vec![Model::new("smollm2", 1_700_000_000, "kiln")]);
+    let list = ModelList::new(vec![
+        Model::new("smollm2", 1_700_000_000, "kiln"),
+        Model::new("smolvlm", 1_700_000_000, "kiln").with_images(),
+    ]);
     assert_wire(
         &list,
         json!({
             "object": "list",
-            "data": [{"id": "smollm2", "object": "model", "created": 1_700_000_000, "owned_by": "kiln"}]
+            "data": [
+                {"id": "smollm2", "object": "model", "created": 1_700_000_000, "owned_by": "kiln",
+                 "input_modalities": ["text"]},
+                {"id": "smolvlm", "object": "model", "created": 1_700_000_000, "owned_by": "kiln",
+                 "input_modalities": ["text", "image"]}
+            ]
         }),
     );
     assert_wire(&Health::default(), json!({"status": "ok"}));

@@ -70,6 +70,13 @@ fn served(gw: &Gateway) -> Vec<Model> {
     gw.config
         .served_model_names
         .iter()
-        .map(|n| Model::new(n.clone(), gw.started, &gw.config.owned_by))
+        .map(|n| {
+            let m = Model::new(n.clone(), gw.started, &gw.config.owned_by);
+            if gw.accepts_images() {
+                m.with_images()
+            } else {
+                m
+            }
+        })
         .collect()
 }

@@ -59,6 +59,7 @@ impl Setup {
         self.gateway.set_backend(Backend {
             engine: self.engine.handle(),
             tokenizer: self.tokenizer.clone(),
+            vision: None,
         });
     }
 }

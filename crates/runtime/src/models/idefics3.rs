@@ -75,10 +75,10 @@ impl VisionConfig {
                 as u32,
         };
         let side = c.image_size / c.patch_size;
-        if c.hidden_size % c.num_heads != 0
-            || c.image_size % c.patch_size != 0
+        if !c.hidden_size.is_multiple_of(c.num_heads)
+            || !c.image_size.is_multiple_of(c.patch_size)
             || c.scale_factor == 0
-            || side % c.scale_factor != 0
+            || !side.is_multiple_of(c.scale_factor)
         {
             return Err(bad(format!(
                 "vision_config does not fit together (hidden {} over {} heads, image {} in patches \

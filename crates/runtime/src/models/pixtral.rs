@@ -125,7 +125,7 @@ impl VisionConfig {
                 .ok_or_else(|| bad("image_token_index is missing".into()))?
                 as u32,
         };
-        if c.head_dim * c.num_heads != c.hidden_size || c.head_dim % 4 != 0 {
+        if c.head_dim * c.num_heads != c.hidden_size || !c.head_dim.is_multiple_of(4) {
             return Err(bad(format!(
                 "vision_config: {} heads of {} do not make a hidden size of {} with a 2D RoPE",
                 c.num_heads, c.head_dim, c.hidden_size

@@ -95,6 +95,8 @@ impl VisionMlp {
 
 /// A tower's norm: SigLIP's LayerNorm or Pixtral's RMSNorm.
 #[derive(Debug, Clone)]
+// A few per layer of a model's tower: boxing would only add an indirection per call.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum VisionNorm {
     Layer(LayerNorm),
     Rms(RmsNorm),
@@ -111,6 +113,7 @@ impl VisionNorm {
 
 /// A tower's feed-forward block: SigLIP's plain MLP or Pixtral's gated one.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum VisionFfn {
     Plain(VisionMlp),
     Gated(GatedMlp),

@@ -56,7 +56,12 @@ fn request(tokenizer: &Tokenizer, file: &str, text: &str, max_tokens: usize) -> 
         ..Default::default()
     };
     let prompt = tokenizer
-        .apply_chat_template_with_images(&[message], &options, "<image>", &[image.prompt.clone()])
+        .apply_chat_template_with_images(
+            &[message],
+            &options,
+            "<image>",
+            std::slice::from_ref(&image.prompt),
+        )
         .unwrap();
     let token = tokenizer.token_to_id("<image>").unwrap();
     let mut spans: Vec<(usize, usize)> = Vec::new();
