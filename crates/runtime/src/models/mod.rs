@@ -248,9 +248,10 @@ impl Family {
             let json = crate::weights::read_json(&config_path)?;
             let origin = config_path.display().to_string();
             vision = match json["model_type"].as_str() {
-                Some("idefics3") => Some(Tower::Idefics3(idefics3::VisionConfig::from_hf_json(
-                    &json, &origin,
-                )?)),
+                // SmolVLM 2 names the same model `smolvlm`.
+                Some("idefics3" | "smolvlm") => Some(Tower::Idefics3(
+                    idefics3::VisionConfig::from_hf_json(&json, &origin)?,
+                )),
                 Some("llava") => Some(Tower::Pixtral(pixtral::VisionConfig::from_hf_json(
                     &json, &origin,
                 )?)),

@@ -20,13 +20,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra, api_key=API_KEY):
+    def __init__(self, *extra, api_key=API_KEY, log="warn"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         args = [os.environ["KILN_BIN"], "serve", "--port", str(self.port), *extra]
         if api_key:
             args += ["--api-key", api_key]
-        env = dict(os.environ, KILN_LOG="warn")
+        env = dict(os.environ, KILN_LOG=log)
         self.log = open(os.path.join(os.environ.get("KILN_E2E_LOGS", "/tmp"), f"kiln-e2e-{self.port}.log"), "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 300

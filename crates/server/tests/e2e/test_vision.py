@@ -3,9 +3,12 @@ SmolVLM / Idefics3, served as `pixtral-12b-2409` so the providers' vision snippe
 driven by the official `openai` client and requests. The weights are random, so the tests check
 structure, token counts (the golden `n_tokens` of transformers' processor), greedy determinism
 and the golden greedy ids, never meaning. Images come from https (a local trustme-signed server),
-http, base64 data URLs and file://; every refusal (too many images, SSRF, size, time, not an
-image, decompression bomb, bad status, credentials, local files) is a 400 `invalid_image` naming
-the part, and a refused host is never connected to (counting listeners prove it)."""
+http, base64 data URLs and file://. Every image that cannot be had (SSRF, redirects, size, time,
+not an image, decompression bomb, bad status, credentials, local files) is a 400 `invalid_image`
+naming the part and the reason, and a refused host is never connected to (counting listeners
+prove it); what validation catches first (too many images, unsupported URL kinds, images outside
+user turns) is a 400 naming the field. The prefix cache shares text blocks between different
+images but never a block holding image tokens."""
 
 import asyncio
 import base64
@@ -36,7 +39,7 @@ BLOCK = 16  # kiln serve's default --block-size
 IMG = "messages[0].content[1].image_url"  # the param of the image in [text, image] content
 
 
-# --- Helpers ---------------------------------------------------------------------------------------
+# --- Helpers --------------------------------------------------------------------------------------
 
 
 def client(server, **kw):
@@ -77,6 +80,13 @@ def jpeg_of(name):
     return base64.b64decode(encode_image(Image.open(os.path.join(TINY, name))))
 
 
+def encoded(name, fmt):
+    """The PNG `name` re-encoded by Pillow as `fmt`."""
+    out = BytesIO()
+    Image.open(os.path.join(TINY, name)).save(out, format=fmt)
+    return out.getvalue()
+
+
 def chat(server, content, **kw):
     """POSTs one user message with `content`; returns the raw response."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4,
@@ -88,7 +98,8 @@ def chat(server, content, **kw):
 def error_of(resp, status=400):
     assert resp.status_code == status, (resp.status_code, resp.text)
     body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["type"] == "invalid_request_error", body
     return body["error"]
 
@@ -106,6 +117,12 @@ def metric(server, name):
     text = requests.get(server.base + "/metrics", timeout=10).text
     line = next(l for l in text.splitlines() if l.startswith(name + " "))
     return float(line.split()[-1])
+
+
+def read_log(server):
+    server.log.flush()
+    with open(server.log.name) as f:
+        return f.read()
 
 
 def tokenize(prompt):
@@ -161,11 +178,17 @@ def expected_tokens(expansion, messages, images):
 
 
 def openai_messages(case):
-    """A golden case's messages as an OpenAI request: image parts as PNG data URLs, in order."""
+    """A golden case's messages as an OpenAI request: image parts as PNG data URLs, in order;
+    transformers' `do_image_splitting=False` is Idefics3's `detail: low` (the global image only)."""
+    low = case["processor_kwargs"] == {"do_image_splitting": False}
+    assert low or not case["processor_kwargs"], case["processor_kwargs"]
     out = []
     for m in case["messages"]:
         parts = [image_part(data_url(p["image"])) if p["type"] == "image" else text_part(p["text"])
                  for p in m["content"]]
+        for p in parts:
+            if low and p["type"] == "image_url":
+                p["image_url"]["detail"] = "low"
         out.append({"role": m["role"], "content": parts})
     return out
 
@@ -278,7 +301,8 @@ def slow(handler):
 def redirect_to(url):
     def route(handler):
         handler.send_response(302)
-        handler.send_header("Location", url)
+        if url is not None:
+            handler.send_header("Location", url)
         handler.send_header("Content-Length", "0")
         handler.end_headers()
     return route
@@ -326,7 +350,25 @@ def media(far):
         "/bomb.png": lambda h: h.send_body(png_bomb(30000, 30000)),
         "/bomb-pixels.png": lambda h: h.send_body(png_bomb(8000, 8000)),
         "/x.png": lambda h: h.send_body(png_bytes("small_20x14.png")),
+        "/hop.png": redirect_to("/hop-target.png"),
+        "/hop-target.png": lambda h: h.send_body(png_bytes("small_20x14.png")),
+        "/loop.png": redirect_to("/loop.png"),
+        "/to-credentials.png": redirect_to("http://user:secret@127.0.0.1:1/x.png"),
+        "/to-file.png": redirect_to("file:///etc/passwd"),
+        "/to-data.png": redirect_to(data_url("small_20x14.png")),
+        "/to-nowhere.png": redirect_to(None),
+        "/bitmap.png": lambda h: h.send_body(encoded("small_20x14.png", "BMP"), "image/bmp"),
     })
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def rogue_https():
+    """https://127.0.0.1:PORT under a CA that no kiln server trusts."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(ctx)
+    s = MediaServer({"/x.png": lambda h: h.send_body(png_bytes("small_20x14.png"))}, tls=ctx)
     yield s
     s.stop()
 
@@ -334,17 +376,18 @@ def media(far):
 # --- Servers ------------------------------------------------------------------------------------
 
 
-def tiny(*extra):
-    return Server("--model", TINY, "--served-model-name", MODEL, *extra)
+def tiny(*extra, **kw):
+    return Server("--model", TINY, "--served-model-name", MODEL, *extra, **kw)
 
 
 @pytest.fixture(scope="module")
 def vision(ca, https_media, media):
-    """127.0.0.1 allow-listed, the test CA trusted, 100 KiB / 2 s caps, file:// under TINY, and an
-    f32 KV cache so greedy ids are transformers' own."""
+    """127.0.0.1 allow-listed, the test CA trusted, 100 KiB / 2 s caps, file:// under TINY, an
+    f32 KV cache so greedy ids are transformers' own, and the fetcher's debug lines logged."""
     s = tiny("--allow-media-host", "127.0.0.1", "--media-ca-file", ca[1],
              "--media-max-bytes", "100KiB", "--media-timeout", "2",
-             "--allowed-local-media-path", TINY, "--kv-cache-dtype", "f32")
+             "--allowed-local-media-path", TINY, "--kv-cache-dtype", "f32",
+             log="warn,kiln_gateway=debug")
     yield s
     assert s.stop() == 0, "kiln did not shut down cleanly on SIGTERM"
 
@@ -379,6 +422,7 @@ def test_scaleway_vision_request_with_an_https_url(vision, https_media, expansio
             ],
         }
     ]
+    before = https_media.hits.get("/id/32/512/512", 0)
     response = client(vision).chat.completions.create(model=MODEL, messages=messages)
     choice = response.choices[0]
     assert response.model == MODEL and response.object == "chat.completion"
@@ -389,7 +433,7 @@ def test_scaleway_vision_request_with_an_https_url(vision, https_media, expansio
     assert response.usage.total_tokens == (
         response.usage.prompt_tokens + response.usage.completion_tokens)
     assert response.usage.total_tokens <= 2048
-    assert https_media.hits["/id/32/512/512"] == 1
+    assert https_media.hits["/id/32/512/512"] == before + 1
 
 
 def test_scaleway_base64_snippet(vision, https_media, expansion):
@@ -497,10 +541,11 @@ def test_cloudsway_system_prompt_and_a_lone_image_with_usage(vision, expansion):
     assert finishes[-1] in ("stop", "length")
 
 
-# --- Golden token counts and greedy ids ------------------------------------------------------------
+# --- Golden token counts and greedy ids -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["small", "nonsquare", "large", "rgba", "two_images", "two_turns"])
+@pytest.mark.parametrize(
+    "name", ["small", "nonsquare", "large", "rgba", "two_images", "two_turns", "unsplit"])
 def test_golden_prompt_tokens_and_greedy_text(vision, golden, name):
     case = next(c for c in golden["cases"] if c["name"] == name)
     messages = openai_messages(case)
@@ -556,17 +601,36 @@ def test_max_images_per_request_flag(golden):
 
 # --- SSRF: the default policy ---------------------------------------------------------------------
 
+ALLOW = "which this server does not fetch from (allow it with --allow-media-host)"
+NUMERIC = "the URL is not valid: a numeric host must be a dotted-decimal IPv4 address (a.b.c.d)"
+
 REFUSED = [
-    ("http://127.0.0.1:{v4}/x.png", ["the address 127.0.0.1 is a loopback address"]),
-    ("http://localhost:{v4}/x.png", ["the host `localhost` resolves to", "a loopback address"]),
-    ("http://[::1]:{v6}/x.png", ["the address ::1 is a loopback address"]),
-    ("http://10.0.0.1/x.png", ["the address 10.0.0.1 is a private address"]),
+    ("http://127.0.0.1:{v4}/x.png", ["the address 127.0.0.1 is a loopback address", ALLOW]),
+    ("http://localhost:{v4}/x.png",
+     ["the host `localhost` resolves to", "a loopback address", ALLOW]),
+    ("http://localhost.:{v4}/x.png", ["the host `localhost` resolves to", ALLOW]),
+    ("http://[::1]:{v6}/x.png", ["the address ::1 is a loopback address", ALLOW]),
+    ("http://10.0.0.1/x.png", ["the address 10.0.0.1 is a private address", ALLOW]),
     ("http://169.254.169.254/latest/meta-data",
-     ["the address 169.254.169.254 is a link-local address", "cloud metadata"]),
-    ("http://100.64.0.1/", ["the address 100.64.0.1 is a carrier-grade NAT (shared) address"]),
+     ["the address 169.254.169.254 is a link-local address", "cloud metadata", ALLOW]),
+    ("http://100.64.0.1/",
+     ["the address 100.64.0.1 is a carrier-grade NAT (shared) address", ALLOW]),
     ("http://[::ffff:127.0.0.1]:{v4}/",
-     ["the address ::ffff:127.0.0.1 is an IPv4-mapped form of 127.0.0.1, a loopback address"]),
-    ("http://0.0.0.0:{v4}/", ["the address 0.0.0.0 is the unspecified address"]),
+     ["the address ::ffff:127.0.0.1 is an IPv4-mapped form of 127.0.0.1, a loopback address",
+      ALLOW]),
+    ("http://0.0.0.0:{v4}/", ["the address 0.0.0.0 is the unspecified address", ALLOW]),
+    ("http://[::]:{v6}/", ["the address :: is the unspecified address", ALLOW]),
+    ("http://[::127.0.0.1]:{v4}/",
+     ["IPv4-compatible form of 127.0.0.1, a loopback address", ALLOW]),
+    ("http://[64:ff9b::7f00:1]:{v4}/", ["a NAT64 form of 127.0.0.1, a loopback address", ALLOW]),
+    ("HTTP://127.0.0.1:{v4}/", ["the address 127.0.0.1 is a loopback address", ALLOW]),
+    # Forms getaddrinfo would quietly turn into 127.0.0.1.
+    ("http://2130706433:{v4}/", [NUMERIC]),
+    ("http://0x7f.0.0.1:{v4}/", [NUMERIC]),
+    ("http://0177.0.0.1:{v4}/", [NUMERIC]),
+    ("http://127.1:{v4}/", [NUMERIC]),
+    ("http://[fe80::1%25lo]:{v6}/", ["IPv6 zone identifiers are not supported"]),
+    ("http://127.0.0.1:{v4}@example.com/", ["URLs with credentials"]),
 ]
 
 
@@ -578,7 +642,6 @@ def test_internal_addresses_are_refused_unconnected(strict, tripwires, url, reas
     reason = image_error(chat(strict, [text_part("What is this?"), image_part(url)]))
     for want in reasons:
         assert want in reason, reason
-    assert "--allow-media-host" in reason, reason
     assert time.monotonic() - start < 5, "a refused address was tried before it was refused"
     assert (v4.count, v6.count) == (0, 0), "kiln connected to a refused address"
 
@@ -587,19 +650,60 @@ def test_internal_addresses_are_refused_unconnected(strict, tripwires, url, reas
 
 
 def test_allow_listed_host_is_fetched(vision, media, golden):
+    before = media.hits.get("/small.png", 0)
     r = chat(vision, [image_part(media.base + "/small.png"), text_part("What is in this picture?")])
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] == golden["cases"][0]["n_tokens"]
-    assert media.hits["/small.png"] == 1
+    assert media.hits["/small.png"] == before + 1
 
 
 def test_redirect_to_an_unlisted_address_is_refused(vision, media, far):
+    before = media.hits.get("/redirect.png", 0)
     reason = image_error(chat(vision, [text_part("What is this?"),
                                        image_part(media.base + "/redirect.png")]))
     assert f"after a redirect to `http://127.0.0.2:{far.port}`" in reason, reason
     assert "the address 127.0.0.2 is a loopback address" in reason, reason
-    assert media.hits["/redirect.png"] == 1
+    assert media.hits["/redirect.png"] == before + 1
     assert far.count == 0, "kiln followed the redirect to a refused address"
+
+
+def test_redirects_within_the_allowed_host_are_followed_up_to_three(vision, media, golden):
+    before = {p: media.hits.get(p, 0) for p in ("/hop.png", "/hop-target.png", "/loop.png")}
+    r = chat(vision, [image_part(media.base + "/hop.png"), text_part("What is in this picture?")])
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == golden["cases"][0]["n_tokens"]
+    assert media.hits["/hop.png"] == before["/hop.png"] + 1
+    assert media.hits["/hop-target.png"] == before["/hop-target.png"] + 1
+    reason = image_error(chat(vision, [text_part("What is this?"),
+                                       image_part(media.base + "/loop.png")]))
+    assert reason == "too many redirects (more than 3)", reason
+    assert media.hits["/loop.png"] == before["/loop.png"] + 4  # the URL and 3 redirects
+
+
+def test_https_needs_a_trusted_certificate_for_the_host(vision, rogue_https, https_media):
+    reason = image_error(chat(vision, [text_part("What is this?"),
+                                       image_part(rogue_https.base + "/x.png")]))
+    assert reason.startswith(f"the TLS connection to `127.0.0.1:{rogue_https.port}` failed"), reason
+    assert rogue_https.hits == {}
+    # A trusted certificate, but for 127.0.0.1, not for the name `localhost`.
+    before = dict(https_media.hits)
+    url = f"https://localhost:{https_media.port}/id/32/512/512"
+    reason = image_error(chat(vision, [text_part("What is this?"), image_part(url)]))
+    # (Where localhost also resolves to ::1, which is not allow-listed, that refuses it first.)
+    assert "the TLS connection to `localhost:" in reason or "::1" in reason, reason
+    assert https_media.hits == before
+
+
+@pytest.mark.parametrize("path,reason", [
+    ("/to-credentials.png", "the server redirected to an invalid URL: it contains credentials"),
+    ("/to-file.png", "the server redirected to a `file:` URL, which this server does not follow"),
+    ("/to-data.png", "the server redirected to a `data:` URL, which this server does not follow"),
+    ("/to-nowhere.png", "the server answered 302 Found without a Location header"),
+])
+def test_redirect_targets_that_are_not_followed(vision, media, path, reason):
+    r = chat(vision, [text_part("What is this?"), image_part(media.base + path)])
+    assert image_error(r) == reason
+    assert "secret" not in r.text
 
 
 @pytest.mark.parametrize("path", ["/big.png", "/big-unsized.png"])
@@ -623,18 +727,28 @@ def test_html_served_as_an_image(vision, media):
     assert "not an image" in reason, reason
 
 
-@pytest.mark.parametrize("path,size", [("/bomb.png", "30000x30000"), ("/bomb-pixels.png", "8000x8000")])
+@pytest.mark.parametrize("path,size", [("/bomb.png", "30000x30000"),
+                                       ("/bomb-pixels.png", "8000x8000")])
 def test_png_decompression_bomb(vision, media, path, size):
     assert len(png_bomb(30000, 30000)) < 200
     reason = image_error(chat(vision, [text_part("What is this?"), image_part(media.base + path)]))
-    assert f"the image is {size} pixels, over this server's limit" in reason, reason
+    # Refused from the header, before any pixel is inflated, naming the size it claims.
+    assert reason.startswith(f"the image is {size} pixels"), reason
     assert "16384 pixels a side" in reason and "40000000 pixels in all" in reason, reason
 
 
 def test_http_error_status_is_named(vision, media):
-    reason = image_error(chat(vision, [text_part("What is this?"),
-                                       image_part(media.base + "/nothing-here.png")]))
+    path = "/nothing-here.png?X-Amz-Signature=hunter2"
+    before = media.hits.get(path, 0)
+    r = chat(vision, [text_part("What is this?"), image_part(media.base + path)])
+    reason = image_error(r)
     assert reason == "the server answered 404 Not Found", reason
+    assert media.hits[path] == before + 1
+    # Pre-signed URLs carry secrets in the query: never echoed.
+    assert "hunter2" not in r.text and "nothing-here" not in r.text
+    log = read_log(vision)
+    assert "media fetch failed" in log and "/nothing-here.png" in log, "no fetcher debug line"
+    assert "hunter2" not in log
 
 
 def test_credentials_in_the_url_are_refused_and_never_shown(vision, media):
@@ -645,11 +759,90 @@ def test_credentials_in_the_url_are_refused_and_never_shown(vision, media):
     assert "credentials" in reason, reason
     assert "secret" not in r.text
     assert media.connections == before and "/x.png" not in media.hits
-    with open(vision.log.name) as f:
-        assert "secret" not in f.read()
+    log = read_log(vision)
+    assert "media fetch failed" in log, "no fetcher debug line"
+    assert "secret" not in log
 
 
-# --- file:// ---------------------------------------------------------------------------------------
+# --- Data URLs and where image parts may go ------------------------------------------------------
+
+
+@pytest.mark.parametrize("url,reason", [
+    ("data:image/png;base64," + base64.b64encode(b"\0" * (150 << 10)).decode(),
+     "the image is larger than the 100 KiB limit"),
+    ("data:image/png;base64,", "the image is empty"),
+    ("data:image/png;base64,-_-_", "the data URL's base64 payload is invalid"),
+    ("data:image/png;base64," + base64.b64encode(b"hello, world").decode(),
+     "the data is not an image in a format this server reads"),
+])
+def test_bad_data_urls(vision, url, reason):
+    got = image_error(chat(vision, [text_part("What is this?"), image_part(url)]))
+    assert got.startswith(reason), got
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "JPEG"])
+def test_other_image_formats(vision, golden, fmt):
+    url = f"data:image/{fmt.lower()};base64," + base64.b64encode(
+        encoded("small_20x14.png", fmt)).decode()
+    r = chat(vision, [image_part(url), text_part("What is in this picture?")])
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == golden["cases"][0]["n_tokens"]
+
+
+def test_unread_image_format_is_named(vision, media):
+    reason = image_error(chat(vision, [text_part("What is this?"),
+                                       image_part(media.base + "/bitmap.png")]))
+    assert reason.startswith("the image is image/bmp, a format this server does not read"), reason
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x.png", "data:text/html;base64,PGh0bWw+",
+                                 "gopher://127.0.0.1:70/"])
+def test_unsupported_url_kinds_are_refused(vision, media, url):
+    before = media.connections
+    err = error_of(chat(vision, [text_part("What is this?"), image_part(url)]))
+    assert err["param"].startswith(IMG), err
+    assert "https://" in err["message"] and "data:image/" in err["message"], err
+    assert media.connections == before
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_images_only_in_user_messages(vision, role):
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": role, "content": [image_part(data_url("small_20x14.png"))]},
+                {"role": "user", "content": "And now?"}]
+    r = requests.post(vision.base + "/v1/chat/completions", headers=auth(),
+                      json={"model": MODEL, "messages": messages, "max_tokens": 2}, timeout=60)
+    err = error_of(r)
+    assert err["param"] == "messages[1].content[0].type", err
+    assert "only allowed in user messages" in err["message"], err
+
+
+def test_a_bad_image_in_a_stream_is_a_plain_400(vision, media):
+    r = chat(vision, [text_part("What is this?"), image_part(media.base + "/nothing-here.png")],
+             stream=True)
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    assert image_error(r) == "the server answered 404 Not Found"
+
+
+def test_image_tokens_count_against_the_context(vision, golden):
+    case = golden["cases"][0]
+    content = [image_part(data_url("small_20x14.png")), text_part("What is in this picture?")]
+    err = error_of(chat(vision, content, max_tokens=2048 - case["n_tokens"] + 1))
+    assert err["code"] == "context_length_exceeded", err
+    assert f"the request has {case['n_tokens']} prompt tokens" in err["message"], err
+
+
+def test_thirteen_images_over_two_messages_are_refused(vision):
+    seven = [image_part(data_url("small_20x14.png"))] * 7
+    messages = [{"role": "user", "content": seven}, {"role": "assistant", "content": "Seven."},
+                {"role": "user", "content": seven[:6]}]
+    r = requests.post(vision.base + "/v1/chat/completions", headers=auth(),
+                      json={"model": MODEL, "messages": messages, "max_tokens": 2}, timeout=60)
+    err = error_of(r)
+    assert err["message"] == "at most 12 images are allowed per request, got 13", err
+
+
+# --- file:// --------------------------------------------------------------------------------------
 
 
 def test_file_url_inside_the_allowed_folder(vision, golden):
@@ -665,7 +858,8 @@ def test_file_url_inside_the_allowed_folder(vision, golden):
 @pytest.mark.parametrize("path,reason", [
     ("/etc/passwd", "the file is outside the allowed media folder"),
     (TINY + "/../../etc/passwd", "the file is outside the allowed media folder"),
-    (TINY + "/missing.png", "there is no readable file at that path inside the allowed media folder"),
+    (TINY + "/missing.png",
+     "there is no readable file at that path inside the allowed media folder"),
 ])
 def test_file_url_outside_or_missing(vision, path, reason):
     got = image_error(chat(vision, [text_part("What is this?"), image_part("file://" + path)]))
@@ -688,10 +882,34 @@ def test_same_image_twice_is_the_same_greedy_text(vision):
     assert a["usage"] == b["usage"]
 
 
+def test_concurrent_requests_keep_their_own_images(vision):
+    text = "Concurrent probe, the picture:"
+    names = ["small_20x14.png", "rgba_50x50.png", "nonsquare_70x40.png", "portrait_26x60.png",
+             "large_300x200.png"]
+
+    def ask(name):
+        r = chat(vision, [text_part(text), image_part(data_url(name))], max_tokens=24)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    alone = {name: ask(name) for name in names}
+    results = {}
+    threads = [threading.Thread(target=lambda i=i, n=n: results.__setitem__(i, (n, ask(n))))
+               for i, n in enumerate(names * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == len(threads)
+    for name, text_out in results.values():
+        assert text_out == alone[name], name
+
+
 def test_prefix_cache_never_reuses_another_images_tokens(vision, expansion):
     text = "Kiln prefix cache probe: compare these two pictures."
     # The first image token's position: the text blocks before it may be shared, no block after.
-    first_image_token = tokenize("<|im_start|>User: " + text + "<fake_token_around_image><row_1_col_1>")
+    first_image_token = tokenize(
+        "<|im_start|>User: " + text + "<fake_token_around_image><row_1_col_1>")
     text_blocks = first_image_token // BLOCK * BLOCK
     assert text_blocks >= 2 * BLOCK
 
@@ -724,7 +942,7 @@ def test_prefix_cache_never_reuses_another_images_tokens(vision, expansion):
     assert again == first
 
 
-# --- A text-only model ------------------------------------------------------------------------------
+# --- A text-only model ----------------------------------------------------------------------------
 
 
 def default_model_path():

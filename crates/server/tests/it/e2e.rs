@@ -1,5 +1,6 @@
 //! End-to-end: runs the pytest suite in `tests/e2e/`, which starts this crate's real `kiln`
-//! binary on the default model (and on Gemma 3 270M, the second real model) and drives it with the
+//! binary on the default model (and on Gemma 3 270M, the second real model, and the tiny random
+//! SmolVLM for image input: test_vision.py) and drives it with the
 //! official `openai` Python client, `requests` and curl. The Python environment comes from `cargo xtask e2e-env` (CI runs it).
 #![allow(clippy::unwrap_used)]
 
