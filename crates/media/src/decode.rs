@@ -322,6 +322,17 @@ mod tests {
     }
 
     #[test]
+    fn a_cmyk_jpeg_becomes_rgb() {
+        // testdata/media/cmyk_8x8.jpg: red in CMYK, as Pillow writes it (Pillow reads it back
+        // as (255, 0, 0)).
+        let bytes = include_bytes!("../../../testdata/media/cmyk_8x8.jpg");
+        let img = decode(bytes, &DecodeLimits::default()).expect("decode");
+        assert_eq!((img.width, img.height), (8, 8));
+        let [r, g, b] = [img.data[0], img.data[1], img.data[2]];
+        assert!(r > 230 && g < 30 && b < 30, "({r}, {g}, {b})");
+    }
+
+    #[test]
     fn other_bytes_are_not_images() {
         assert!(matches!(
             decode(b"hello, not an image", &DecodeLimits::default()),

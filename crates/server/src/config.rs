@@ -687,7 +687,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 23);
+        assert_eq!(seen, 30);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) struct GenerateArgs {
     kv_cache_dtype: DType,
     /// An image for a vision model, before --chat's text: a file, or an https/http/data URL
     /// (fetched as `serve` fetches, public addresses only); repeat for more
-    #[arg(long, value_name = "PATH_OR_URL", requires = "chat")]
+    #[arg(long, value_name = "PATH_OR_URL")]
     image: Vec<String>,
     /// llama.cpp's mmproj GGUF: the vision tower of a GGUF model
     #[arg(long, value_name = "FILE")]
@@ -131,6 +131,9 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
                 prompt.ids,
                 processed.into_iter().zip(spans).collect::<Vec<_>>(),
             )
+        }
+        (crate::Input::Prompt(_), false) => {
+            bail!("--image goes with --chat (the images come before its text in a user message)")
         }
         _ => (encode_input(&tokenizer, input)?.1, Vec::new()),
     };

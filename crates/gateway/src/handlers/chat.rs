@@ -27,10 +27,10 @@ const PROMPT_PARAM: &str = "messages";
 /// How a vision model's template takes message content. Hugging Face vision templates iterate
 /// over a message's parts (SmolVLM's renders a plain string as nothing), and some also take
 /// plain strings — and need them where they concatenate (Pixtral's system and assistant
-/// messages). So: parts for every message, unless the template tests `is string`, in which
-/// case only messages with images get parts.
+/// messages). So: parts for every message, unless the template tests `is (not) string`, in
+/// which case only messages with images get parts.
 fn parts_for_text(template: Option<&str>) -> bool {
-    !template.is_some_and(|t| t.contains("is string"))
+    !template.is_some_and(|t| t.contains("is string") || t.contains("is not string"))
 }
 
 /// A validated message as the chat template takes it: its parts as a list (`{"type":
@@ -291,4 +291,20 @@ pub(crate) async fn chat(gw: Arc<Gateway>, body: Bytes) -> Result<Response<Body>
         }
     });
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vision_templates_get_parts_unless_they_take_strings() {
+        let smolvlm = "{% for line in message['content'] %}{% if line['type'] == 'image' %}";
+        let pixtral =
+            "{%- if message[\"content\"] is not string %}{%- for chunk in message[\"content\"] %}";
+        assert!(parts_for_text(Some(smolvlm)));
+        assert!(!parts_for_text(Some(pixtral)));
+        assert!(!parts_for_text(Some("{% if m.content is string %}")));
+        assert!(parts_for_text(None));
+    }
 }

@@ -1001,3 +1001,88 @@ def test_openapi_documents_image_parts(vision):
     assert "#/components/schemas/ImageUrl" in json.dumps(user)
     others = [b for b in message["oneOf"] if b is not user]
     assert others and all("ImageUrl" not in json.dumps(b) for b in others)
+
+
+# --- Pixtral, from its Hugging Face folder and from GGUF + mmproj ---------------------------------
+
+PIXTRAL = os.path.join(ROOT, "testdata", "tiny-pixtral")
+
+
+@pytest.fixture(scope="module")
+def pixtral():
+    common = ("--kv-cache-dtype", "f32", "--served-model-name", MODEL)
+    servers = [
+        Server("--model", PIXTRAL, *common),
+        Server("--model", os.path.join(PIXTRAL, "model.gguf"), "--mmproj",
+               os.path.join(PIXTRAL, "mmproj.gguf"), *common),
+    ]
+    yield servers
+    for s in servers:
+        assert s.stop() == 0, "kiln did not shut down cleanly on SIGTERM"
+
+
+def pixtral_messages(case):
+    """A golden case's messages as an OpenAI client sends them: images as PNG data URLs."""
+    out = []
+    for m in case["messages"]:
+        content = m["content"]
+        if not isinstance(content, str):
+            parts = []
+            for p in content:
+                if p["type"] == "image":
+                    with open(os.path.join(PIXTRAL, p["image"]), "rb") as f:
+                        url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+                    parts.append(image_part(url))
+                else:
+                    parts.append(text_part(p["text"]))
+            content = parts
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def byte_level_decode(ids):
+    """The byte-level BPE decode of `ids` with tiny-pixtral's vocabulary, special tokens left out
+    (as the server's `skip_special_tokens`); None when the bytes are not whole UTF-8."""
+    with open(os.path.join(PIXTRAL, "tokenizer.json")) as f:
+        tok = json.load(f)
+    id_to_token = {v: k for k, v in tok["model"]["vocab"].items()}
+    specials = {t["id"] for t in tok["added_tokens"] if t.get("special")}
+    # GPT-2's byte <-> unicode table.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    byte_of = {chr(c): b for b, c in zip(bs, cs)}
+    data = bytes(byte_of[ch] for i in ids if i not in specials for ch in id_to_token[i])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def test_pixtral_from_both_formats_gives_transformers_prompt_and_greedy_text(pixtral):
+    with open(os.path.join(PIXTRAL, "golden.json")) as f:
+        golden = json.load(f)
+    for name, case in golden["cases"].items():
+        texts = []
+        for server in pixtral:
+            r = client(server).chat.completions.create(
+                model=MODEL, messages=pixtral_messages(case), max_tokens=8, temperature=0)
+            assert r.usage.prompt_tokens == case["n_tokens"], (name, server.base, r.usage)
+            assert r.usage.completion_tokens == 8, (name, r.usage)
+            texts.append(r.choices[0].message.content)
+        assert texts[0] == texts[1], (name, texts)
+        want = byte_level_decode(case["greedy_ids"])
+        if want is not None:
+            assert texts[0] == want, (name, texts[0], want)
+
+
+def test_pixtral_lists_itself_as_taking_images(pixtral):
+    for server in pixtral:
+        models = requests.get(server.base + "/v1/models", headers=auth(), timeout=10).json()
+        assert models["data"][0]["input_modalities"] == ["text", "image"], models

@@ -1,6 +1,7 @@
 //! The real `kiln` binary's command line: `kiln help` is complete, a setting comes from the
 //! flag, else the environment, else the config file, and bad input fails with a clear message.
-//! No model is needed: a model path that does not exist fails at its first use, naming it.
+//! No model is needed: a model path that does not exist fails at its first use, naming it
+//! (`kiln generate --image` runs the tiny random SmolVLM in `testdata/`).
 
 use std::io::Write as _;
 use std::process::{Command, Output};
@@ -136,4 +137,92 @@ fn bad_flags_values_and_files_are_clear_errors() {
 
     let out = kiln(&["tokenize", "--prompt", "a", "--chat", "b"], &[]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `testdata/NAME` at the repository root.
+fn testdata(name: &str) -> String {
+    format!("{}/../../testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn generate_with_an_image_gives_transformers_greedy_text() {
+    let golden: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(testdata("tiny-smolvlm/golden.json")).expect("golden.json"),
+    )
+    .expect("JSON");
+    // The `small` case: the image, then the question, in one user message.
+    let case = &golden["cases"][0];
+    assert_eq!(case["name"], "small");
+    let want = case["greedy_text"].as_str().expect("greedy_text");
+    let image = testdata("tiny-smolvlm/small_20x14.png");
+    let common = [
+        "--chat",
+        "What is in this picture?",
+        "--image",
+        image.as_str(),
+        "--max-tokens",
+        "8",
+        "--kv-cache-dtype",
+        "f32",
+    ];
+    let folder = testdata("tiny-smolvlm");
+    let gguf = testdata("tiny-smolvlm/model.gguf");
+    let mmproj = testdata("tiny-smolvlm/mmproj.gguf");
+    for model in [
+        vec!["--model", folder.as_str()],
+        vec!["--model", gguf.as_str(), "--mmproj", mmproj.as_str()],
+    ] {
+        let mut args = vec!["generate"];
+        args.extend(model.iter().copied());
+        args.extend(common);
+        let out = kiln(&args, &[]);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            want,
+            "{args:?}"
+        );
+        assert!(
+            stderr(&out).contains("prefill: 89 tokens"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // An image for a text model, or one that is not there, is a clear error.
+    let out = kiln(
+        &[
+            "generate",
+            "--model",
+            folder.as_str(),
+            "--chat",
+            "hi",
+            "--image",
+            "/nonexistent.png",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("reading --image /nonexistent.png"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kiln(
+        &[
+            "generate",
+            "--model",
+            folder.as_str(),
+            "--prompt",
+            "hi",
+            "--image",
+            image.as_str(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "--image needs --chat");
+    assert!(
+        stderr(&out).contains("--image goes with --chat"),
+        "{}",
+        stderr(&out)
+    );
 }
