@@ -1,5 +1,5 @@
-//! Every request's bookkeeping around its route: the request id, HTTP metrics, the access log,
-//! and HEAD answered as GET without a body.
+//! Every request's bookkeeping around its route: the request id, CORS headers, HTTP metrics, the
+//! access log, and HEAD answered as GET without a body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,10 +70,14 @@ impl Gateway {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let (route, label) = Route::parse(&path);
+        let request_headers = self.config.cors.enabled().then(|| req.headers().clone());
         let mut response = match self.dispatch(req, &route).await {
             Ok(r) => r,
             Err(e) => e.to_response(),
         };
+        if let Some(headers) = &request_headers {
+            self.config.cors.decorate(headers, &mut response);
+        }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }

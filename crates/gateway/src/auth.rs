@@ -17,14 +17,13 @@ pub(crate) fn authorize<B>(keys: &[String], req: &Request<B>) -> Result<(), ApiE
             "Missing API key: send it as `Authorization: Bearer <key>`.",
         ));
     };
+    // The scheme is case-insensitive (RFC 7235): `Bearer`, `bearer`, `BEARER`.
     let presented = value
         .to_str()
         .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
         .unwrap_or_default();
     // Every key is compared, so timing does not reveal which one nearly matched.
     let ok = keys.iter().fold(false, |ok, k| {
@@ -71,6 +70,8 @@ mod tests {
         };
         assert!(with(Some("Bearer k2")).is_ok());
         assert!(with(Some("bearer k1 ")).is_ok());
+        assert!(with(Some("BEARER k1")).is_ok());
+        assert!(with(Some("BeArEr  k2")).is_ok());
         for bad in [None, Some("Bearer k3"), Some("k1"), Some("Basic k1")] {
             assert_eq!(
                 with(bad).unwrap_err().kind,

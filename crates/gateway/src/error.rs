@@ -40,6 +40,10 @@ pub enum ErrorKind {
     InvalidBody,
     /// The body is over `max_body_bytes`.
     RequestTooLarge,
+    /// A body that is not `application/json`.
+    UnsupportedMediaType,
+    /// A CORS preflight from an origin that is not allowed.
+    OriginNotAllowed,
     /// No such route.
     NotFound,
     /// No such served model.
@@ -76,6 +80,8 @@ impl ErrorKind {
             | Self::NoChatTemplate
             | Self::InvalidBody => StatusCode::BAD_REQUEST,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound | Self::ModelNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
@@ -114,6 +120,8 @@ impl ErrorKind {
             Self::NoChatTemplate => "no_chat_template",
             Self::InvalidBody => "invalid_body",
             Self::RequestTooLarge => "request_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::NotFound => "not_found",
             Self::ModelNotFound => "model_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -245,6 +253,12 @@ impl ApiError {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
+        // The OpenAI SDKs retry a 5xx twice unless told not to: a generation that ran past the
+        // timeout would run three times.
+        if self.kind == ErrorKind::Timeout {
+            r.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         r
     }
 }
@@ -366,6 +380,15 @@ mod tests {
                 RequestTooLarge,
                 "413 invalid_request_error request_too_large",
             ),
+            (InvalidImage, "400 invalid_request_error invalid_image"),
+            (
+                UnsupportedMediaType,
+                "415 invalid_request_error unsupported_media_type",
+            ),
+            (
+                OriginNotAllowed,
+                "403 invalid_request_error origin_not_allowed",
+            ),
             (NotFound, "404 invalid_request_error not_found"),
             (ModelNotFound, "404 invalid_request_error model_not_found"),
             (
@@ -404,6 +427,9 @@ mod tests {
         let r = e.to_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        // A timed-out generation is not to be retried by the SDKs.
+        let r = ApiError::timeout().to_response();
+        assert_eq!(r.headers()["x-should-retry"], "false");
         let e = from_scheduler(SchedulerError::Model("boom".into()), "prompt");
         assert_eq!(e.kind, ErrorKind::Internal);
         assert!(!e.message.contains("boom"));

@@ -17,6 +17,7 @@
 mod access;
 mod auth;
 mod body;
+mod cors;
 pub mod error;
 pub mod fetch;
 mod handlers;
@@ -34,6 +35,7 @@ use kiln_scheduler::EngineHandle;
 use kiln_tokenizer::Tokenizer;
 use prometheus::Registry;
 
+pub use cors::Cors;
 pub use error::{ApiError, ErrorKind};
 pub use images::{MediaConfig, Vision, spans as image_spans};
 
@@ -66,6 +68,8 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How image URLs are fetched and decoded.
     pub media: Arc<MediaConfig>,
+    /// Which browser origins may call the API (CORS; none by default).
+    pub cors: Cors,
     pub owned_by: String,
 }
 
@@ -80,6 +84,7 @@ impl Default for GatewayConfig {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             limits: Limits::default(),
             media: Arc::default(),
+            cors: Cors::default(),
             owned_by: DEFAULT_OWNED_BY.into(),
         }
     }

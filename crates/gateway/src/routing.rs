@@ -116,6 +116,9 @@ impl Gateway {
                 format!("Invalid URL ({} {}).", req.method(), req.uri().path()),
             ));
         }
+        if let Some(answer) = self.config.cors.preflight(&req, route.allowed()) {
+            return answer;
+        }
         if !route.accepts(req.method()) {
             return Err(ApiError::method_not_allowed(route.allowed()));
         }
@@ -129,11 +132,13 @@ impl Gateway {
             Route::Models => Ok(handlers::info::models(self)),
             Route::Model(id) => handlers::info::model(self, id),
             Route::Chat => {
+                require_json(&req)?;
                 let body = read_body(req, self.config.max_body_bytes).await?;
                 self.with_timeout(handlers::chat::chat(self.clone(), body))
                     .await
             }
             Route::Completions => {
+                require_json(&req)?;
                 let body = read_body(req, self.config.max_body_bytes).await?;
                 self.with_timeout(handlers::completions::completions(self.clone(), body))
                     .await
@@ -151,6 +156,33 @@ impl Gateway {
             Ok(r) => r,
             Err(_) => Err(ApiError::timeout()),
         }
+    }
+}
+
+/// A body must be JSON. A browser sends `text/plain` or form-encoded bodies across sites without
+/// asking (no preflight), so serving those would let any page spend a keyless server's compute
+/// from its visitors' browsers. A missing `Content-Type` stays accepted (no browser sends that).
+fn require_json<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let Some(value) = req.headers().get(http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            format!(
+                "The request body must be JSON, sent as `Content-Type: application/json` (got \
+                 `{media}`)."
+            ),
+        ))
     }
 }
 
@@ -178,6 +210,31 @@ mod tests {
         assert_eq!(Route::parse("/v2/chat/completions").0, Route::NotFound);
         assert_eq!(Route::parse("/health").0, Route::Health);
         assert_eq!(Route::parse("/v1/chat/completions/").0, Route::Chat);
+    }
+
+    #[test]
+    fn bodies_must_be_json() {
+        let with = |ct: Option<&str>| {
+            let mut r = Request::builder();
+            if let Some(ct) = ct {
+                r = r.header(http::header::CONTENT_TYPE, ct);
+            }
+            require_json(&r.body(()).unwrap_or_else(|_| Request::new(())))
+        };
+        assert!(with(None).is_ok());
+        assert!(with(Some("application/json")).is_ok());
+        assert!(with(Some("Application/JSON; charset=utf-8")).is_ok());
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ] {
+            assert_eq!(
+                with(Some(bad)).unwrap_err().kind,
+                ErrorKind::UnsupportedMediaType,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub(crate) struct ServeConfig {
     #[arg(long, env = "KILN_MEDIA_CA_FILE", value_name = "FILE")]
     pub(crate) media_ca_file: Option<PathBuf>,
 
+    /// Browser origin allowed to call the API (CORS), e.g. https://app.example.com, or * for any
+    /// (repeat for more; the environment variable is comma-separated) [default: none, CORS off]
+    #[arg(long, env = "KILN_ALLOWED_ORIGINS", value_name = "ORIGIN")]
+    pub(crate) allowed_origins: Vec<String>,
+
     /// TOML file with any of these settings (keys are the flags with `_`: `max_running = 8`)
     #[arg(long, env = "KILN_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -217,6 +222,9 @@ impl ServeConfig {
                 max_n: self.max_n as u32,
                 max_images: self.max_images_per_request,
                 ..Limits::default()
+            },
+            cors: kiln_gateway::Cors {
+                allowed_origins: self.allowed_origins.clone(),
             },
             ..GatewayConfig::default()
         }
@@ -291,6 +299,7 @@ impl ServeConfig {
             ("served_model_name", &mut self.served_model_name),
             ("api_key", &mut self.api_key),
             ("allow_media_host", &mut self.allow_media_host),
+            ("allowed_origins", &mut self.allowed_origins),
         ] {
             if matches.value_source(id) == Some(ValueSource::EnvVariable) {
                 *list = split_env_list(list);
@@ -687,7 +696,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 30);
+        assert_eq!(seen, 31);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The gateway over real HTTP on the tiny model (SmolLM2's tokenizer, token-id prompts): routes,
-//! auth, health before and after loading, SSE framing, limits and error envelopes.
+//! auth, health before and after loading, SSE framing, limits and error envelopes, and what a
+//! browser may do (JSON bodies only, CORS).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_gateway::{Backend, Gateway, GatewayConfig};
+use kiln_gateway::{Backend, Cors, Gateway, GatewayConfig};
 use kiln_runtime::{LoadOptions, Model};
 use kiln_scheduler::{Completion, Engine, EngineConfig, GenerationRequest};
 use kiln_tokenizer::Tokenizer;
@@ -27,6 +28,10 @@ struct Setup {
 }
 
 async fn start(keys: &[&str]) -> Setup {
+    start_with(keys, Cors::default()).await
+}
+
+async fn start_with(keys: &[&str], cors: Cors) -> Setup {
     let tokenizer = Arc::new(Tokenizer::from_hf_dir(testdata().join("smollm2")).unwrap());
     let model = Model::load(&testdata().join("tiny-llama"), &LoadOptions::default()).unwrap();
     let registry = prometheus::Registry::new();
@@ -36,6 +41,7 @@ async fn start(keys: &[&str]) -> Setup {
         served_model_names: vec!["tiny".into(), "tiny-alias".into()],
         api_keys: keys.iter().map(|k| k.to_string()).collect(),
         max_body_bytes: 4096,
+        cors,
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(config, registry).unwrap();
@@ -358,5 +364,105 @@ async fn whole_completions_are_their_streams_folded() {
             .iter()
             .all(|c| !c["logprobs"]["tokens"].as_array().unwrap().is_empty()),
         "{whole}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_may_only_send_json_and_cors_is_opt_in() {
+    let s = start(&["k1"]).await;
+    s.ready();
+    let body = json!({"prompt": PROMPT, "max_tokens": 2}).to_string();
+    // A "simple" cross-site request (no preflight) is refused before any work.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let headers = [("Authorization", "Bearer k1"), ("Content-Type", ct)];
+        let (status, _, b) =
+            call(s.addr, "POST", "/v1/completions", &headers, body.as_bytes()).await;
+        assert_eq!(status, 415, "{ct}");
+        assert_eq!(error(&b)["code"], "unsupported_media_type");
+    }
+    // JSON, with or without a charset, and the Bearer scheme in any case.
+    for (auth, ct) in [
+        ("BEARER k1", "application/json"),
+        ("bearer k1", "application/json; charset=utf-8"),
+    ] {
+        let headers = [("Authorization", auth), ("Content-Type", ct)];
+        let (status, head, _) =
+            call(s.addr, "POST", "/v1/completions", &headers, body.as_bytes()).await;
+        assert_eq!(status, 200, "{auth} {ct}");
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("access-control-allow-origin")
+        );
+    }
+    // CORS off: a preflight is just a method this route does not take.
+    let preflight = [
+        ("Origin", "https://app.example"),
+        ("Access-Control-Request-Method", "POST"),
+    ];
+    assert_eq!(
+        call(s.addr, "OPTIONS", "/v1/completions", &preflight, b"")
+            .await
+            .0,
+        405
+    );
+
+    let s = start_with(
+        &["k1"],
+        Cors {
+            allowed_origins: vec!["https://app.example".into()],
+        },
+    )
+    .await;
+    s.ready();
+    let (status, head, _) = call(s.addr, "OPTIONS", "/v1/chat/completions", &preflight, b"").await;
+    assert_eq!(status, 204);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-methods: post"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: authorization, content-type"),
+        "{head}"
+    );
+    let other = [
+        ("Origin", "https://evil.example"),
+        ("Access-Control-Request-Method", "POST"),
+    ];
+    let (status, _, b) = call(s.addr, "OPTIONS", "/v1/chat/completions", &other, b"").await;
+    assert_eq!(status, 403);
+    assert_eq!(error(&b)["code"], "origin_not_allowed");
+    // The real request from the allowed origin is readable by it; another origin's is not.
+    let ok = [
+        ("Authorization", "Bearer k1"),
+        ("Content-Type", "application/json"),
+        ("Origin", "https://app.example"),
+    ];
+    let (status, head, _) = call(s.addr, "POST", "/v1/completions", &ok, body.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example")
+    );
+    let evil = [
+        ("Authorization", "Bearer k1"),
+        ("Content-Type", "application/json"),
+        ("Origin", "https://evil.example"),
+    ];
+    let (_, head, _) = call(s.addr, "POST", "/v1/completions", &evil, body.as_bytes()).await;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{head}"
     );
 }
