@@ -219,6 +219,7 @@ pub fn openapi_for(limits: &Limits) -> Value {
                 "Unauthorized": error_response("The API key is missing or wrong (`authentication_error`)."),
                 "NotFound": error_response("No such model or route (`not_found_error`)."),
                 "PayloadTooLarge": error_response("The request body is too large (`invalid_request_error`)."),
+                "UnsupportedMediaType": error_response("The request body is not `application/json` (`invalid_request_error`, `unsupported_media_type`)."),
                 "TooManyRequests": error_response("The server is at capacity; retry later (`rate_limit_error`)."),
                 "InternalError": error_response("The server failed (`server_error`)."),
                 "ServiceUnavailable": error_response("The model is still loading, or the server is shutting down (`server_error`)."),
@@ -269,9 +270,11 @@ fn deployment_parameter() -> Value {
     })
 }
 
-/// The error statuses every `/v1` operation may answer, and the generating ones also 504.
+/// The error statuses every `/v1` operation may answer, and the generating ones (which take a
+/// JSON body) also 415 and 504.
 fn error_responses(generates: bool) -> Map<String, Value> {
     let timeout = generates.then_some(("504", "GatewayTimeout"));
+    let media = generates.then_some(("415", "UnsupportedMediaType"));
     [
         ("400", "BadRequest"),
         ("401", "Unauthorized"),
@@ -282,6 +285,7 @@ fn error_responses(generates: bool) -> Map<String, Value> {
         ("503", "ServiceUnavailable"),
     ]
     .into_iter()
+    .chain(media)
     .chain(timeout)
     .map(|(status, name)| {
         (

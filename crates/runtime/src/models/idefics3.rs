@@ -296,19 +296,27 @@ impl Idefics3 {
     pub(crate) fn encode(&self, tiles: &[Tile]) -> Result<Vec<f32>, RuntimeError> {
         let v = &self.vision;
         let p = v.patch_size;
-        let side = v.side();
+        // The processor's tiles are usually the tower's image size; a smaller or larger square
+        // tile takes its positions from the table by transformers' bucketing.
+        let size = tiles.first().map_or(v.image_size, |t| t.width as usize);
+        let side = size / p;
+        if size == 0 || !size.is_multiple_of(p) || !side.is_multiple_of(v.scale_factor) {
+            return Err(RuntimeError::BadImage(format!(
+                "{size}-pixel tiles do not make whole {p}-pixel patches in groups of {}",
+                v.scale_factor
+            )));
+        }
         let mut rows = Vec::new();
         let mut positions = Vec::new();
         for tile in tiles {
             let (tw, th) = (tile.width as usize, tile.height as usize);
-            if tw != v.image_size || th != v.image_size || tile.pixels.len() != 3 * tw * th {
+            if tw != size || th != size || tile.pixels.len() != 3 * tw * th {
                 return Err(RuntimeError::BadImage(format!(
-                    "a {tw}x{th} tile where the vision tower takes {0}x{0}",
-                    v.image_size
+                    "a {tw}x{th} tile where the vision tower takes {size}x{size} ones"
                 )));
             }
             rows.extend(patchify(tile, p));
-            positions.extend(position_ids(th / p, tw / p, side));
+            positions.extend(position_ids(side, side, v.side()));
         }
         let patches = side * side;
         let n = tiles.len() * patches;

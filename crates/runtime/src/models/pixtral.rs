@@ -31,8 +31,6 @@ pub(crate) struct VisionConfig {
     pub(crate) num_heads: usize,
     pub(crate) head_dim: usize,
     pub(crate) patch_size: usize,
-    /// The largest side: `image_size / patch_size` patches at most.
-    pub(crate) image_size: usize,
     pub(crate) rope_theta: f32,
     pub(crate) activation: Activation,
     pub(crate) projector_bias: bool,
@@ -115,7 +113,6 @@ impl VisionConfig {
                 .as_u64()
                 .map_or(hidden_size / num_heads, |d| d as usize),
             patch_size: num("patch_size")?,
-            image_size: num("image_size")?,
             rope_theta,
             activation,
             projector_bias: json["multimodal_projector_bias"].as_bool().unwrap_or(true),
@@ -168,7 +165,6 @@ impl VisionConfig {
             num_heads,
             head_dim: hidden_size / num_heads,
             patch_size: num("patch_size")?,
-            image_size: num("image_size")?,
             rope_theta: 10_000.0,
             activation: if tower.opt_bool("clip.use_silu")?.unwrap_or(false) {
                 Activation::Silu
@@ -376,17 +372,16 @@ impl Pixtral {
         let mut out = Vec::new();
         for tile in tiles {
             let (w, h) = (tile.width as usize, tile.height as usize);
-            if w % p != 0
-                || h % p != 0
+            // The 2D RoPE takes any grid (transformers uses the patch's row and column as they
+            // are), so the processor's longest edge, not the tower's image size, bounds it.
+            if !w.is_multiple_of(p)
+                || !h.is_multiple_of(p)
                 || w == 0
                 || h == 0
-                || w > v.image_size
-                || h > v.image_size
                 || tile.pixels.len() != 3 * w * h
             {
                 return Err(RuntimeError::BadImage(format!(
-                    "a {w}x{h} image where the vision tower takes multiples of {p} up to {0}x{0}",
-                    v.image_size
+                    "a {w}x{h} image where the vision tower takes multiples of {p}"
                 )));
             }
             let (rows, cols) = (h / p, w / p);

@@ -259,11 +259,12 @@ fn rows_that_do_not_fit_their_tokens_are_refused() {
         }])
         .unwrap_err();
     assert!(err.to_string().contains("image rows"), "{err}");
-    // A text model has no tower.
+    // Tiles that do not make whole patches are refused.
     let bad = model.encode_image(&[kiln_media::Tile {
-        width: 16,
-        height: 16,
-        pixels: vec![0.0; 3 * 16 * 16],
+        width: 12,
+        height: 12,
+        pixels: vec![0.0; 3 * 12 * 12],
     }]);
-    assert!(bad.unwrap_err().to_string().contains("32x32"));
+    let err = bad.unwrap_err().to_string();
+    assert!(err.contains("12-pixel tiles"), "{err}");
 }

@@ -197,7 +197,7 @@ fn an_image_the_tower_cannot_take_fails_its_request_only() {
         .blocking_next()
         .expect("an event");
     assert!(
-        matches!(&err, kiln_scheduler::Event::Error(e) if e.to_string().contains("32x32")),
+        matches!(&err, kiln_scheduler::Event::Error(e) if e.to_string().contains("tile where the vision tower takes")),
         "{err:?}"
     );
     let ok = run(&handle, request(&tokenizer, "small_20x14.png", "Hi", 4));
