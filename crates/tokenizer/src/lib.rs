@@ -224,11 +224,7 @@ impl Tokenizer {
         messages: &[ChatMessage],
         options: &ChatTemplateOptions,
     ) -> Result<ChatPrompt> {
-        let template = self
-            .chat_template
-            .as_ref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
-        let rendered = template.render(self, messages, options)?;
+        let rendered = self.render(messages, options)?;
         self.encode_rendered(&rendered)
     }
 
@@ -244,11 +240,7 @@ impl Tokenizer {
         placeholder: &str,
         expansions: &[String],
     ) -> Result<ChatPrompt> {
-        let template = self
-            .chat_template
-            .as_ref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
-        let rendered = template.render(self, messages, options)?;
+        let rendered = self.render(messages, options)?;
         let found = rendered.matches(placeholder).count();
         if found != expansions.len() || placeholder.is_empty() {
             return Err(TokenizerError::ImagePlaceholders {
@@ -269,6 +261,14 @@ impl Tokenizer {
         }
         expanded.push_str(rest);
         self.encode_rendered(&expanded)
+    }
+
+    /// The chat template's text for `messages`, caller strings escaped.
+    fn render(&self, messages: &[ChatMessage], options: &ChatTemplateOptions) -> Result<String> {
+        self.chat_template
+            .as_ref()
+            .ok_or(TokenizerError::NoChatTemplate)?
+            .render(self, messages, options)
     }
 
     /// A rendered template to ids: its special-token strings become those tokens, escaped

@@ -8,8 +8,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_media::Tile;
 use serde_json::Value;
 
-use super::CausalLm;
 use super::llama::{Llama, Projections};
+use super::{CausalLm, Mmproj};
 use crate::config::{Activation, ModelConfig};
 use crate::nn::{
     Affine, KvLayout, LayerNorm, Linear, VisionActivation, VisionEncoderLayer, VisionFfn,
@@ -91,34 +91,16 @@ impl VisionConfig {
 
     /// The tower as llama.cpp's `mmproj` GGUF describes it (`clip.*`, projector `idefics3`);
     /// the image token is the text model's `<image>`.
-    pub(crate) fn from_gguf(
-        tower: &kiln_gguf::Metadata,
-        text: &kiln_gguf::Metadata,
-        origin: &str,
-    ) -> Result<Self, LoadError> {
-        let bad = |message: String| LoadError::Config {
-            origin: origin.to_string(),
-            message,
-        };
-        let projector = tower.opt_str("clip.projector_type")?.unwrap_or_default();
+    pub(crate) fn from_gguf(m: &Mmproj<'_>) -> Result<Self, LoadError> {
+        let projector = m.tower.opt_str("clip.projector_type")?.unwrap_or_default();
         if projector != "idefics3" {
-            return Err(bad(format!(
+            return Err(m.bad(format!(
                 "clip.projector_type {projector:?} is not one Kiln runs (idefics3)"
             )));
         }
-        let num = |key: &str| -> Result<usize, LoadError> {
-            let v = tower.get_u64(&format!("clip.vision.{key}"))? as usize;
-            if v == 0 {
-                return Err(bad(format!("clip.vision.{key} is 0")));
-            }
-            Ok(v)
-        };
-        let image_token_id = text
-            .get_str_array("tokenizer.ggml.tokens")?
-            .iter()
-            .position(|t| t == "<image>")
-            .ok_or_else(|| bad("the text model's vocabulary has no `<image>` token".into()))?
-            as u32;
+        let num = |key: &str| m.num(key);
+        let image_token_id = m.token("<image>")?;
+        let tower = m.tower;
         Ok(Self {
             hidden_size: num("embedding_length")?,
             intermediate_size: num("feed_forward_length")?,

@@ -201,6 +201,46 @@ pub(crate) fn decode_layers<L: DecoderLayer>(
     Ok(x)
 }
 
+/// What a vision family reads from llama.cpp's `mmproj` GGUF (`clip.vision.*`) and from the
+/// text model's GGUF (its image token), naming the mmproj file in errors.
+pub(crate) struct Mmproj<'a> {
+    pub(crate) tower: &'a kiln_gguf::Metadata,
+    pub(crate) text: &'a kiln_gguf::Metadata,
+    pub(crate) origin: &'a str,
+}
+
+impl Mmproj<'_> {
+    pub(crate) fn bad(&self, message: String) -> LoadError {
+        LoadError::Config {
+            origin: self.origin.to_string(),
+            message,
+        }
+    }
+
+    /// `clip.vision.{key}`, which must be positive.
+    pub(crate) fn num(&self, key: &str) -> Result<usize, LoadError> {
+        let v = self.tower.get_u64(&format!("clip.vision.{key}"))? as usize;
+        if v == 0 {
+            return Err(self.bad(format!("clip.vision.{key} is 0")));
+        }
+        Ok(v)
+    }
+
+    /// The id of the text model's `token` (the image placeholder).
+    pub(crate) fn token(&self, token: &str) -> Result<u32, LoadError> {
+        self.text
+            .get_str_array("tokenizer.ggml.tokens")?
+            .iter()
+            .position(|t| t == token)
+            .map(|id| id as u32)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "the text model's vocabulary has no `{token}` token"
+                ))
+            })
+    }
+}
+
 /// A checkpoint opened far enough to read its config.
 enum Checkpoint<'a> {
     Gguf(kiln_gguf::GgufFile, &'a Path),
@@ -268,30 +308,22 @@ impl Family {
             let mut config = ModelConfig::from_gguf(file.metadata())?;
             if let Some(mmproj) = &options.mmproj {
                 let tower = kiln_gguf::GgufFile::open(mmproj)?;
-                let (meta, text, origin) = (
-                    tower.metadata(),
-                    file.metadata(),
-                    mmproj.display().to_string(),
-                );
-                vision = Some(
-                    match meta.opt_str("clip.projector_type")?.unwrap_or_default() {
-                        "idefics3" => {
-                            Tower::Idefics3(idefics3::VisionConfig::from_gguf(meta, text, &origin)?)
-                        }
-                        "pixtral" => {
-                            Tower::Pixtral(pixtral::VisionConfig::from_gguf(meta, text, &origin)?)
-                        }
-                        other => {
-                            return Err(LoadError::Config {
-                                origin,
-                                message: format!(
-                                    "clip.projector_type {other:?} is not one Kiln runs (idefics3, \
-                                 pixtral)"
-                                ),
-                            });
-                        }
-                    },
-                );
+                let origin = mmproj.display().to_string();
+                let m = Mmproj {
+                    tower: tower.metadata(),
+                    text: file.metadata(),
+                    origin: &origin,
+                };
+                let projector = m.tower.opt_str("clip.projector_type")?.unwrap_or_default();
+                vision = Some(match projector {
+                    "idefics3" => Tower::Idefics3(idefics3::VisionConfig::from_gguf(&m)?),
+                    "pixtral" => Tower::Pixtral(pixtral::VisionConfig::from_gguf(&m)?),
+                    other => {
+                        return Err(m.bad(format!(
+                            "clip.projector_type {other:?} is not one Kiln runs (idefics3, pixtral)"
+                        )));
+                    }
+                });
                 tower_file = Some(tower);
             }
             if config.architecture == Architecture::Phi3 {

@@ -9,8 +9,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use kiln_media::Tile;
 use serde_json::Value;
 
-use super::CausalLm;
 use super::llama::{Llama, Projections};
+use super::{CausalLm, Mmproj};
 use crate::config::{Activation, ModelConfig};
 use crate::nn::{
     Affine, GatedMlp, KvLayout, Linear, RmsNorm, RopeTables, VisionActivation, VisionEncoderLayer,
@@ -134,28 +134,10 @@ impl VisionConfig {
     /// The tower as llama.cpp's `mmproj` GGUF describes it (projector `pixtral`); the RoPE base
     /// is not in the file (llama.cpp fixes it at 10000, as Pixtral-12B has it) and the image
     /// token is the text model's `[IMG]`.
-    pub(crate) fn from_gguf(
-        tower: &kiln_gguf::Metadata,
-        text: &kiln_gguf::Metadata,
-        origin: &str,
-    ) -> Result<Self, LoadError> {
-        let bad = |message: String| LoadError::Config {
-            origin: origin.to_string(),
-            message,
-        };
-        let num = |key: &str| -> Result<usize, LoadError> {
-            let v = tower.get_u64(&format!("clip.vision.{key}"))? as usize;
-            if v == 0 {
-                return Err(bad(format!("clip.vision.{key} is 0")));
-            }
-            Ok(v)
-        };
-        let image_token_id = text
-            .get_str_array("tokenizer.ggml.tokens")?
-            .iter()
-            .position(|t| t == "[IMG]")
-            .ok_or_else(|| bad("the text model's vocabulary has no `[IMG]` token".into()))?
-            as u32;
+    pub(crate) fn from_gguf(m: &Mmproj<'_>) -> Result<Self, LoadError> {
+        let num = |key: &str| m.num(key);
+        let image_token_id = m.token("[IMG]")?;
+        let tower = m.tower;
         let hidden_size = num("embedding_length")?;
         let num_heads = num("attention.head_count")?;
         Ok(Self {

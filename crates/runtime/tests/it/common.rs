@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kiln_runtime::{DeviceKind, Embeds};
+use kiln_runtime::{DeviceKind, Embeds, Model, SeqInput};
 use kiln_tokenizer::{ChatMessage, Content, ContentPart};
 use serde_json::Value;
 
@@ -147,4 +147,69 @@ pub(crate) fn messages(case: &Value) -> Vec<ChatMessage> {
             extra: serde_json::Map::new(),
         })
         .collect()
+}
+
+/// Each image's tower rows and the runs of its tokens in the prompt.
+pub(crate) type ImageRows<'a> = (&'a [Vec<f32>], &'a [Vec<(usize, usize)>]);
+
+/// A vision model (a folder, or a GGUF with its `mmproj`) with f32 K/V in blocks of 4, 64 of them.
+pub(crate) fn vision_model(path: &std::path::Path, mmproj: Option<PathBuf>) -> Model {
+    Model::load(
+        path,
+        &kiln_runtime::LoadOptions {
+            device: device(),
+            block_size: 4,
+            kv_cache: kiln_runtime::KvCacheSize::Tokens(4 * 64),
+            kv_dtype: kiln_runtime::DType::F32,
+            mmproj,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// One sequence through `model` from position 0 in blocks `0..64`: `prompt` prefilled in chunks
+/// of `chunk` (which may cut through the images' `runs`, filled from `rows`), logits at every
+/// position, then `steps` greedy ids from the cache (the first from the prefill's last row).
+pub(crate) fn prefill_and_greedy(
+    model: &mut Model,
+    prompt: &[u32],
+    (rows, runs): ImageRows<'_>,
+    chunk: usize,
+    steps: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let hidden = model.config().hidden_size;
+    let vocab = model.config().vocab_size;
+    let table: Vec<u32> = (0..64).collect();
+    let mut logits = Vec::new();
+    for start in (0..prompt.len()).step_by(chunk) {
+        let end = (start + chunk).min(prompt.len());
+        let e = embeds(rows, runs, start..end, hidden);
+        let out = model
+            .forward(&[SeqInput {
+                tokens: &prompt[start..end],
+                start,
+                block_table: &table,
+                all_logits: true,
+                embeds: &e,
+            }])
+            .unwrap();
+        logits.extend_from_slice(&out[0].data);
+    }
+    let mut next = argmax(&logits[(prompt.len() - 1) * vocab..]);
+    let mut greedy = vec![next];
+    for step in 0..steps.saturating_sub(1) {
+        let out = model
+            .forward(&[SeqInput {
+                tokens: &[next],
+                start: prompt.len() + step,
+                block_table: &table,
+                all_logits: false,
+                embeds: &[],
+            }])
+            .unwrap();
+        next = argmax(out[0].last());
+        greedy.push(next);
+    }
+    (logits, greedy)
 }

@@ -8,11 +8,12 @@
 //! steps over the paged KV cache).
 
 use kiln_media::{DecodeLimits, Detail, ImageProcessor, ProcessedImage};
-use kiln_runtime::{DType, KvCacheSize, LoadOptions, Model, SeqInput};
 use kiln_tokenizer::{ChatTemplateOptions, Tokenizer};
 use serde_json::Value;
 
-use crate::common::{argmax, device, embeds, f32s, ids, image_runs, max_diff, messages, testdata};
+use crate::common::{
+    f32s, ids, image_runs, max_diff, messages, prefill_and_greedy, testdata, vision_model,
+};
 
 fn dir() -> std::path::PathBuf {
     testdata("tiny-pixtral")
@@ -100,22 +101,9 @@ fn logits_and_greedy_ids_match_transformers_from_gguf_and_mmproj() {
 }
 
 fn logits_and_greedy_ids(path: &std::path::Path, mmproj: Option<std::path::PathBuf>) {
-    let mut model = Model::load(
-        path,
-        &LoadOptions {
-            device: device(),
-            block_size: 4,
-            kv_cache: KvCacheSize::Tokens(4 * 64),
-            kv_dtype: DType::F32,
-            mmproj,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut model = vision_model(path, mmproj);
     let token = model.vision().unwrap().image_token_id;
     assert_eq!(token, 10);
-    let hidden = model.config().hidden_size;
-    let vocab = model.config().vocab_size;
     let processor = ImageProcessor::from_dir(&dir()).unwrap().unwrap();
     let golden = golden();
     let mut worst = 0.0f32;
@@ -133,41 +121,11 @@ fn logits_and_greedy_ids(path: &std::path::Path, mmproj: Option<std::path::PathB
         }
         let counts: Vec<usize> = images.iter().map(|i| i.image_tokens).collect();
         let runs = image_runs(&prompt, token, &counts);
-        let table: Vec<u32> = (0..64).collect();
-        let mut logits = Vec::new();
-        for start in (0..prompt.len()).step_by(20) {
-            let end = (start + 20).min(prompt.len());
-            let e = embeds(&rows, &runs, start..end, hidden);
-            let out = model
-                .forward(&[SeqInput {
-                    tokens: &prompt[start..end],
-                    start,
-                    block_table: &table,
-                    all_logits: true,
-                    embeds: &e,
-                }])
-                .unwrap();
-            logits.extend_from_slice(&out[0].data);
-        }
+        let (logits, got) = prefill_and_greedy(&mut model, &prompt, (&rows, &runs), 20, 8);
         let want = floats(case["logits_file"].as_str().unwrap());
         let diff = max_diff(&logits, &want);
         worst = worst.max(diff);
         assert!(diff <= 1e-3, "{name}: logits differ by {diff}");
-        let mut next = argmax(&logits[(prompt.len() - 1) * vocab..]);
-        let mut got = vec![next];
-        for step in 0..7 {
-            let out = model
-                .forward(&[SeqInput {
-                    tokens: &[next],
-                    start: prompt.len() + step,
-                    block_table: &table,
-                    all_logits: false,
-                    embeds: &[],
-                }])
-                .unwrap();
-            next = argmax(out[0].last());
-            got.push(next);
-        }
         assert_eq!(got, ids(&case["greedy_ids"]), "{name}: greedy ids");
     }
     eprintln!(
