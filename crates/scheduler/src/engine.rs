@@ -89,12 +89,20 @@ struct SeqImages {
 
 impl SeqImages {
     /// The tower's rows for each image of `request`, or the error that refuses it.
-    fn encode(model: &Model, request: &GenerationRequest) -> Result<Self, SchedulerError> {
+    fn encode(
+        model: &Model,
+        request: &GenerationRequest,
+        metrics: &Metrics,
+    ) -> Result<Self, SchedulerError> {
         let hidden = model.config().hidden_size;
         let mut keys = request.prompt.clone();
         let mut images = Vec::with_capacity(request.images.len());
         for image in &request.images {
+            let started = Instant::now();
             let rows = model.encode_image(&image.tiles)?;
+            metrics
+                .image_encode
+                .observe(started.elapsed().as_secs_f64());
             let tokens: usize = image.spans.iter().map(|&(_, len)| len).sum();
             if rows.len() != tokens * hidden {
                 return Err(SchedulerError::InvalidParameter {
@@ -288,7 +296,7 @@ impl<'t> State<'t> {
         let images = if s.request.images.is_empty() {
             None
         } else {
-            match SeqImages::encode(model, &s.request) {
+            match SeqImages::encode(model, &s.request, &self.metrics) {
                 Ok(images) => Some(Arc::new(images)),
                 Err(e) => {
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);

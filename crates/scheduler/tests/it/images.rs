@@ -178,6 +178,8 @@ fn chunked_prefill_and_preemption_keep_the_image_rows() {
     );
     let out = run_all(&tight.handle(), requests());
     assert!(metric(&registry, "kiln_num_preemptions_total") > 0.0);
+    // Four images, each through the tower once, whatever the preemptions.
+    assert_eq!(metric(&registry, "kiln_image_encode_seconds"), 4.0);
     for (i, (a, b)) in reference.iter().zip(&out).enumerate() {
         let gap = logprob_gap(a, b);
         assert!(gap < 1e-4, "request {i}: logprobs {gap} apart");
