@@ -17,6 +17,10 @@ pub struct Model {
     /// What the model takes as input: `["text"]`, or `["text", "image"]` for a vision model
     /// (a Kiln extension; OpenAI's model object has no such field, clients ignore it).
     pub input_modalities: Vec<Modality>,
+    /// Prompt and output tokens together, at most (a Kiln extension; absent while the model
+    /// loads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u64>,
 }
 
 /// A kind of input a model takes.
@@ -36,7 +40,14 @@ impl Model {
             created,
             owned_by: owned_by.into(),
             input_modalities: vec![Modality::Text],
+            context_length: None,
         }
+    }
+
+    /// The entry with the context length served.
+    pub fn with_context_length(mut self, tokens: u64) -> Self {
+        self.context_length = Some(tokens);
+        self
     }
 
     /// The entry of a model that also takes images.

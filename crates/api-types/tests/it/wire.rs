@@ -311,7 +311,9 @@ fn duplicate_top_logprob_tokens_keep_the_first() {
 fn models() {
     let list = ModelList::new(vec![
         Model::new("smollm2", 1_700_000_000, "kiln"),
-        Model::new("smolvlm", 1_700_000_000, "kiln").with_images(),
+        Model::new("smolvlm", 1_700_000_000, "kiln")
+            .with_images()
+            .with_context_length(8192),
     ]);
     assert_wire(
         &list,
@@ -321,7 +323,7 @@ fn models() {
                 {"id": "smollm2", "object": "model", "created": 1_700_000_000, "owned_by": "kiln",
                  "input_modalities": ["text"]},
                 {"id": "smolvlm", "object": "model", "created": 1_700_000_000, "owned_by": "kiln",
-                 "input_modalities": ["text", "image"]}
+                 "input_modalities": ["text", "image"], "context_length": 8192}
             ]
         }),
     );

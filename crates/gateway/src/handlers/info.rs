@@ -71,12 +71,14 @@ fn served(gw: &Gateway) -> Vec<Model> {
         .served_model_names
         .iter()
         .map(|n| {
-            let m = Model::new(n.clone(), gw.started, &gw.config.owned_by);
-            if gw.accepts_images() {
-                m.with_images()
-            } else {
-                m
+            let mut m = Model::new(n.clone(), gw.started, &gw.config.owned_by);
+            if let Some(b) = gw.backend.get() {
+                m = m.with_context_length(b.engine.model_info().context_length as u64);
             }
+            if gw.accepts_images() {
+                m = m.with_images();
+            }
+            m
         })
         .collect()
 }

@@ -225,6 +225,11 @@ async fn errors_are_openai_envelopes_with_the_right_status() {
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["data"][0]["id"], "tiny");
+    assert_eq!(
+        v["data"][0]["context_length"], 256,
+        "the tiny model's context"
+    );
+    assert_eq!(v["data"][0]["input_modalities"], json!(["text"]));
     assert_eq!(v["data"][1]["id"], "tiny-alias");
     assert_eq!(
         call(s.addr, "GET", "/v1/models/tiny", &key, b"").await.0,
