@@ -5,7 +5,7 @@ A LlavaForConditionalGeneration laid out as mistral-community/pixtral-12b is on 
 tower, Llava projector, Mistral text model), tiny and random, with transformers' float32 outputs for
 eight chat cases with images. The algorithms behind every number (image processor, [IMG] expansion,
 vision tower, projector, feature placement, GGUF layout) are written out, with transformers file:line,
-in /work/notes/pixtral-spec.md.
+in SPEC.md (beside this script).
 
 What it makes (next to this script, or in --out DIR):
   config.json             LlavaConfig (model_type llava, image_token_index 10 = [IMG], image_seq_length 1,
@@ -474,7 +474,7 @@ def open_image(out_dir, name):
 
 # ---------------------------------------------------------------- the image processor, in numpy
 # Independent re-implementations of what PixtralImageProcessorPil does with Pillow, checked to give
-# the same bits: the spec in /work/notes/pixtral-spec.md describes these.
+# the same bits: the spec in SPEC.md (beside this script) describes these.
 def pil_alpha_composite_on_white(rgba):
     """Pillow's ImagingAlphaComposite(white, image) then convert("RGB"): the integer formula of
     libImaging/AlphaComposite.c (PRECISION_BITS 7) with an opaque white destination."""

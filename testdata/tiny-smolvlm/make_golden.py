@@ -5,7 +5,7 @@ Idefics3ForConditionalGeneration (SigLIP-style vision tower, pixel-shuffle conne
 decoder) with random weights, its processor files, test images, and transformers' float32 outputs
 for 7 chat cases; plus llama.cpp's GGUF conversion of the text model and of the vision part (mmproj).
 The exact algorithms (processor, vision tower, connector, merge, GGUF names) are written out for the
-Rust side in /work/notes/idefics3-spec.md; every one of them is also re-implemented here
+Rust side in SPEC.md (beside this script); every one of them is also re-implemented here
 (ref_* / np_* functions) and asserted against transformers.
 
 What it makes (next to this script, or in --out DIR):
@@ -173,7 +173,7 @@ rounding once gives a different float32 for u = 64..191: use the two-step rule (
 
 Slow vs fast: torchvision is not in the venv and PyPI has no torchvision for torch 2.15 (the newest,
 0.29.2, is the torch 2.14 build). For one comparison only, 0.29.2 was installed with
-`pip install --no-deps --target /tmp/tvtarget` (the venv untouched) and used via PYTHONPATH: it loads,
+`pip install --no-deps --target DIR` into a throw-away folder (the venv untouched) and used via PYTHONPATH: it loads,
 and then AutoProcessor.from_pretrained(dir) without backend= picks the FAST Idefics3ImageProcessor
 (5.24 forces PIL for Lanczos processors only with torchvision < 0.27), so pass backend="pil". Fast vs
 slow on these cases: input_ids identical; pixel_values differ by up to 0.01569 (2 uint8 steps, from

@@ -202,10 +202,20 @@ class Tripwire:
     def __init__(self, host, port=0):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.bind((host, port))
+        self.count = 0
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            # A machine without IPv6 on loopback (Docker's default): nothing can connect to the
+            # address at all, so a free IPv4 port number stands in and the count stays 0.
+            self.sock.close()
+            self.sock = None
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            return
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
-        self.count = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -218,7 +228,8 @@ class Tripwire:
             conn.close()
 
     def close(self):
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def png_chunk(kind, data):
