@@ -9,7 +9,7 @@ use kiln_media::Tile;
 use serde_json::Value;
 
 use super::llama::{Llama, Projections};
-use super::{CausalLm, Mmproj};
+use super::{CausalLm, Mmproj, TowerShape};
 use crate::config::{Activation, ModelConfig};
 use crate::nn::{
     Affine, KvLayout, LayerNorm, Linear, VisionActivation, VisionEncoderLayer, VisionFfn,
@@ -22,11 +22,7 @@ use crate::{LoadError, RuntimeError};
 /// `image_token_id`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct VisionConfig {
-    pub(crate) hidden_size: usize,
-    pub(crate) intermediate_size: usize,
-    pub(crate) num_layers: usize,
-    pub(crate) num_heads: usize,
-    pub(crate) patch_size: usize,
+    pub(crate) shape: TowerShape,
     /// The tile's side: the position table covers `(image_size / patch_size)²` patches.
     pub(crate) image_size: usize,
     pub(crate) eps: f32,
@@ -43,14 +39,7 @@ impl VisionConfig {
             message,
         };
         let v = &json["vision_config"];
-        let num = |key: &str, default: Option<u64>| -> Result<usize, LoadError> {
-            v[key]
-                .as_u64()
-                .or(default)
-                .filter(|&n| n > 0)
-                .map(|n| n as usize)
-                .ok_or_else(|| bad(format!("vision_config.{key} must be a positive integer")))
-        };
+        let shape = TowerShape::from_hf_json(v, origin)?;
         let activation = match v["hidden_act"].as_str().unwrap_or("gelu_pytorch_tanh") {
             "gelu_pytorch_tanh" => Activation::GeluTanh,
             other => {
@@ -59,31 +48,34 @@ impl VisionConfig {
                 )));
             }
         };
-        let c = Self {
-            hidden_size: num("hidden_size", None)?,
-            intermediate_size: num("intermediate_size", None)?,
-            num_layers: num("num_hidden_layers", None)?,
-            num_heads: num("num_attention_heads", None)?,
-            patch_size: num("patch_size", None)?,
-            image_size: num("image_size", None)?,
-            eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
-            activation,
-            scale_factor: json["scale_factor"].as_u64().unwrap_or(2) as usize,
-            image_token_id: json["image_token_id"]
-                .as_u64()
-                .ok_or_else(|| bad("image_token_id is missing".into()))?
-                as u32,
-        };
-        let side = c.image_size / c.patch_size;
-        if !c.hidden_size.is_multiple_of(c.num_heads)
-            || !c.image_size.is_multiple_of(c.patch_size)
+        let c =
+            Self {
+                shape,
+                image_size: v["image_size"].as_u64().filter(|&n| n > 0).ok_or_else(|| {
+                    bad("vision_config.image_size must be a positive integer".into())
+                })? as usize,
+                eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
+                activation,
+                scale_factor: json["scale_factor"].as_u64().unwrap_or(2) as usize,
+                image_token_id: json["image_token_id"]
+                    .as_u64()
+                    .ok_or_else(|| bad("image_token_id is missing".into()))?
+                    as u32,
+            };
+        let side = c.image_size / c.shape.patch_size;
+        if !c.shape.hidden_size.is_multiple_of(c.shape.num_heads)
+            || !c.image_size.is_multiple_of(c.shape.patch_size)
             || c.scale_factor == 0
             || !side.is_multiple_of(c.scale_factor)
         {
             return Err(bad(format!(
                 "vision_config does not fit together (hidden {} over {} heads, image {} in patches \
                  of {}, pixel shuffle by {})",
-                c.hidden_size, c.num_heads, c.image_size, c.patch_size, c.scale_factor
+                c.shape.hidden_size,
+                c.shape.num_heads,
+                c.image_size,
+                c.shape.patch_size,
+                c.scale_factor
             )));
         }
         Ok(c)
@@ -98,16 +90,11 @@ impl VisionConfig {
                 "clip.projector_type {projector:?} is not one Kiln runs (idefics3)"
             )));
         }
-        let num = |key: &str| m.num(key);
         let image_token_id = m.token("<image>")?;
         let tower = m.tower;
         Ok(Self {
-            hidden_size: num("embedding_length")?,
-            intermediate_size: num("feed_forward_length")?,
-            num_layers: num("block_count")?,
-            num_heads: num("attention.head_count")?,
-            patch_size: num("patch_size")?,
-            image_size: num("image_size")?,
+            shape: TowerShape::from_mmproj(m)?,
+            image_size: m.num("image_size")?,
             eps: tower
                 .opt_f32("clip.vision.attention.layer_norm_epsilon")?
                 .unwrap_or(1e-6),
@@ -121,7 +108,7 @@ impl VisionConfig {
 
     /// Patches per side of a full tile.
     fn side(&self) -> usize {
-        self.image_size / self.patch_size
+        self.image_size / self.shape.patch_size
     }
 }
 
@@ -206,7 +193,7 @@ impl Idefics3 {
             loader.set_source(tower);
         }
         let v = &vision;
-        let (hidden, inter) = (v.hidden_size, v.intermediate_size);
+        let (hidden, inter) = (v.shape.hidden_size, v.shape.intermediate_size);
         let affine = |name: &str, shape: [usize; 2]| -> Result<Affine, LoadError> {
             Ok(Affine::new(
                 loader.linear(&[(&format!("{name}.weight"), shape)])?,
@@ -221,7 +208,7 @@ impl Idefics3 {
             ))
         };
         let e = "model.vision_model.embeddings";
-        let p = v.patch_size;
+        let p = v.shape.patch_size;
         let patch_embedding = Affine::new(
             loader.linear_flat(&format!("{e}.patch_embedding.weight"), &[hidden, 3, p, p])?,
             Some(loader.vector(&format!("{e}.patch_embedding.bias"), hidden)?),
@@ -230,8 +217,8 @@ impl Idefics3 {
             &format!("{e}.position_embedding.weight"),
             [v.side() * v.side(), hidden],
         )?;
-        let mut layers = Vec::with_capacity(v.num_layers);
-        for i in 0..v.num_layers {
+        let mut layers = Vec::with_capacity(v.shape.num_layers);
+        for i in 0..v.shape.num_layers {
             let l = format!("model.vision_model.encoder.layers.{i}");
             let a = format!("{l}.self_attn");
             layers.push(VisionEncoderLayer {
@@ -246,7 +233,7 @@ impl Idefics3 {
                     affine(&format!("{l}.mlp.fc2"), [hidden, inter])?,
                     VisionActivation::Text(v.activation),
                 )),
-                heads: v.num_heads,
+                heads: v.shape.num_heads,
             });
         }
         let post_layernorm = layer_norm("model.vision_model.post_layernorm")?;
@@ -277,7 +264,7 @@ impl Idefics3 {
     /// each tile through the tower, pixel-shuffled and projected, tiles in order.
     pub(crate) fn encode(&self, tiles: &[Tile]) -> Result<Vec<f32>, RuntimeError> {
         let v = &self.vision;
-        let p = v.patch_size;
+        let p = v.shape.patch_size;
         // The processor's tiles are usually the tower's image size; a smaller or larger square
         // tile takes its positions from the table by transformers' bucketing.
         let size = tiles.first().map_or(v.image_size, |t| t.width as usize);
@@ -318,11 +305,11 @@ impl Idefics3 {
             x = layer.forward(x, &images, None)?;
         }
         let x = host_f32(self.tower.post_layernorm.forward(x))?;
-        let shuffled = pixel_shuffle(&x, (tiles.len(), side, v.hidden_size), v.scale_factor);
+        let shuffled = pixel_shuffle(&x, (tiles.len(), side, v.shape.hidden_size), v.scale_factor);
         let s2 = v.scale_factor * v.scale_factor;
         let tokens = n / s2;
         let y = Tensor::<2>::from_data(
-            TensorData::new(shuffled, [tokens, v.hidden_size * s2]),
+            TensorData::new(shuffled, [tokens, v.shape.hidden_size * s2]),
             &self.device,
         );
         let y = crate::nn::to_dtype(y, self.tower.position_embedding.dtype());

@@ -201,6 +201,50 @@ pub(crate) fn decode_layers<L: DecoderLayer>(
     Ok(x)
 }
 
+/// A vision tower's shape, which both vision families' configs give the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TowerShape {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) num_layers: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) patch_size: usize,
+}
+
+impl TowerShape {
+    /// From a Hugging Face `vision_config`.
+    pub(crate) fn from_hf_json(v: &serde_json::Value, origin: &str) -> Result<Self, LoadError> {
+        let num = |key: &str| -> Result<usize, LoadError> {
+            v[key]
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| LoadError::Config {
+                    origin: origin.to_string(),
+                    message: format!("vision_config.{key} must be a positive integer"),
+                })
+        };
+        Ok(Self {
+            hidden_size: num("hidden_size")?,
+            intermediate_size: num("intermediate_size")?,
+            num_layers: num("num_hidden_layers")?,
+            num_heads: num("num_attention_heads")?,
+            patch_size: num("patch_size")?,
+        })
+    }
+
+    /// From an `mmproj` GGUF's `clip.vision.*`.
+    pub(crate) fn from_mmproj(m: &Mmproj<'_>) -> Result<Self, LoadError> {
+        Ok(Self {
+            hidden_size: m.num("embedding_length")?,
+            intermediate_size: m.num("feed_forward_length")?,
+            num_layers: m.num("block_count")?,
+            num_heads: m.num("attention.head_count")?,
+            patch_size: m.num("patch_size")?,
+        })
+    }
+}
+
 /// What a vision family reads from llama.cpp's `mmproj` GGUF (`clip.vision.*`) and from the
 /// text model's GGUF (its image token), naming the mmproj file in errors.
 pub(crate) struct Mmproj<'a> {
@@ -361,8 +405,8 @@ impl Family {
                     // it is given: the tower's.
                     Tower::Pixtral(v) => {
                         let heads = ModelConfig {
-                            num_heads: v.num_heads,
-                            num_kv_heads: v.num_heads,
+                            num_heads: v.shape.num_heads,
+                            num_kv_heads: v.shape.num_heads,
                             ..config.clone()
                         };
                         GgufSource::new(file, path, pixtral::MMPROJ_LAYOUT, &heads)

@@ -10,7 +10,7 @@ use kiln_media::Tile;
 use serde_json::Value;
 
 use super::llama::{Llama, Projections};
-use super::{CausalLm, Mmproj};
+use super::{CausalLm, Mmproj, TowerShape};
 use crate::config::{Activation, ModelConfig};
 use crate::nn::{
     Affine, GatedMlp, KvLayout, Linear, RmsNorm, RopeTables, VisionActivation, VisionEncoderLayer,
@@ -25,12 +25,8 @@ const NORM_EPS: f32 = 1e-5;
 /// The vision side of a LLaVA/Pixtral `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct VisionConfig {
-    pub(crate) hidden_size: usize,
-    pub(crate) intermediate_size: usize,
-    pub(crate) num_layers: usize,
-    pub(crate) num_heads: usize,
+    pub(crate) shape: TowerShape,
     pub(crate) head_dim: usize,
-    pub(crate) patch_size: usize,
     pub(crate) rope_theta: f32,
     pub(crate) activation: Activation,
     pub(crate) projector_bias: bool,
@@ -50,13 +46,6 @@ impl VisionConfig {
                 v["model_type"]
             )));
         }
-        let num = |key: &str| -> Result<usize, LoadError> {
-            v[key]
-                .as_u64()
-                .filter(|&n| n > 0)
-                .map(|n| n as usize)
-                .ok_or_else(|| bad(format!("vision_config.{key} must be a positive integer")))
-        };
         match json["projector_hidden_act"].as_str().unwrap_or("gelu") {
             "gelu" => {}
             other => {
@@ -98,21 +87,16 @@ impl VisionConfig {
                 )));
             }
         };
-        let hidden_size = num("hidden_size")?;
-        let num_heads = num("num_attention_heads")?;
+        let shape = TowerShape::from_hf_json(v, origin)?;
         let rope_theta = v["rope_parameters"]["rope_theta"]
             .as_f64()
             .or(v["rope_theta"].as_f64())
             .unwrap_or(10_000.0) as f32;
         let c = Self {
-            hidden_size,
-            intermediate_size: num("intermediate_size")?,
-            num_layers: num("num_hidden_layers")?,
-            num_heads,
+            shape,
             head_dim: v["head_dim"]
                 .as_u64()
-                .map_or(hidden_size / num_heads, |d| d as usize),
-            patch_size: num("patch_size")?,
+                .map_or(shape.hidden_size / shape.num_heads, |d| d as usize),
             rope_theta,
             activation,
             projector_bias: json["multimodal_projector_bias"].as_bool().unwrap_or(true),
@@ -122,10 +106,10 @@ impl VisionConfig {
                 .ok_or_else(|| bad("image_token_index is missing".into()))?
                 as u32,
         };
-        if c.head_dim * c.num_heads != c.hidden_size || !c.head_dim.is_multiple_of(4) {
+        if c.head_dim * c.shape.num_heads != c.shape.hidden_size || !c.head_dim.is_multiple_of(4) {
             return Err(bad(format!(
                 "vision_config: {} heads of {} do not make a hidden size of {} with a 2D RoPE",
-                c.num_heads, c.head_dim, c.hidden_size
+                c.shape.num_heads, c.head_dim, c.shape.hidden_size
             )));
         }
         Ok(c)
@@ -135,18 +119,12 @@ impl VisionConfig {
     /// is not in the file (llama.cpp fixes it at 10000, as Pixtral-12B has it) and the image
     /// token is the text model's `[IMG]`.
     pub(crate) fn from_gguf(m: &Mmproj<'_>) -> Result<Self, LoadError> {
-        let num = |key: &str| m.num(key);
         let image_token_id = m.token("[IMG]")?;
         let tower = m.tower;
-        let hidden_size = num("embedding_length")?;
-        let num_heads = num("attention.head_count")?;
+        let shape = TowerShape::from_mmproj(m)?;
         Ok(Self {
-            hidden_size,
-            intermediate_size: num("feed_forward_length")?,
-            num_layers: num("block_count")?,
-            num_heads,
-            head_dim: hidden_size / num_heads,
-            patch_size: num("patch_size")?,
+            shape,
+            head_dim: shape.hidden_size / shape.num_heads,
             rope_theta: 10_000.0,
             activation: if tower.opt_bool("clip.use_silu")?.unwrap_or(false) {
                 Activation::Silu
@@ -278,7 +256,11 @@ impl Pixtral {
             loader.set_rename(VISION_NEW);
         }
         let v = &vision;
-        let (hidden, inter, p) = (v.hidden_size, v.intermediate_size, v.patch_size);
+        let (hidden, inter, p) = (
+            v.shape.hidden_size,
+            v.shape.intermediate_size,
+            v.shape.patch_size,
+        );
         let plain = |name: &str, shape: [usize; 2]| -> Result<Affine, LoadError> {
             Ok(Affine::new(loader.linear(&[(name, shape)])?, None))
         };
@@ -288,8 +270,8 @@ impl Pixtral {
         let patch_conv =
             loader.linear_flat("vision_tower.patch_conv.weight", &[hidden, 3, p, p])?;
         let ln_pre = rms("vision_tower.ln_pre.weight")?;
-        let mut layers = Vec::with_capacity(v.num_layers);
-        for i in 0..v.num_layers {
+        let mut layers = Vec::with_capacity(v.shape.num_layers);
+        for i in 0..v.shape.num_layers {
             let l = format!("vision_tower.transformer.layers.{i}");
             let a = format!("{l}.attention");
             let f = format!("{l}.feed_forward");
@@ -308,7 +290,7 @@ impl Pixtral {
                     loader.linear(&[(&format!("{f}.down_proj.weight"), [hidden, inter])])?,
                     v.activation,
                 )),
-                heads: v.num_heads,
+                heads: v.shape.num_heads,
             });
         }
         let text_hidden = text.config().hidden_size;
@@ -350,7 +332,7 @@ impl Pixtral {
     /// the projector.
     pub(crate) fn encode(&self, tiles: &[Tile]) -> Result<Vec<f32>, RuntimeError> {
         let v = &self.vision;
-        let p = v.patch_size;
+        let p = v.shape.patch_size;
         let mut out = Vec::new();
         for tile in tiles {
             let (w, h) = (tile.width as usize, tile.height as usize);
