@@ -188,7 +188,7 @@ fn generate_with_an_image_gives_transformers_greedy_text() {
             stderr(&out)
         );
     }
-    // An image for a text model, or one that is not there, is a clear error.
+    // An image that is not there, or --image with --prompt, is a clear error.
     let out = kiln(
         &[
             "generate",
