@@ -34,7 +34,7 @@ pub use completions::{
 };
 pub use error::{ErrorBody, ErrorEnvelope, INVALID_REQUEST_ERROR, ValidationError, code};
 pub use limits::{DEFAULT_MAX_IMAGES, DEFAULT_MAX_N, Limits, MAX_STOP};
-pub use models::{Health, HealthStatus, Modality, Model, ModelList};
+pub use models::{Health, HealthStatus, Modality, Model, ModelHealth, ModelList};
 pub use openapi::{openapi, openapi_for};
 pub use parse::{parse_chat_request, parse_completion_request};
 pub use validate::{

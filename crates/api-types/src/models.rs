@@ -21,6 +21,10 @@ pub struct Model {
     /// loads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_length: Option<u64>,
+    /// Most images one request may carry, for a model that takes images (a Kiln extension,
+    /// which the playground shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_images_per_request: Option<u32>,
 }
 
 /// A kind of input a model takes.
@@ -41,6 +45,7 @@ impl Model {
             owned_by: owned_by.into(),
             input_modalities: vec![Modality::Text],
             context_length: None,
+            max_images_per_request: None,
         }
     }
 
@@ -50,9 +55,10 @@ impl Model {
         self
     }
 
-    /// The entry of a model that also takes images.
-    pub fn with_images(mut self) -> Self {
+    /// The entry of a model that also takes images, at most `max_per_request` in one request.
+    pub fn with_images(mut self, max_per_request: u32) -> Self {
         self.input_modalities = vec![Modality::Text, Modality::Image];
+        self.max_images_per_request = Some(max_per_request);
         self
     }
 }
@@ -85,8 +91,19 @@ pub enum HealthStatus {
     Loading,
 }
 
-/// The body of `GET /health`: `{"status": "ok"}` with 200, `{"status": "loading"}` with 503.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The body of `GET /health`: `{"status": "ok", "models": [...]}` with 200 once every served
+/// model is ready, `{"status": "loading", ...}` with 503 before, each model's own state listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
+    pub status: HealthStatus,
+    /// Every served model (by its first name) and whether it is ready.
+    #[serde(default)]
+    pub models: Vec<ModelHealth>,
+}
+
+/// One model's line in [`Health`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelHealth {
+    pub id: String,
     pub status: HealthStatus,
 }

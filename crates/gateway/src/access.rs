@@ -69,15 +69,20 @@ impl Gateway {
             .map_or_else(|| format!("req-{}", random_hex(24)), str::to_string);
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let (route, label) = Route::parse(&path);
+        let (route, label, deployment) = Route::parse(&path);
         let request_headers = self.config.cors.enabled().then(|| req.headers().clone());
-        let mut response = match self.dispatch(req, &route).await {
+        let mut response = match self.dispatch(req, &route, deployment).await {
             Ok(r) => r,
             Err(e) => e.to_response(),
         };
         if let Some(headers) = &request_headers {
             self.config.cors.decorate(headers, &mut response);
         }
+        // No response is ever to be read as anything but its declared type.
+        response
+            .headers_mut()
+            .entry(http::header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(HeaderValue::from_static("nosniff"));
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }

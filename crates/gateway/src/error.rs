@@ -214,10 +214,10 @@ impl ApiError {
         )
     }
 
-    pub fn loading() -> Self {
+    pub fn loading(model: &str) -> Self {
         Self::new(
             ErrorKind::ModelLoading,
-            "The model is still loading; retry shortly.",
+            format!("The model `{model}` is still loading; retry shortly."),
         )
     }
 

@@ -24,31 +24,38 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    /// The route and its metrics label (the path with its variable parts named, so labels stay
-    /// few).
-    pub(crate) fn parse(path: &str) -> (Self, &'static str) {
+    /// The route, its metrics label (the path with its variable parts named, so labels stay
+    /// few) and the deployment a `/v1/ai/{deployment}/…` path names.
+    pub(crate) fn parse(path: &str) -> (Self, &'static str, Option<&str>) {
         let rest = match path.strip_prefix("/v1") {
             Some(rest) => rest,
             None => {
-                return match path {
+                let (route, label) = match path {
                     "/health" => (Self::Health, "/health"),
                     "/metrics" => (Self::Metrics, "/metrics"),
                     "/openapi.json" => (Self::OpenApi, "/openapi.json"),
                     _ => (Self::NotFound, "unknown"),
                 };
+                return (route, label, None);
             }
         };
         // `/v1/ai/{deployment}/…` is the same API, scoped to a deployment.
-        let (rest, scoped) = match rest.strip_prefix("/ai/") {
+        let (rest, deployment) = match rest.strip_prefix("/ai/") {
             Some(scoped) => match scoped.split_once('/') {
-                Some((deployment, rest)) if !deployment.is_empty() => (rest, true),
-                _ => return (Self::NotFound, "unknown"),
+                Some((deployment, rest)) if !deployment.is_empty() => (rest, Some(deployment)),
+                _ => return (Self::NotFound, "unknown", None),
             },
             None => match rest.strip_prefix('/') {
-                Some(rest) => (rest, false),
-                None => return (Self::NotFound, "unknown"),
+                Some(rest) => (rest, None),
+                None => return (Self::NotFound, "unknown", None),
             },
         };
+        let (route, label) = Self::parse_api(rest, deployment.is_some());
+        (route, label, deployment)
+    }
+
+    /// A path below `/v1/` (or `/v1/ai/{deployment}/`).
+    fn parse_api(rest: &str, scoped: bool) -> (Self, &'static str) {
         let label = |plain: &'static str, deployment: &'static str| {
             if scoped { deployment } else { plain }
         };
@@ -109,6 +116,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         route: &Route,
+        deployment: Option<&str>,
     ) -> Result<Response<Body>, ApiError> {
         if *route == Route::NotFound {
             return Err(ApiError::new(
@@ -129,19 +137,25 @@ impl Gateway {
             Route::Health => Ok(handlers::info::health(self)),
             Route::Metrics => handlers::info::metrics(self),
             Route::OpenApi => Ok(handlers::info::openapi(self)),
-            Route::Models => Ok(handlers::info::models(self)),
-            Route::Model(id) => handlers::info::model(self, id),
+            Route::Models => handlers::info::models(self, deployment),
+            Route::Model(id) => handlers::info::model(self, deployment, id),
             Route::Chat => {
                 require_json(&req)?;
                 let body = read_body(req, self.config.max_body_bytes).await?;
-                self.with_timeout(handlers::chat::chat(self.clone(), body))
+                let deployment = deployment.map(str::to_string);
+                self.with_timeout(handlers::chat::chat(self.clone(), deployment, body))
                     .await
             }
             Route::Completions => {
                 require_json(&req)?;
                 let body = read_body(req, self.config.max_body_bytes).await?;
-                self.with_timeout(handlers::completions::completions(self.clone(), body))
-                    .await
+                let deployment = deployment.map(str::to_string);
+                self.with_timeout(handlers::completions::completions(
+                    self.clone(),
+                    deployment,
+                    body,
+                ))
+                .await
             }
             Route::NotFound => Err(ApiError::internal()),
         }
@@ -210,6 +224,8 @@ mod tests {
         assert_eq!(Route::parse("/v2/chat/completions").0, Route::NotFound);
         assert_eq!(Route::parse("/health").0, Route::Health);
         assert_eq!(Route::parse("/v1/chat/completions/").0, Route::Chat);
+        assert_eq!(Route::parse("/v1/chat/completions").2, None);
+        assert_eq!(Route::parse("/v1/ai/my-dep/models/x").2, Some("my-dep"));
     }
 
     #[test]

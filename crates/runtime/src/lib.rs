@@ -21,6 +21,8 @@ pub use config::{
 };
 pub use device::{DType, DeviceKind};
 pub use error::{LoadError, RuntimeError};
+/// Bytes this process may still allocate (what a KV budget is checked against).
+pub use nn::memory_available;
 pub use quant::{QuantError, dequantize, dequantize_to_vec};
 
 /// A block-table entry for a page given back: allowed only where its group no longer reads —

@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_WAITING: usize = 256;
 pub const DEFAULT_MAX_N: usize = 16;
 /// [`EngineConfig::prefix_caching`] by default.
 pub const DEFAULT_PREFIX_CACHING: bool = true;
+/// [`EngineConfig::model_name`] by default.
+pub const DEFAULT_MODEL_NAME: &str = "default";
 
 /// Engine limits. Defaults (the `DEFAULT_*` constants) suit a small model on a CPU.
 #[derive(Debug, Clone)]
@@ -53,6 +55,9 @@ pub struct EngineConfig {
     /// The context length to serve (prompt + generated tokens), when shorter than the model's:
     /// bounds every request's cost, and what `max_tokens` defaults to.
     pub max_model_len: Option<usize>,
+    /// The served model's name: its metrics carry it as their `model` label, so engines of
+    /// several models can share one registry.
+    pub model_name: String,
 }
 
 impl EngineConfig {
@@ -73,6 +78,7 @@ impl Default for EngineConfig {
             prefix_caching: DEFAULT_PREFIX_CACHING,
             // The model's own context length.
             max_model_len: None,
+            model_name: DEFAULT_MODEL_NAME.into(),
         }
     }
 }
@@ -539,11 +545,12 @@ impl Engine {
         config: EngineConfig,
         registry: &prometheus::Registry,
     ) -> Result<Self, SchedulerError> {
-        let metrics =
-            metrics::Metrics::register(registry).map_err(|e| SchedulerError::InvalidParameter {
+        let metrics = metrics::Metrics::register(registry, &config.model_name).map_err(|e| {
+            SchedulerError::InvalidParameter {
                 param: "registry",
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         let info = ModelInfo {
             context_length: config.context_length(model.config().max_position_embeddings),
             vocab_size: model.config().vocab_size,

@@ -41,10 +41,17 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn register(registry: &Registry) -> prometheus::Result<Self> {
+    /// The metrics of the engine serving `model` (their `model` label), registered in
+    /// `registry`. Several engines share one registry: their series differ by the label.
+    pub(crate) fn register(registry: &Registry, model: &str) -> prometheus::Result<Self> {
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .const_label("model", model)
+                    .buckets(buckets.to_vec()),
+            )
         };
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model", model);
         let m = Self {
             ttft: histogram(
                 "kiln_time_to_first_token_seconds",
@@ -66,45 +73,45 @@ impl Metrics {
                 "Time the vision tower took for one image (the engine's step waits for it).",
                 IMAGE_BUCKETS,
             )?,
-            running: IntGauge::new(
+            running: IntGauge::with_opts(opts(
                 "kiln_num_requests_running",
                 "Requests with sequences in the running batch.",
-            )?,
-            waiting: IntGauge::new(
+            ))?,
+            waiting: IntGauge::with_opts(opts(
                 "kiln_num_requests_waiting",
                 "Requests queued for admission (preempted ones included).",
-            )?,
-            kv_usage: Gauge::new(
+            ))?,
+            kv_usage: Gauge::with_opts(opts(
                 "kiln_kv_cache_usage_ratio",
                 "Fraction of KV cache blocks held by running sequences (0 to 1).",
-            )?,
-            prompt_tokens: IntCounter::new(
+            ))?,
+            prompt_tokens: IntCounter::with_opts(opts(
                 "kiln_prompt_tokens_total",
                 "Prompt tokens of admitted requests.",
-            )?,
-            generation_tokens: IntCounter::new(
+            ))?,
+            generation_tokens: IntCounter::with_opts(opts(
                 "kiln_generation_tokens_total",
                 "Tokens generated.",
-            )?,
-            preemptions: IntCounter::new(
+            ))?,
+            preemptions: IntCounter::with_opts(opts(
                 "kiln_num_preemptions_total",
                 "Sequences preempted (blocks freed, recomputed later) for lack of KV blocks.",
-            )?,
-            window_freed: IntCounter::new(
+            ))?,
+            window_freed: IntCounter::with_opts(opts(
                 "kiln_kv_blocks_freed_by_window_total",
                 "KV blocks given back by running sequences because they slid out of every \
                  layer's attention window (models whose layers all slide).",
-            )?,
-            prefix_queries: IntCounter::new(
+            ))?,
+            prefix_queries: IntCounter::with_opts(opts(
                 "kiln_prefix_cache_queries_total",
                 "Prompt tokens looked up in the prefix cache.",
-            )?,
-            prefix_hits: IntCounter::new(
+            ))?,
+            prefix_hits: IntCounter::with_opts(opts(
                 "kiln_prefix_cache_hits_total",
                 "Prompt tokens found in the prefix cache (not recomputed).",
-            )?,
+            ))?,
             finished: IntCounterVec::new(
-                Opts::new(
+                opts(
                     "kiln_request_success_total",
                     "Finished requests by finish reason.",
                 ),

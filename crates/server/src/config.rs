@@ -2,15 +2,16 @@
 //! TOML file (`--config`) fill — a flag beats the environment, which beats the file, which beats
 //! the default — and whose defaults are read from the crates that own each setting.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, Args, Command};
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches as _};
 use kiln_api_types::Limits;
 use kiln_gateway::fetch::MediaPolicy;
-use kiln_gateway::{GatewayConfig, MediaConfig};
+use kiln_gateway::{GatewayConfig, MediaConfig, ServedModel};
 use kiln_runtime::{DType, DeviceKind, KvCacheSize, LoadOptions};
 use kiln_scheduler::EngineConfig;
 
@@ -22,22 +23,32 @@ const SHUTDOWN_GRACE_SECS: u64 = 30;
 /// `KILN_FOO_BAR` and the config-file key `foo_bar` (tested below, so the three never drift).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServeConfig {
-    /// GGUF file or Hugging Face directory [default: the default model]
-    #[arg(long, env = "KILN_MODEL", value_name = "PATH")]
-    pub(crate) model: Option<PathBuf>,
+    /// GGUF file or Hugging Face directory, optionally named (`smollm2=/m/a.gguf`); repeat to
+    /// serve several models, the first being the default (per-model settings: `[[models]]` in
+    /// --config) [default: the default model]
+    #[arg(long, env = "KILN_MODEL", value_name = "[NAME=]PATH", value_parser = model_arg)]
+    pub(crate) model: Vec<ModelArg>,
 
-    /// llama.cpp's mmproj GGUF: the vision tower of a GGUF model (SmolVLM, Pixtral)
+    /// llama.cpp's mmproj GGUF: the vision tower of a GGUF model (SmolVLM, Pixtral); for the
+    /// first model
     #[arg(long, env = "KILN_MMPROJ", value_name = "FILE")]
     pub(crate) mmproj: Option<PathBuf>,
 
-    /// Jinja chat template file for /v1/chat/completions, replacing the model's own (a base
-    /// model has none) [default: the model's]
+    /// Jinja chat template file for /v1/chat/completions, replacing the first model's own (a
+    /// base model has none) [default: the model's]
     #[arg(long, env = "KILN_CHAT_TEMPLATE", value_name = "FILE")]
     pub(crate) chat_template: Option<PathBuf>,
 
-    /// Name clients use (repeat for aliases; the first is the default) [default: the model's]
+    /// Name clients use for the first model (repeat for aliases; the first is its id)
+    /// [default: NAME of --model NAME=PATH, else the file's]
     #[arg(long, env = "KILN_SERVED_MODEL_NAME", value_name = "NAME")]
     pub(crate) served_model_name: Vec<String>,
+
+    /// `/v1/ai/ID/…` serves the model MODEL (repeat for more; in the file also
+    /// `deployments = { ID = "MODEL" }`) [default: none, every deployment path serves every
+    /// model]
+    #[arg(long, env = "KILN_DEPLOYMENT", value_name = "ID=MODEL", value_parser = deployment_arg)]
+    pub(crate) deployment: Vec<(String, String)>,
 
     /// Address to listen on
     #[arg(long, env = "KILN_HOST", default_value = "127.0.0.1")]
@@ -163,32 +174,130 @@ pub(crate) struct ServeConfig {
     #[arg(long, env = "KILN_ALLOWED_ORIGINS", value_name = "ORIGIN")]
     pub(crate) allowed_origins: Vec<String>,
 
-    /// TOML file with any of these settings (keys are the flags with `_`: `max_running = 8`)
+    /// TOML file with any of these settings (keys are the flags with `_`: `max_running = 8`),
+    /// and `[[models]]` entries, one per served model (`path`, `served_model_name`, `mmproj`,
+    /// `chat_template`, `device`, `dtype`, `kv_cache_memory`, `kv_cache_tokens`,
+    /// `kv_cache_dtype`, `max_model_len`)
     #[arg(long, env = "KILN_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+
+    /// The config file's `[[models]]`, used when no --model is given.
+    #[arg(skip)]
+    pub(crate) file_models: Vec<ModelSpec>,
+}
+
+/// `--model [NAME=]PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ModelArg {
+    pub(crate) name: Option<String>,
+    pub(crate) path: PathBuf,
+}
+
+/// `[NAME=]PATH`: a name is what comes before the first `=` when that holds no path separator
+/// (so a path with `=` in a folder name still reads as a path).
+fn model_arg(s: &str) -> Result<ModelArg, String> {
+    let (name, path) = match s.split_once('=') {
+        Some((name, path)) if !name.contains(['/', '\\']) => (Some(name.trim()), path),
+        _ => (None, s),
+    };
+    if name == Some("") {
+        return Err("the name before `=` is empty".into());
+    }
+    if path.is_empty() {
+        return Err("no path".into());
+    }
+    Ok(ModelArg {
+        name: name.map(String::from),
+        path: PathBuf::from(path),
+    })
+}
+
+/// `ID=MODEL`.
+fn deployment_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((id, model)) if !id.trim().is_empty() && !model.trim().is_empty() => {
+            if id.contains('/') {
+                return Err(format!("a deployment id cannot hold `/`: {id:?}"));
+            }
+            Ok((id.trim().to_string(), model.trim().to_string()))
+        }
+        _ => Err(format!("{s:?} is not ID=MODEL")),
+    }
+}
+
+/// One `[[models]]` entry of the config file; what it leaves unset comes from the top-level
+/// settings. Each key is read by the same parser as the flag of its name.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ModelSpec {
+    /// GGUF file or Hugging Face directory
+    #[arg(long)]
+    pub(crate) path: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) served_model_name: Vec<String>,
+    #[arg(long)]
+    pub(crate) mmproj: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) chat_template: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) device: Option<DeviceKind>,
+    #[arg(long)]
+    pub(crate) dtype: Option<DType>,
+    #[arg(long)]
+    pub(crate) kv_cache_memory: Option<ByteSize>,
+    #[arg(long, value_parser = positive)]
+    pub(crate) kv_cache_tokens: Option<usize>,
+    #[arg(long)]
+    pub(crate) kv_cache_dtype: Option<DType>,
+    #[arg(long, value_parser = positive)]
+    pub(crate) max_model_len: Option<usize>,
+}
+
+/// One model to serve, every setting settled.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelPlan {
+    /// `None`: the default model (resolved when it is loaded).
+    pub(crate) path: Option<PathBuf>,
+    /// Empty: named after its file.
+    pub(crate) names: Vec<String>,
+    pub(crate) chat_template: Option<PathBuf>,
+    pub(crate) load: LoadOptions,
+    pub(crate) engine: EngineConfig,
 }
 
 impl ServeConfig {
-    /// How to load the model.
+    /// How to load a model the top-level settings alone describe.
+    #[cfg(test)]
     pub(crate) fn load_options(&self) -> LoadOptions {
+        self.load_options_for(&self.top_level_spec())
+    }
+
+    /// How to load the model of `spec`, the top-level settings filling what it leaves unset.
+    fn load_options_for(&self, spec: &ModelSpec) -> LoadOptions {
+        let max_model_len = spec.max_model_len.or(self.max_model_len);
+        // An entry's own way of sizing its cache replaces the top-level one.
+        let (memory, tokens) = if spec.kv_cache_memory.is_some() || spec.kv_cache_tokens.is_some() {
+            (spec.kv_cache_memory, spec.kv_cache_tokens)
+        } else {
+            (self.kv_cache_memory, self.kv_cache_tokens)
+        };
         LoadOptions {
-            device: self.device,
-            dtype: self.dtype,
+            device: spec.device.unwrap_or(self.device),
+            dtype: spec.dtype.unwrap_or(self.dtype),
             block_size: self.block_size,
-            kv_cache: match (self.kv_cache_memory, self.kv_cache_tokens) {
+            kv_cache: match (memory, tokens) {
                 (Some(bytes), _) => KvCacheSize::Bytes(bytes.0),
                 (None, Some(tokens)) => KvCacheSize::Tokens(tokens),
                 (None, None) => KvCacheSize::Auto {
                     running: self.max_running,
-                    context: self.max_model_len,
+                    context: max_model_len,
                 },
             },
-            kv_dtype: self.kv_cache_dtype,
-            mmproj: self.mmproj.clone(),
+            kv_dtype: spec.kv_cache_dtype.unwrap_or(self.kv_cache_dtype),
+            mmproj: spec.mmproj.clone(),
         }
     }
 
-    /// The engine's limits.
+    /// The engine's limits for a model the top-level settings alone describe.
     pub(crate) fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             max_batched_tokens: self.max_batched_tokens,
@@ -197,7 +306,77 @@ impl ServeConfig {
             max_n: self.max_n,
             prefix_caching: !self.no_prefix_caching,
             max_model_len: self.max_model_len,
+            ..EngineConfig::default()
         }
+    }
+
+    /// The first model's settings from the top-level flags (`--mmproj`, `--chat-template`,
+    /// `--served-model-name`).
+    fn top_level_spec(&self) -> ModelSpec {
+        ModelSpec {
+            served_model_name: self.served_model_name.clone(),
+            mmproj: self.mmproj.clone(),
+            chat_template: self.chat_template.clone(),
+            ..ModelSpec::default()
+        }
+    }
+
+    /// The models to serve, in order (the first is the default): each `--model`, else the
+    /// file's `[[models]]`, else the default model. The top-level `--served-model-name`,
+    /// `--mmproj` and `--chat-template` are the first model's unless its entry sets them.
+    pub(crate) fn plans(&self) -> Result<Vec<ModelPlan>> {
+        if self.kv_cache_memory.is_some() && self.kv_cache_tokens.is_some() {
+            bail!("kv_cache_memory and kv_cache_tokens both size the KV cache: give one, not both");
+        }
+        let mut specs: Vec<ModelSpec> = if !self.model.is_empty() {
+            self.model
+                .iter()
+                .map(|m| ModelSpec {
+                    path: Some(m.path.clone()),
+                    served_model_name: m.name.iter().cloned().collect(),
+                    ..ModelSpec::default()
+                })
+                .collect()
+        } else if !self.file_models.is_empty() {
+            self.file_models.clone()
+        } else {
+            vec![ModelSpec::default()]
+        };
+        let top = self.top_level_spec();
+        let first = &mut specs[0];
+        if first.served_model_name.is_empty() {
+            first.served_model_name = top.served_model_name;
+        } else if !top.served_model_name.is_empty() {
+            bail!(
+                "the first model is named twice: by served_model_name and by its own entry \
+                 (`--model NAME=PATH` or `[[models]]`); give one"
+            );
+        }
+        first.mmproj = first.mmproj.take().or(top.mmproj);
+        first.chat_template = first.chat_template.take().or(top.chat_template);
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                if spec.kv_cache_memory.is_some() && spec.kv_cache_tokens.is_some() {
+                    bail!(
+                        "models[{i}]: kv_cache_memory and kv_cache_tokens both size the KV \
+                         cache: give one, not both"
+                    );
+                }
+                let engine = EngineConfig {
+                    max_model_len: spec.max_model_len.or(self.max_model_len),
+                    ..self.engine_config()
+                };
+                Ok(ModelPlan {
+                    path: spec.path.clone(),
+                    names: spec.served_model_name.clone(),
+                    chat_template: spec.chat_template.clone(),
+                    load: self.load_options_for(spec),
+                    engine,
+                })
+            })
+            .collect()
     }
 
     /// The accepted API keys (empty ones dropped: an empty key would let anyone in).
@@ -209,10 +388,17 @@ impl ServeConfig {
             .collect()
     }
 
-    /// The gateway's settings, serving the model under `names`.
-    pub(crate) fn gateway_config(&self, names: Vec<String>) -> GatewayConfig {
-        GatewayConfig {
-            served_model_names: names,
+    /// The gateway's settings, serving `models`.
+    pub(crate) fn gateway_config(&self, models: Vec<ServedModel>) -> Result<GatewayConfig> {
+        let mut deployments = BTreeMap::new();
+        for (id, model) in &self.deployment {
+            if deployments.insert(id.clone(), model.clone()).is_some() {
+                bail!("deployment `{id}` is mapped twice");
+            }
+        }
+        Ok(GatewayConfig {
+            models,
+            deployments,
             api_keys: self.api_keys(),
             metrics_require_key: self.metrics_require_key,
             max_body_bytes: self.max_body_bytes.0,
@@ -227,7 +413,7 @@ impl ServeConfig {
                 allowed_origins: self.allowed_origins.clone(),
             },
             ..GatewayConfig::default()
-        }
+        })
     }
 
     /// How image URLs are fetched: the allow-list, the local folder, the size and time limits
@@ -319,13 +505,57 @@ fn split_env_list(values: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The settings of a config file, checked against `serve` (each key a flag, each value what
-/// that flag accepts), as `(argument id, values)`. A file key may not be `config` itself.
-pub(crate) fn read_config(serve: &Command, path: &Path) -> Result<Vec<(String, Vec<String>)>> {
+/// What a config file says: its settings checked against `serve` (each key a flag, each value
+/// what that flag accepts) as `(argument id, values)`, and its `[[models]]`.
+#[derive(Debug, Default)]
+pub(crate) struct FileConfig {
+    pub(crate) settings: Vec<(String, Vec<String>)>,
+    pub(crate) models: Vec<ModelSpec>,
+}
+
+/// Reads a config file. A key may not be `config` itself; `deployments = { ID = "MODEL" }` is
+/// the table form of `deployment = ["ID=MODEL"]`; `[[models]]` lists the served models.
+pub(crate) fn read_config(serve: &Command, path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
-    let table: toml::Table =
+    let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut file = FileConfig::default();
+    if let Some(models) = table.remove("models") {
+        if table.contains_key("model") {
+            bail!(
+                "{}: `model` and `[[models]]` both say what to serve: give one",
+                path.display()
+            );
+        }
+        file.models = read_models(path, &models)?;
+    }
+    if let Some(deployments) = table.remove("deployments") {
+        let toml::Value::Table(map) = deployments else {
+            bail!(
+                "{}: `deployments` is a table: deployments = {{ ID = \"MODEL\" }}",
+                path.display()
+            );
+        };
+        if table.contains_key("deployment") {
+            bail!(
+                "{}: `deployment` and `deployments` both map deployments: give one",
+                path.display()
+            );
+        }
+        let pairs = map
+            .into_iter()
+            .map(|(id, model)| match model {
+                toml::Value::String(m) => Ok(toml::Value::String(format!("{id}={m}"))),
+                other => bail!(
+                    "{}: deployments.{id} must be a model's name, not a {}",
+                    path.display(),
+                    other.type_str()
+                ),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        table.insert("deployment".into(), toml::Value::Array(pairs));
+    }
     let mut out = Vec::new();
     for (key, value) in table {
         let flag = key.replace('_', "-");
@@ -371,7 +601,75 @@ pub(crate) fn read_config(serve: &Command, path: &Path) -> Result<Vec<(String, V
             out.push((arg.get_id().to_string(), values));
         }
     }
-    Ok(out)
+    file.settings = out;
+    Ok(file)
+}
+
+/// The `[[models]]` entries, each key checked by its flag's parser (an error names the entry
+/// and the key).
+fn read_models(path: &Path, models: &toml::Value) -> Result<Vec<ModelSpec>> {
+    let toml::Value::Array(entries) = models else {
+        bail!(
+            "{}: `models` is a list of tables: [[models]] path = \"…\"",
+            path.display()
+        );
+    };
+    if entries.is_empty() {
+        bail!("{}: `models` lists no model", path.display());
+    }
+    let command = ModelSpec::augment_args(Command::new("[[models]]").no_binary_name(true));
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let toml::Value::Table(entry) = entry else {
+                bail!("{}: models[{i}] is not a table", path.display());
+            };
+            if !entry.contains_key("path") {
+                bail!(
+                    "{}: models[{i}] has no `path` (the GGUF file or Hugging Face directory)",
+                    path.display()
+                );
+            }
+            let mut argv = Vec::new();
+            for (key, value) in entry {
+                let flag = key.replace('_', "-");
+                if command
+                    .get_arguments()
+                    .all(|a| a.get_long() != Some(flag.as_str()))
+                {
+                    bail!("{}: models[{i}]: unknown setting `{key}`", path.display());
+                }
+                let items = match value {
+                    toml::Value::Array(items) if key == "served_model_name" => items.clone(),
+                    v => vec![v.clone()],
+                };
+                for item in items {
+                    let v = match item {
+                        toml::Value::String(s) => s,
+                        toml::Value::Integer(n) => n.to_string(),
+                        other => bail!(
+                            "{}: models[{i}]: `{key}` cannot be a {}",
+                            path.display(),
+                            other.type_str()
+                        ),
+                    };
+                    let arg = format!("--{flag}={v}");
+                    if let Err(e) = command.clone().try_get_matches_from([&arg]) {
+                        let why = std::error::Error::source(&e)
+                            .map_or_else(|| e.kind().to_string(), ToString::to_string);
+                        bail!("{}: models[{i}]: `{key}` = {v:?}: {why}", path.display());
+                    }
+                    argv.push(arg);
+                }
+            }
+            let matches = command
+                .clone()
+                .try_get_matches_from(&argv)
+                .with_context(|| format!("{}: models[{i}]", path.display()))?;
+            Ok(ModelSpec::from_arg_matches(&matches)?)
+        })
+        .collect()
 }
 
 /// `serve` with the file's settings as its defaults: clap then applies flag > environment >
@@ -555,10 +853,10 @@ mod tests {
             format!("{:?}", s.engine_config()),
             format!("{:?}", EngineConfig::default())
         );
-        let names = vec!["m".to_string()];
-        let gateway = s.gateway_config(names.clone());
+        let models = vec![ServedModel::named("m")];
+        let gateway = s.gateway_config(models.clone()).unwrap();
         let default = GatewayConfig {
-            served_model_names: names,
+            models,
             ..GatewayConfig::default()
         };
         assert_eq!(format!("{gateway:?}"), format!("{default:?}"));
@@ -583,7 +881,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.load_options().kv_cache, KvCacheSize::Bytes(512 << 20));
-        assert_eq!(s.gateway_config(vec![]).max_body_bytes, 1 << 20);
+        assert_eq!(s.gateway_config(vec![]).unwrap().max_body_bytes, 1 << 20);
         assert_eq!(s.load_options().dtype, DType::F16);
         assert_eq!(s.engine_config().max_model_len, Some(64));
         assert!(!s.engine_config().prefix_caching);
@@ -696,7 +994,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 31);
+        assert_eq!(seen, 32);
     }
 
     #[test]
@@ -715,6 +1013,155 @@ mod tests {
                 assert!(help.contains(&format!("[default: {default}]")), "{default}");
             }
         }
+    }
+
+    #[test]
+    fn several_models_from_flags_with_names_and_deployments() {
+        let s = serve(&[
+            "--model",
+            "small=/m/a.gguf",
+            "--model",
+            "/m/dir=x/b.gguf",
+            "--mmproj",
+            "/m/mmproj.gguf",
+            "--deployment",
+            "dep1=small",
+            "--kv-cache-memory",
+            "256MiB",
+            "--max-model-len",
+            "512",
+        ])
+        .unwrap();
+        let plans = s.plans().unwrap();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0].path.as_deref(), Some(Path::new("/m/a.gguf")));
+        assert_eq!(plans[0].names, vec!["small"]);
+        // A `=` inside a path is not a name.
+        assert_eq!(plans[1].path.as_deref(), Some(Path::new("/m/dir=x/b.gguf")));
+        assert!(plans[1].names.is_empty());
+        // The top-level --mmproj is the first model's; the KV budget and context every model's.
+        assert_eq!(
+            plans[0].load.mmproj.as_deref(),
+            Some(Path::new("/m/mmproj.gguf"))
+        );
+        assert_eq!(plans[1].load.mmproj, None);
+        for p in &plans {
+            assert_eq!(p.load.kv_cache, KvCacheSize::Bytes(256 << 20));
+            assert_eq!(p.engine.max_model_len, Some(512));
+        }
+        let gateway = s
+            .gateway_config(vec![ServedModel::named("small"), ServedModel::named("b")])
+            .unwrap();
+        assert_eq!(
+            gateway.deployments.get("dep1").map(String::as_str),
+            Some("small")
+        );
+        for bad in [
+            &["--model", "=/m/a.gguf"][..],
+            &["--deployment", "dep1"],
+            &["--deployment", "a/b=small"],
+            &["--deployment", "=small"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+        let twice = serve(&["--deployment", "d=a", "--deployment", "d=b"]).unwrap();
+        assert!(twice.gateway_config(vec![]).is_err());
+        let named_twice = serve(&["--model", "a=/m/a.gguf", "--served-model-name", "b"]).unwrap();
+        assert!(named_twice.plans().is_err());
+        // One model named by --served-model-name, as before.
+        let one = serve(&["--model", "/m/a.gguf", "--served-model-name", "x"]).unwrap();
+        assert_eq!(one.plans().unwrap()[0].names, vec!["x"]);
+        // No --model: the default model.
+        let none = serve(&[]).unwrap().plans().unwrap();
+        assert_eq!((none.len(), none[0].path.clone()), (1, None));
+    }
+
+    #[test]
+    fn models_in_the_file_carry_their_own_settings() {
+        let file = config_file(
+            "kv_cache_dtype = \"f32\"\nmax_model_len = 1024\n\
+             deployments = { sVUARttwSjilLOZY = \"smollm2\" }\n\n\
+             [[models]]\npath = \"/m/smollm2.gguf\"\nserved_model_name = [\"smollm2\", \"default\"]\n\
+             kv_cache_memory = \"512MiB\"\n\n\
+             [[models]]\npath = \"/m/vlm\"\nserved_model_name = \"vlm\"\nmmproj = \"/m/p.gguf\"\n\
+             chat_template = \"/m/t.jinja\"\ndtype = \"f16\"\nkv_cache_tokens = 4096\n\
+             kv_cache_dtype = \"f16\"\nmax_model_len = 256\ndevice = \"cpu\"\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let s = serve(&["--config", path]).unwrap();
+        let plans = s.plans().unwrap();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0].names, vec!["smollm2", "default"]);
+        assert_eq!(plans[0].load.kv_cache, KvCacheSize::Bytes(512 << 20));
+        assert_eq!(plans[0].load.kv_dtype, DType::F32, "from the top level");
+        assert_eq!(plans[0].engine.max_model_len, Some(1024));
+        assert_eq!(plans[1].names, vec!["vlm"]);
+        assert_eq!(plans[1].path.as_deref(), Some(Path::new("/m/vlm")));
+        assert_eq!(
+            plans[1].load.mmproj.as_deref(),
+            Some(Path::new("/m/p.gguf"))
+        );
+        assert_eq!(
+            plans[1].chat_template.as_deref(),
+            Some(Path::new("/m/t.jinja"))
+        );
+        assert_eq!(plans[1].load.dtype, DType::F16);
+        assert_eq!(plans[1].load.kv_cache, KvCacheSize::Tokens(4096));
+        assert_eq!(plans[1].load.kv_dtype, DType::F16);
+        assert_eq!(plans[1].engine.max_model_len, Some(256));
+        let gateway = s.gateway_config(vec![]).unwrap();
+        assert_eq!(
+            gateway
+                .deployments
+                .get("sVUARttwSjilLOZY")
+                .map(String::as_str),
+            Some("smollm2")
+        );
+        // A --model on the command line replaces the file's list (a flag beats the file).
+        let s = serve(&["--config", path, "--model", "/m/other.gguf"]).unwrap();
+        let plans = s.plans().unwrap();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].path.as_deref(), Some(Path::new("/m/other.gguf")));
+    }
+
+    #[test]
+    fn bad_model_entries_name_the_entry_and_key() {
+        for (text, expected) in [
+            (
+                "[[models]]\npath = \"/m\"\nnope = 1\n",
+                "models[0]: unknown setting `nope`",
+            ),
+            (
+                "[[models]]\nserved_model_name = \"x\"\n",
+                "models[0] has no `path`",
+            ),
+            (
+                "[[models]]\npath = \"/a\"\n[[models]]\npath = \"/b\"\ndevice = \"tpu\"\n",
+                "models[1]: `device` = \"tpu\"",
+            ),
+            (
+                "[[models]]\npath = \"/a\"\nkv_cache_tokens = 0\n",
+                "must be at least 1",
+            ),
+            ("models = 3\n", "`models` is a list of tables"),
+            ("model = \"/a\"\n[[models]]\npath = \"/b\"\n", "give one"),
+            (
+                "deployments = { d = 3 }\n",
+                "deployments.d must be a model's name",
+            ),
+            ("deployment = \"nonsense\"\n", "is not ID=MODEL"),
+        ] {
+            let file = config_file(text);
+            let path = file.path().to_str().unwrap();
+            let err = format!("{:#}", serve(&["--config", path]).unwrap_err());
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(err.contains(path), "{text:?}: {err}");
+        }
+        let both = config_file(
+            "[[models]]\npath = \"/a\"\nkv_cache_memory = \"1GiB\"\nkv_cache_tokens = 9\n",
+        );
+        let s = serve(&["--config", both.path().to_str().unwrap()]).unwrap();
+        assert!(format!("{:#}", s.plans().unwrap_err()).contains("models[0]"));
     }
 
     #[test]

@@ -136,25 +136,30 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let mut matches = command().try_get_matches_from(&args)?;
+    let mut file_models = Vec::new();
     if let Some(("serve", serve)) = matches.subcommand()
         && let Some(path) = serve.get_one::<PathBuf>("config")
     {
         let path = path.clone();
         let command = command();
-        let settings = config::read_config(
+        let file = config::read_config(
             command
                 .find_subcommand("serve")
                 .context("kiln has no serve command")?,
             &path,
         )?;
+        file_models = file.models;
         matches = command
-            .mut_subcommand("serve", |serve| config::with_file_defaults(serve, settings))
+            .mut_subcommand("serve", |serve| {
+                config::with_file_defaults(serve, file.settings)
+            })
             .try_get_matches_from(&args)?;
     }
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let (Some(Commands::Serve(config)), Some(("serve", serve))) =
         (&mut cli.command, matches.subcommand())
     {
+        config.file_models = file_models;
         config.split_env_lists(serve);
         config.settle_kv_cache_size(serve)?;
     }

@@ -1,18 +1,18 @@
 //! `kiln serve`: given its `ServeConfig` (flags, environment and config file, see `config.rs`),
-//! the model is loaded (behind a listening socket whose `/health` says 503 until it
-//! is ready), the engine started and the gateway served until SIGINT/SIGTERM.
+//! each model is loaded in turn (behind a listening socket whose `/health` says 503 until all
+//! are ready), its engine started and the gateway served until SIGINT/SIGTERM.
 
 use std::io::IsTerminal as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kiln_gateway::{Backend, Gateway};
-use kiln_runtime::Model;
-use kiln_scheduler::Engine;
+use kiln_gateway::{Backend, Gateway, ServedModel};
+use kiln_runtime::{KvCacheSize, Model};
+use kiln_scheduler::{Engine, EngineConfig};
 
-use crate::config::ServeConfig;
+use crate::config::{ModelPlan, ServeConfig};
 use crate::{load_tokenizer, resolve_model};
 
 /// The name clients see for a model file: the default model's own name, else the file stem
@@ -40,25 +40,39 @@ fn default_name(path: &Path) -> String {
     }
 }
 
+/// A model on its way to being served: where it is, what it is called, how to load it.
+struct Pending {
+    path: PathBuf,
+    plan: ModelPlan,
+    served: ServedModel,
+    tokenizer: Arc<kiln_tokenizer::Tokenizer>,
+}
+
 pub(crate) fn run(config: ServeConfig) -> Result<()> {
-    let path = resolve_model(config.model.clone())?;
-    let engine_config = config.engine_config();
-    let load = config.load_options();
-    let mut names = config.served_model_name.clone();
-    if names.is_empty() {
-        names.push(default_name(&path));
+    let mut pending = Vec::new();
+    for plan in config.plans()? {
+        let path = resolve_model(plan.path.clone())?;
+        let names = if plan.names.is_empty() {
+            vec![default_name(&path)]
+        } else {
+            plan.names.clone()
+        };
+        // Tokenizers (and templates) first: a bad file fails before anything is loaded.
+        let tokenizer = Arc::new(load_tokenizer(&path, plan.chat_template.as_deref())?);
+        pending.push(Pending {
+            path,
+            served: ServedModel { names },
+            plan,
+            tokenizer,
+        });
     }
+    check_fixed_kv_budgets(&pending)?;
     let api_keys = config.api_keys();
-    let mut gateway_config = config.gateway_config(names.clone());
+    let mut gateway_config =
+        config.gateway_config(pending.iter().map(|p| p.served.clone()).collect())?;
     gateway_config.media = Arc::new(config.media_config()?);
     let grace = config.shutdown_grace();
-    let ServeConfig {
-        host,
-        port,
-        chat_template,
-        mmproj,
-        ..
-    } = config;
+    let ServeConfig { host, port, .. } = config;
 
     init_logging();
     if api_keys.is_empty() {
@@ -69,7 +83,6 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
     }
     // A cap the kernels cannot read is a mistake to report, not to run past.
     kiln_runtime::kernels::Isa::requested().map_err(anyhow::Error::msg)?;
-    let tokenizer = Arc::new(load_tokenizer(&path, chat_template.as_deref())?);
     let registry = prometheus::Registry::new();
     let gateway = Gateway::new(gateway_config, registry.clone())?;
 
@@ -92,90 +105,181 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
             },
             grace,
         ));
-        tracing::info!("listening on http://{addr} (loading the model; /health is 503 until ready)");
-
-        let started = Instant::now();
-        let tty = std::io::stderr().is_terminal();
-        let model_path = path.clone();
-        let model = tokio::task::spawn_blocking(move || {
-            Model::load_with_progress(&model_path, &load, &mut |p| {
-                if tty {
-                    let width = 30;
-                    let filled = p.done * width / p.total.max(1);
-                    eprint!(
-                        "\rloading {} [{}{}] {}/{}",
-                        model_path.display(),
-                        "#".repeat(filled),
-                        " ".repeat(width - filled),
-                        p.done,
-                        p.total
-                    );
-                }
-            })
-        })
-        .await
-        .context("the loading task failed")?
-        .with_context(|| format!("loading {}", path.display()))?;
-        if tty {
-            eprintln!();
-        }
-        let groups = model.kv_groups();
-        let sliding = groups.windows.iter().filter(|w| w.is_some()).count();
+        let count = pending.len();
         tracing::info!(
-            "loaded {} in {:.1} s: {} KV pages of {} positions ({} MiB of {}; {} group{} of {} \
-             layer{}, {sliding} sliding); CPU kernels: {}",
-            path.display(),
-            started.elapsed().as_secs_f64(),
-            model.num_blocks(),
-            model.block_size(),
-            model.kv_cache_bytes() >> 20,
-            crate::config::dtype_name(model.kv_dtype()),
-            groups.windows.len(),
-            if groups.windows.len() == 1 { "" } else { "s" },
-            groups.size,
-            if groups.size == 1 { "" } else { "s" },
-            kiln_runtime::kernels::Isa::active().kind().name()
+            "listening on http://{addr} (loading {count} model{}; /health is 503 until ready)",
+            if count == 1 { "" } else { "s" }
         );
-        let vision = crate::vision(&model, &path, mmproj.as_deref())?;
-        if vision.is_some() {
-            tracing::info!("the model takes images");
+
+        // One after the other, each served as soon as it is ready.
+        let mut engines = Vec::with_capacity(count);
+        let mut kv_total = 0usize;
+        for (index, p) in pending.iter().enumerate() {
+            let model = load(p, index, count).await?;
+            if p.plan.load.device == kiln_runtime::DeviceKind::Cpu {
+                kv_total += model.kv_cache_bytes();
+                check_kv_total(kv_total, index + 1)?;
+            }
+            let vision = crate::vision(&model, &p.path, p.plan.load.mmproj.as_deref())?;
+            if vision.is_some() {
+                tracing::info!("`{}` takes images", p.served.id());
+            }
+            let engine_config = EngineConfig {
+                model_name: p.served.id().to_string(),
+                ..p.plan.engine.clone()
+            };
+            let engine = Engine::start(model, p.tokenizer.clone(), engine_config, &registry)?;
+            gateway.set_backend(
+                index,
+                Backend {
+                    engine: engine.handle(),
+                    tokenizer: p.tokenizer.clone(),
+                    vision,
+                },
+            );
+            engines.push(engine);
         }
-        let engine = Engine::start(model, tokenizer.clone(), engine_config, &registry)?;
-        gateway.set_backend(Backend {
-            engine: engine.handle(),
-            tokenizer,
-            vision,
-        });
-        let shown = if addr.ip().is_unspecified() {
-            format!("127.0.0.1:{}", addr.port())
-        } else {
-            addr.to_string()
-        };
-        let auth = if api_keys.is_empty() {
-            String::new()
-        } else {
-            " -H \"Authorization: Bearer $KILN_API_KEY\"".to_string()
-        };
-        eprintln!(
-            "\nKiln is serving `{}` at http://{shown}/v1\n\nTry it:\n  curl http://{shown}/v1/chat/completions{auth} -H \"Content-Type: application/json\" \\\n    -d '{{\"model\": \"{}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'\n",
-            names[0], names[0]
-        );
+        print_banner(addr, &pending, !api_keys.is_empty());
 
         shutdown_signal().await;
         tracing::info!("shutting down: no new requests; draining for up to {grace:?}");
-        let engine_handle = engine.handle();
-        engine_handle.begin_shutdown(grace);
+        for engine in &engines {
+            engine.handle().begin_shutdown(grace);
+        }
         let _ = stop_tx.send(true);
         match server.await {
             Ok(r) => r?,
             Err(e) => bail!("the server task failed: {e}"),
         }
-        tokio::task::spawn_blocking(move || engine.shutdown(Duration::ZERO))
-            .await
-            .ok();
+        tokio::task::spawn_blocking(move || {
+            for engine in engines {
+                engine.shutdown(Duration::ZERO);
+            }
+        })
+        .await
+        .ok();
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Loads model `index` of `count`, with a progress bar on a terminal and a line when done.
+async fn load(p: &Pending, index: usize, count: usize) -> Result<Model> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let name = p.served.id().to_string();
+    let path = p.path.clone();
+    let options = p.plan.load.clone();
+    tracing::info!(
+        "loading model {}/{count} `{name}` from {}",
+        index + 1,
+        path.display()
+    );
+    let model = tokio::task::spawn_blocking(move || {
+        Model::load_with_progress(&path, &options, &mut |progress| {
+            if tty {
+                let width = 30;
+                let filled = progress.done * width / progress.total.max(1);
+                eprint!(
+                    "\rloading {name} [{}{}] {}/{}",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    progress.done,
+                    progress.total
+                );
+            }
+        })
+    })
+    .await
+    .context("the loading task failed")?
+    .with_context(|| format!("loading {}", p.path.display()))?;
+    if tty {
+        eprintln!();
+    }
+    let groups = model.kv_groups();
+    let sliding = groups.windows.iter().filter(|w| w.is_some()).count();
+    tracing::info!(
+        "loaded `{}` ({}) in {:.1} s: {} KV pages of {} positions ({} MiB of {}; {} group{} of \
+         {} layer{}, {sliding} sliding); CPU kernels: {}",
+        p.served.id(),
+        p.path.display(),
+        started.elapsed().as_secs_f64(),
+        model.num_blocks(),
+        model.block_size(),
+        model.kv_cache_bytes() >> 20,
+        crate::config::dtype_name(model.kv_dtype()),
+        groups.windows.len(),
+        if groups.windows.len() == 1 { "" } else { "s" },
+        groups.size,
+        if groups.size == 1 { "" } else { "s" },
+        kiln_runtime::kernels::Isa::active().kind().name()
+    );
+    Ok(model)
+}
+
+/// The KV budgets given in bytes, added up before anything loads: more than the memory there
+/// is fails now, not with an out-of-memory kill once the caches fill.
+fn check_fixed_kv_budgets(pending: &[Pending]) -> Result<()> {
+    let fixed: usize = pending
+        .iter()
+        .filter(|p| p.plan.load.device == kiln_runtime::DeviceKind::Cpu)
+        .filter_map(|p| match p.plan.load.kv_cache {
+            KvCacheSize::Bytes(bytes) => Some(bytes),
+            _ => None,
+        })
+        .sum();
+    if fixed == 0 {
+        return Ok(());
+    }
+    check_kv_total(fixed, pending.len())
+}
+
+/// The KV caches of the first `models` models (`total` bytes, committed as positions are
+/// written) must fit in the memory still available once their weights are loaded.
+fn check_kv_total(total: usize, models: usize) -> Result<()> {
+    let Some(available) = kiln_runtime::memory_available() else {
+        return Ok(());
+    };
+    if total > available {
+        bail!(
+            "the KV cache{} of {models} model{} would take {} MiB when full, but only {} MiB of \
+             memory is available: lower kv_cache_memory or kv_cache_tokens (per model in \
+             [[models]] of --config), or serve fewer models",
+            if models == 1 { "" } else { "s" },
+            if models == 1 { "" } else { "s" },
+            total >> 20,
+            available >> 20
+        );
+    }
+    Ok(())
+}
+
+/// What a person starting the server wants to see: where the API and the playground are, the
+/// models, and a request to paste.
+fn print_banner(addr: std::net::SocketAddr, pending: &[Pending], keyed: bool) {
+    let shown = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let auth = if keyed {
+        " -H \"Authorization: Bearer $KILN_API_KEY\""
+    } else {
+        ""
+    };
+    let models: Vec<&str> = pending.iter().map(|p| p.served.id()).collect();
+    let first = models[0];
+    eprintln!(
+        "\nKiln is serving {} at http://{shown}/v1\n\nTry it:\n  curl \
+         http://{shown}/v1/chat/completions{auth} -H \"Content-Type: application/json\" \\\n    -d \
+         '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the \
+         capital of France?\"}}]}}'\n",
+        models
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 async fn shutdown_signal() {

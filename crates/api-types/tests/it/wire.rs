@@ -6,7 +6,7 @@ use kiln_api_types::{
     ChatCompletionChunkChoice, ChatCompletionChunkObject, ChatCompletionDelta,
     ChatCompletionMessage, ChatCompletionObject, ChatCompletionRequest, ChatLogprobs, ChatMessage,
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, ErrorEnvelope,
-    FinishReason, Health, HealthStatus, MessageRole, Model, ModelList, Prompt,
+    FinishReason, Health, HealthStatus, MessageRole, Model, ModelHealth, ModelList, Prompt,
     TextCompletionObject, TokenLogprob, TopLogprob, TopLogprobsMap, Usage, ValidationError, code,
     parse_chat_request,
 };
@@ -312,7 +312,7 @@ fn models() {
     let list = ModelList::new(vec![
         Model::new("smollm2", 1_700_000_000, "kiln"),
         Model::new("smolvlm", 1_700_000_000, "kiln")
-            .with_images()
+            .with_images(12)
             .with_context_length(8192),
     ]);
     assert_wire(
@@ -323,16 +323,29 @@ fn models() {
                 {"id": "smollm2", "object": "model", "created": 1_700_000_000, "owned_by": "kiln",
                  "input_modalities": ["text"]},
                 {"id": "smolvlm", "object": "model", "created": 1_700_000_000, "owned_by": "kiln",
-                 "input_modalities": ["text", "image"], "context_length": 8192}
+                 "input_modalities": ["text", "image"], "context_length": 8192,
+                 "max_images_per_request": 12}
             ]
         }),
     );
-    assert_wire(&Health::default(), json!({"status": "ok"}));
+    assert_wire(&Health::default(), json!({"status": "ok", "models": []}));
     assert_wire(
         &Health {
             status: HealthStatus::Loading,
+            models: vec![
+                ModelHealth {
+                    id: "smollm2".into(),
+                    status: HealthStatus::Ok,
+                },
+                ModelHealth {
+                    id: "smolvlm".into(),
+                    status: HealthStatus::Loading,
+                },
+            ],
         },
-        json!({"status": "loading"}),
+        json!({"status": "loading", "models": [
+            {"id": "smollm2", "status": "ok"}, {"id": "smolvlm", "status": "loading"}
+        ]}),
     );
 }
 

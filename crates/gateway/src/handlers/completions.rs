@@ -60,12 +60,20 @@ fn add_usage(total: Usage, u: kiln_scheduler::Usage) -> Usage {
     )
 }
 
-pub(crate) async fn completions(gw: Arc<Gateway>, body: Bytes) -> Result<Response<Body>, ApiError> {
-    let backend = gw.backend()?.clone();
+pub(crate) async fn completions(
+    gw: Arc<Gateway>,
+    deployment: Option<String>,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    // Before any model is ready every request is a 503, whatever its body.
+    gw.require_some_model()?;
+    let req = kiln_api_types::parse_completion_request(&body)?;
+    // The model first: its vocabulary bounds the token ids the request may hold.
+    let target = gw.resolve(deployment.as_deref(), req.model.as_deref())?;
+    let (model, backend) = (target.name, target.backend.clone());
     let mut limits = gw.config.limits;
     limits.vocab_size = Some(backend.engine.model_info().vocab_size as u32);
-    let req = kiln_api_types::parse_completion_request(&body)?.validate(&limits)?;
-    let model = gw.resolve_model(req.model.as_deref())?;
+    let req = req.validate(&limits)?;
     if req.echo && req.logprobs.is_some() {
         return Err(ApiError::new(
             ErrorKind::UnsupportedParameter,

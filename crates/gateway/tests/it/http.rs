@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_gateway::{Backend, Cors, Gateway, GatewayConfig};
+use kiln_gateway::{Backend, Cors, Gateway, GatewayConfig, ServedModel};
 use kiln_runtime::{LoadOptions, Model};
 use kiln_scheduler::{Completion, Engine, EngineConfig, GenerationRequest};
 use kiln_tokenizer::Tokenizer;
@@ -38,7 +38,9 @@ async fn start_with(keys: &[&str], cors: Cors) -> Setup {
     let engine =
         Engine::start(model, tokenizer.clone(), EngineConfig::default(), &registry).unwrap();
     let config = GatewayConfig {
-        served_model_names: vec!["tiny".into(), "tiny-alias".into()],
+        models: vec![ServedModel {
+            names: vec!["tiny".into(), "tiny-alias".into()],
+        }],
         api_keys: keys.iter().map(|k| k.to_string()).collect(),
         max_body_bytes: 4096,
         cors,
@@ -62,11 +64,14 @@ async fn start_with(keys: &[&str], cors: Cors) -> Setup {
 
 impl Setup {
     fn ready(&self) {
-        self.gateway.set_backend(Backend {
-            engine: self.engine.handle(),
-            tokenizer: self.tokenizer.clone(),
-            vision: None,
-        });
+        self.gateway.set_backend(
+            0,
+            Backend {
+                engine: self.engine.handle(),
+                tokenizer: self.tokenizer.clone(),
+                vision: None,
+            },
+        );
     }
 }
 
@@ -469,5 +474,167 @@ async fn browsers_may_only_send_json_and_cors_is_opt_in() {
             .to_ascii_lowercase()
             .contains("access-control-allow-origin"),
         "{head}"
+    );
+}
+
+/// Two engines behind one gateway: `model` and deployments route, `/health` waits for both and
+/// says which is ready, `/v1/models` lists both, and each engine's metrics carry its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_route_by_name_and_deployment() {
+    let tokenizer = Arc::new(Tokenizer::from_hf_dir(testdata().join("smollm2")).unwrap());
+    let registry = prometheus::Registry::new();
+    let engine = |name: &str| {
+        let model = Model::load(&testdata().join("tiny-llama"), &LoadOptions::default()).unwrap();
+        let config = EngineConfig {
+            model_name: name.into(),
+            ..EngineConfig::default()
+        };
+        Engine::start(model, tokenizer.clone(), config, &registry).unwrap()
+    };
+    let (first, second) = (engine("first"), engine("second"));
+    let config = GatewayConfig {
+        models: vec![
+            ServedModel {
+                names: vec!["first".into(), "first-alias".into()],
+            },
+            ServedModel::named("second"),
+        ],
+        deployments: [("dep-second".to_string(), "second".to_string())].into(),
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(config.clone(), registry.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        gateway
+            .clone()
+            .serve(listener, std::future::pending(), Duration::from_secs(1)),
+    );
+    let backend = |engine: &Engine| Backend {
+        engine: engine.handle(),
+        tokenizer: tokenizer.clone(),
+        vision: None,
+    };
+    let complete = |path: &'static str, model: Value| async move {
+        let body = json!({"model": model, "prompt": PROMPT, "max_tokens": 3, "temperature": 0});
+        let (status, _, b) = call(addr, "POST", path, &[], body.to_string().as_bytes()).await;
+        (status, serde_json::from_str::<Value>(&b).unwrap())
+    };
+
+    gateway.set_backend(0, backend(&first));
+    let (status, _, b) = call(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap(),
+        json!({"status": "loading", "models": [
+            {"id": "first", "status": "ok"}, {"id": "second", "status": "loading"}
+        ]})
+    );
+    // The ready model serves while the other loads; the other says it is loading.
+    assert_eq!(complete("/v1/completions", json!("first")).await.0, 200);
+    let (status, v) = complete("/v1/completions", json!("second")).await;
+    assert_eq!(status, 503);
+    assert!(v["error"]["message"].as_str().unwrap().contains("`second`"));
+    gateway.set_backend(1, backend(&second));
+    assert_eq!(call(addr, "GET", "/health", &[], b"").await.0, 200);
+
+    let (_, _, b) = call(addr, "GET", "/v1/models", &[], b"").await;
+    let ids: Vec<Value> = serde_json::from_str::<Value>(&b).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![json!("first"), json!("first-alias"), json!("second")]
+    );
+
+    let generated = |model: &str| -> f64 {
+        registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "kiln_generation_tokens_total")
+            .unwrap()
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label().iter().any(|l| l.value() == model))
+            .unwrap()
+            .get_counter()
+            .get_value()
+    };
+    let before = (generated("first"), generated("second"));
+    // By name; empty → the default (the first).
+    for (model, engine) in [("second", 1), ("first-alias", 0), ("", 0)] {
+        let (status, v) = complete("/v1/completions", json!(model)).await;
+        assert_eq!(status, 200, "{model}: {v}");
+        let expected = if model.is_empty() { "first" } else { model };
+        assert_eq!(v["model"], expected);
+        let now = (generated("first"), generated("second"));
+        let moved = if engine == 0 {
+            now.0 > before.0
+        } else {
+            now.1 > before.1
+        };
+        assert!(
+            moved,
+            "{model} ran on engine {engine}: {before:?} → {now:?}"
+        );
+    }
+    // A mapped deployment serves its model: empty `model` goes there, another model is refused,
+    // its model list is that model's; an unmapped deployment is a 404.
+    let (status, v) = complete("/v1/ai/dep-second/completions", json!("")).await;
+    assert_eq!((status, v["model"].clone()), (200, json!("second")));
+    let (status, v) = complete("/v1/ai/dep-second/completions", json!("first")).await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let (_, _, b) = call(addr, "GET", "/v1/ai/dep-second/models", &[], b"").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap()["data"][0]["id"],
+        "second"
+    );
+    let (status, v) = complete("/v1/ai/other/completions", json!("first")).await;
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("`other`"));
+    let (status, _, _) = call(addr, "GET", "/v1/ai/other/models", &[], b"").await;
+    assert_eq!(status, 404);
+    let (status, v) = complete("/v1/completions", json!("third")).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (404, json!("model_not_found"))
+    );
+
+    // /metrics shows both engines' series, each with its label.
+    let (_, _, metrics) = call(addr, "GET", "/metrics", &[], b"").await;
+    assert!(
+        metrics.contains("kiln_num_requests_running{model=\"first\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kiln_num_requests_running{model=\"second\"}"));
+
+    // Bad configurations are refused up front.
+    let mut dup = config.clone();
+    dup.models[1].names.push("first-alias".into());
+    assert!(Gateway::new(dup, prometheus::Registry::new()).is_err());
+    let mut dangling = config;
+    dangling.deployments.insert("dep-x".into(), "nobody".into());
+    assert!(Gateway::new(dangling, prometheus::Registry::new()).is_err());
+}
+
+/// Every response says `nosniff`: none is to be read as anything but its declared type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_is_nosniff() {
+    let s = start(&["k"]).await;
+    let (status, head, _) = call(s.addr, "GET", "/v1/models", &[], b"").await;
+    assert_eq!(status, 401);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff")
+    );
+    let (status, head, _) = call(s.addr, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 503);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff")
     );
 }

@@ -154,7 +154,7 @@ impl KvLayout {
 /// Bytes this process may still allocate: the system's available memory, and the cgroup's
 /// limit less its usage when there is one (a container's limit is what the OOM killer
 /// enforces). `None` where neither can be read.
-fn memory_available() -> Option<usize> {
+pub fn memory_available() -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let available = meminfo_kib(&meminfo, "MemAvailable")? * 1024;
     Some(cgroup_headroom().map_or(available, |room| room.min(available)))

@@ -17,6 +17,7 @@ mod self_attention;
 mod vision;
 
 pub(crate) use attention::{Mask, attention};
+pub use kv::memory_available;
 pub(crate) use kv::{KvLayout, LayerKv, PagedKv, StepSlots};
 pub(crate) use linear::{Embedding, Linear, host_f32};
 pub(crate) use mlp::GatedMlp;

@@ -673,3 +673,60 @@ fn gemma3_golden_prompts_concurrently_and_from_the_prefix_cache() {
     }
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn engines_of_two_models_share_a_registry_by_their_model_label() {
+    let registry = Registry::new();
+    let options = LoadOptions {
+        kv_cache: KvCacheSize::Tokens(64 * 16),
+        ..Default::default()
+    };
+    let start = |name: &str| {
+        let model = Model::load(&testdata().join("tiny-llama"), &options).unwrap();
+        let config = EngineConfig {
+            model_name: name.into(),
+            ..EngineConfig::default()
+        };
+        Engine::start(model, tokenizer(), config, &registry).unwrap()
+    };
+    let a = start("model-a");
+    let b = start("model-b");
+    // The same name twice is refused: its series would collide.
+    let model = Model::load(&testdata().join("tiny-llama"), &options).unwrap();
+    let twice = EngineConfig {
+        model_name: "model-a".into(),
+        ..EngineConfig::default()
+    };
+    assert!(Engine::start(model, tokenizer(), twice, &registry).is_err());
+
+    let done = run(&a.handle(), GenerationRequest::greedy(prompt(5, 1), 7));
+    let by_model = |name: &str| -> Vec<(String, f64)> {
+        let family = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let label = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "model")
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default();
+                (label, m.get_counter().get_value())
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_model("kiln_generation_tokens_total"),
+        vec![
+            ("model-a".to_string(), done.usage.completion_tokens as f64),
+            ("model-b".to_string(), 0.0)
+        ]
+    );
+    a.shutdown(Duration::from_secs(5));
+    b.shutdown(Duration::from_secs(5));
+}

@@ -1,7 +1,8 @@
 //! End-to-end: runs the pytest suite in `tests/e2e/`, which starts this crate's real `kiln`
 //! binary on the default model (and on Gemma 3 270M, the second real model, and the tiny random
-//! SmolVLM for image input: test_vision.py) and drives it with the
-//! official `openai` Python client, `requests` and curl. The Python environment comes from `cargo xtask e2e-env` (CI runs it).
+//! SmolVLM for image input: test_vision.py; both models at once: test_multi_model.py) and
+//! drives it with the official `openai` Python client, `requests` and curl. The Python
+//! environment comes from `cargo xtask e2e-env` (CI runs it).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ fn openai_clients_against_the_real_server() {
         .current_dir(&dir)
         .env("KILN_BIN", env!("CARGO_BIN_EXE_kiln"))
         .env("KILN_GEMMA3_MODEL", &gemma)
+        .env("KILN_DEFAULT_MODEL", &model)
         .env("KILN_E2E_LOGS", &logs)
         .status()
         .unwrap();
