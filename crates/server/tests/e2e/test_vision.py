@@ -115,7 +115,8 @@ def image_error(resp, param=IMG):
 
 def metric(server, name):
     text = requests.get(server.base + "/metrics", timeout=10).text
-    line = next(l for l in text.splitlines() if l.startswith(name + " "))
+    # One model served: its one series (engine metrics carry a `model` label).
+    line = next(l for l in text.splitlines() if l.startswith((name + " ", name + "{")))
     return float(line.split()[-1])
 
 
