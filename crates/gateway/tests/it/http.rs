@@ -47,6 +47,17 @@ async fn start_with(keys: &[&str], cors: Cors) -> Setup {
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(config, registry).unwrap();
+    let addr = listen(&gateway).await;
+    Setup {
+        addr,
+        gateway,
+        engine,
+        tokenizer,
+    }
+}
+
+/// Serves `gateway` on a free local port until the test ends.
+async fn listen(gateway: &Arc<Gateway>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -54,12 +65,7 @@ async fn start_with(keys: &[&str], cors: Cors) -> Setup {
             .clone()
             .serve(listener, std::future::pending(), Duration::from_secs(1)),
     );
-    Setup {
-        addr,
-        gateway,
-        engine,
-        tokenizer,
-    }
+    addr
 }
 
 impl Setup {
@@ -503,13 +509,7 @@ async fn two_models_route_by_name_and_deployment() {
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(config.clone(), registry.clone()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        gateway
-            .clone()
-            .serve(listener, std::future::pending(), Duration::from_secs(1)),
-    );
+    let addr = listen(&gateway).await;
     let backend = |engine: &Engine| Backend {
         engine: engine.handle(),
         tokenizer: tokenizer.clone(),
