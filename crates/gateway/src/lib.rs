@@ -11,6 +11,8 @@
 //! `sse` stream. A chat's image parts are fetched by `fetch` (SSRF-safe) and decoded and
 //! processed by `images` before its prompt is built.
 //!
+//! The web playground (`playground`) is a page embedded in the binary, served at `/`.
+//!
 //! Several models may be served, each by its own engine: a request's `model` (or its
 //! deployment, see [`GatewayConfig::deployments`]) picks the [`Backend`].
 
@@ -26,6 +28,7 @@ pub mod fetch;
 mod handlers;
 mod ids;
 mod images;
+mod playground;
 mod routing;
 mod server;
 mod sse;

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, read_body};
 use crate::error::{ApiError, ErrorKind};
+use crate::playground::{self, Asset};
 use crate::{Gateway, auth, handlers};
 
 /// Which route a request matched (also the metrics label).
@@ -20,6 +21,10 @@ pub(crate) enum Route {
     Model(String),
     Chat,
     Completions,
+    /// The playground page or one of its files.
+    Page(&'static Asset),
+    /// What the playground needs to know of this server.
+    PageConfig,
     NotFound,
 }
 
@@ -34,7 +39,11 @@ impl Route {
                     "/health" => (Self::Health, "/health"),
                     "/metrics" => (Self::Metrics, "/metrics"),
                     "/openapi.json" => (Self::OpenApi, "/openapi.json"),
-                    _ => (Self::NotFound, "unknown"),
+                    playground::CONFIG_PATH => (Self::PageConfig, "/playground"),
+                    _ => match Asset::find(path) {
+                        Some(asset) => (Self::Page(asset), "/playground"),
+                        None => (Self::NotFound, "unknown"),
+                    },
                 };
                 return (route, label, None);
             }
@@ -101,10 +110,11 @@ impl Route {
         }
     }
 
-    /// Health and the OpenAPI document are always public; metrics as configured.
+    /// Health, the OpenAPI document and the playground's files are always public (the page
+    /// asks for a key when the API needs one); metrics as configured.
     fn needs_key(&self, metrics_require_key: bool) -> bool {
         match self {
-            Self::Health | Self::OpenApi => false,
+            Self::Health | Self::OpenApi | Self::Page(_) | Self::PageConfig => false,
             Self::Metrics => metrics_require_key,
             _ => true,
         }
@@ -137,6 +147,10 @@ impl Gateway {
             Route::Health => Ok(handlers::info::health(self)),
             Route::Metrics => handlers::info::metrics(self),
             Route::OpenApi => Ok(handlers::info::openapi(self)),
+            Route::Page(asset) => Ok(asset.response()),
+            Route::PageConfig => Ok(playground::config_response(
+                !self.config.api_keys.is_empty(),
+            )),
             Route::Models => handlers::info::models(self, deployment),
             Route::Model(id) => handlers::info::model(self, deployment, id),
             Route::Chat => {
@@ -226,6 +240,13 @@ mod tests {
         assert_eq!(Route::parse("/v1/chat/completions/").0, Route::Chat);
         assert_eq!(Route::parse("/v1/chat/completions").2, None);
         assert_eq!(Route::parse("/v1/ai/my-dep/models/x").2, Some("my-dep"));
+        for page in ["/", "/playground", "/playground/app.js"] {
+            let (route, label, _) = Route::parse(page);
+            assert!(matches!(route, Route::Page(_)), "{page}");
+            assert_eq!(label, "/playground");
+            assert!(!route.needs_key(true) && route.accepts(&Method::HEAD));
+        }
+        assert_eq!(Route::parse("/playground/x.js").0, Route::NotFound);
     }
 
     #[test]

@@ -270,7 +270,7 @@ fn print_banner(addr: std::net::SocketAddr, pending: &[Pending], keyed: bool) {
     let models: Vec<&str> = pending.iter().map(|p| p.served.id()).collect();
     let first = models[0];
     eprintln!(
-        "\nKiln is serving {} at http://{shown}/v1\n\nTry it:\n  curl \
+        "\nKiln is serving {} at http://{shown}/v1\nPlayground: http://{shown}/\n\nTry it:\n  curl \
          http://{shown}/v1/chat/completions{auth} -H \"Content-Type: application/json\" \\\n    -d \
          '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the \
          capital of France?\"}}]}}'\n",

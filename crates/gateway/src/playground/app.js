@@ -20,16 +20,55 @@ const state = {
 
 // ---- parameters -------------------------------------------------------------------------------
 
-// `def`: the server's own default, so a value equal to it is left out of the request.
+// `def`: the server's own default, so a value equal to it is left out of the request. The
+// fields are built from this list, so a parameter is written down once.
 const PARAMS = [
-  { id: "temperature", key: "temperature", def: 1, min: 0, max: 2 },
-  { id: "top_p", key: "top_p", def: 1, min: 0, max: 1 },
-  { id: "max_tokens", key: "max_tokens", int: true, min: 1 },
-  { id: "stop_seqs", key: "stop", list: true },
-  { id: "seed", key: "seed", int: true },
-  { id: "presence_penalty", key: "presence_penalty", def: 0, min: -2, max: 2 },
-  { id: "frequency_penalty", key: "frequency_penalty", def: 0, min: -2, max: 2 },
+  { id: "temperature", label: "Temperature", key: "temperature", def: 1, min: 0, max: 2, step: 0.05, slider: true },
+  { id: "top_p", label: "Top P", key: "top_p", def: 1, min: 0, max: 1, step: 0.01, slider: true },
+  { id: "max_tokens", label: "Max tokens", key: "max_tokens", int: true, min: 1, step: 1, placeholder: "auto", hint: true },
+  { id: "stop_seqs", label: "Stop sequences", key: "stop", list: true, placeholder: "One per line, up to 4 (\\n for a newline)" },
+  { id: "seed", label: "Seed", key: "seed", int: true, step: 1, placeholder: "random" },
+  { id: "presence_penalty", label: "Presence penalty", key: "presence_penalty", def: 0, min: -2, max: 2, step: 0.1, slider: true },
+  { id: "frequency_penalty", label: "Frequency penalty", key: "frequency_penalty", def: 0, min: -2, max: 2, step: 0.1, slider: true },
 ];
+
+function paramField(p) {
+  const field = el("div", p.slider ? "field slider" : "field");
+  field.dataset.param = p.key;
+  const label = el("label", "", p.label);
+  label.htmlFor = p.id;
+  let input;
+  if (p.list) {
+    input = el("textarea");
+    input.rows = 2;
+    input.spellcheck = false;
+    field.append(label, input);
+  } else {
+    input = el("input");
+    input.type = "number";
+    for (const a of ["min", "max", "step"]) if (p[a] !== undefined) input[a] = String(p[a]);
+    if (p.def !== undefined) input.value = String(p.def);
+    const row = el("div", "row");
+    row.append(label, input);
+    field.appendChild(row);
+  }
+  input.id = p.id;
+  if (p.placeholder) input.placeholder = p.placeholder;
+  if (p.slider) {
+    const range = field.appendChild(el("input"));
+    range.type = "range";
+    range.id = p.id + "-range";
+    for (const a of ["min", "max", "step"]) range[a] = String(p[a]);
+    range.value = String(p.def);
+    range.tabIndex = -1; // the number field beside it is the keyboard's way in
+    range.setAttribute("aria-label", p.label + " slider");
+  }
+  if (p.hint) field.appendChild(el("p", "hint")).id = p.id + "-hint";
+  const error = field.appendChild(el("p", "error"));
+  error.id = p.id + "-error";
+  error.hidden = true;
+  return field;
+}
 
 function readParam(p) {
   const input = $(p.id);
@@ -398,8 +437,25 @@ function retry(ms) {
   retryTimer = setTimeout(loadModels, ms);
 }
 
+// Whether this server wants a key: asked once, so that a keyed server's page opens on the key
+// field instead of on a refused request.
+let keyRequired = null;
+
 async function loadModels() {
   clearTimeout(retryTimer);
+  if (keyRequired === null) {
+    try {
+      const res = await fetch("/playground/config.json");
+      keyRequired = !!(await res.json()).api_key_required;
+    } catch {
+      banner("Can't reach the Kiln server. Retrying…", true);
+      return retry(2000);
+    }
+  }
+  if (keyRequired && !state.key) {
+    showKeyBox("This server needs an API key: enter it above.");
+    return;
+  }
   let res;
   try {
     res = await fetch(API + "/models", { headers: headers() });
@@ -648,6 +704,7 @@ function renderCode() {
 // ---- wiring -------------------------------------------------------------------------------------
 
 function init() {
+  $("param-fields").replaceWith(...PARAMS.map(paramField));
   applyTheme(localStorage.getItem("kiln.theme") || "system");
   $("theme").addEventListener("click", () => {
     const next = THEMES[(THEMES.indexOf($("theme").dataset.choice) + 1) % THEMES.length];

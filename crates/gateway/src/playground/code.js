@@ -34,12 +34,6 @@ export function literal(v, flavor, indent = "") {
   return open.trim() + "\n" + items.map((x, i) => inner + x + (i < last ? "," : f.comma) + "\n").join("") + indent + close.trim();
 }
 
-/** `sk-…abcd`: enough to recognise a key on screen, not enough to use it. */
-export function maskKey(key) {
-  if (!key) return key;
-  return key.length > 10 ? key.slice(0, 3) + "…" + key.slice(-4) : "•".repeat(Math.min(key.length, 8));
-}
-
 /** The body with each long data URL cut to its start and its size, for showing on screen. */
 export function truncateDataUrls(body) {
   return JSON.parse(JSON.stringify(body), (k, v) => {
@@ -52,12 +46,12 @@ export function truncateDataUrls(body) {
   });
 }
 
-// The view differs from the copied text only in truncated images and a masked key.
+// The view differs from the copied text only in shortened images, so that what is shown runs
+// as it is (the key is this tab's own, shown to whoever typed it).
 function prepare(body, opts = {}) {
-  const view = !!opts.forView;
   return {
-    body: view ? truncateDataUrls(body) : body,
-    key: opts.apiKey ? (view ? maskKey(opts.apiKey) : opts.apiKey) : "",
+    body: opts.forView ? truncateDataUrls(body) : body,
+    key: opts.apiKey || "",
     baseUrl: opts.baseUrl,
   };
 }

@@ -174,9 +174,11 @@ const CODE_SPAN = /^(`+)([\s\S]*?[^`])\1(?!`)/;
 const LINK = /^(!?)\[([^\]]*)\]\(\s*<?([^\s<>()]*(?:\([^\s()]*\)[^\s<>()]*)*)>?(?:\s+"[^"]*")?\s*\)/;
 const AUTOLINK = /^<((?:https?:\/\/|mailto:)[^\s<>]+)>/;
 const BARE_URL = /^https?:\/\/[^\s<>"'`]+/;
-const STRONG = /^(\*\*|__)(?!\s)([\s\S]*?\S)\1(?!\*)/;
+const STRONG_STAR = /^\*\*(?!\s)([\s\S]*?\S)\*\*(?!\*)/;
+// Underscores open and close only outside words (`snake__case__names` stay as they are).
+const STRONG_UNDER = /^__(?!\s)([\s\S]*?\S)__(?![\p{L}\p{N}_])/u;
 const EM_STAR = /^\*([^\s*](?:[^*]*[^\s*])?)\*/;
-const EM_UNDER = /^_([^\s_](?:[^_]*[^\s_])?)_(?![\p{L}\p{N}])/u;
+const EM_UNDER = /^_([^\s_](?:[^_]*[^\s_])?)_(?![\p{L}\p{N}_])/u;
 const STRIKE = /^~~(?!\s)([\s\S]*?\S)~~/;
 
 // Inline spans of one line; `inLink` keeps anchors from nesting.
@@ -231,15 +233,15 @@ function inline(text, parent, inLink = false) {
         buf += url;
       }
       i += url.length;
-    } else if ((ch === "*" || ch === "_") && (m = STRONG.exec(rest)) && (ch === "*" || !/[\p{L}\p{N}]/u.test(prev))) {
+    } else if ((m = ch === "*" ? STRONG_STAR.exec(rest) : ch === "_" && !/[\p{L}\p{N}_]/u.test(prev) ? STRONG_UNDER.exec(rest) : null)) {
       flush();
-      inline(m[2], el("strong", parent), inLink);
+      inline(m[1], el("strong", parent), inLink);
       i += m[0].length;
     } else if (ch === "*" && (m = EM_STAR.exec(rest))) {
       flush();
       inline(m[1], el("em", parent), inLink);
       i += m[0].length;
-    } else if (ch === "_" && !/[\p{L}\p{N}]/u.test(prev) && (m = EM_UNDER.exec(rest))) {
+    } else if (ch === "_" && !/[\p{L}\p{N}_]/u.test(prev) && (m = EM_UNDER.exec(rest))) {
       flush();
       inline(m[1], el("em", parent), inLink);
       i += m[0].length;

@@ -638,3 +638,59 @@ async fn every_response_is_nosniff() {
             .contains("x-content-type-options: nosniff")
     );
 }
+
+/// The playground is public (it asks for the key itself), served before any model is ready,
+/// under its policy; a file it does not have is the API's 404.
+#[tokio::test]
+async fn the_playground_is_served_with_its_policy() {
+    let s = start(&["k"]).await;
+    for path in ["/", "/playground", "/playground/"] {
+        let (status, head, body) = call(s.addr, "GET", path, &[], b"").await;
+        assert_eq!(status, 200, "{path}");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("content-type: text/html; charset=utf-8"),
+            "{head}"
+        );
+        assert!(
+            head.contains("content-security-policy: default-src 'self'; script-src 'self';"),
+            "{head}"
+        );
+        assert!(head.contains("frame-ancestors 'none'"), "{head}");
+        assert!(head.contains("x-frame-options: deny"), "{head}");
+        assert!(head.contains("referrer-policy: no-referrer"), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        assert!(body.contains("<script type=\"module\" src=\"/playground/app.js\">"));
+    }
+    let (status, head, body) = call(s.addr, "GET", "/playground/app.js", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/javascript")
+    );
+    assert!(body.contains("import { renderMarkdown }"));
+    let (status, _, body) = call(s.addr, "HEAD", "/playground/style.css", &[], b"").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let (status, head, _) = call(s.addr, "POST", "/", &[], b"").await;
+    assert_eq!(status, 405);
+    assert!(head.to_ascii_lowercase().contains("allow: get, head"));
+    let (status, _, body) = call(s.addr, "GET", "/playground/missing.js", &[], b"").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "not_found"
+    );
+    // The API behind it still wants the key, and the page is told so before it calls.
+    let (status, _, _) = call(s.addr, "GET", "/v1/models", &[], b"").await;
+    assert_eq!(status, 401);
+    let config = |addr| async move {
+        let (status, _, body) = call(addr, "GET", "/playground/config.json", &[], b"").await;
+        assert_eq!(status, 200);
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    assert_eq!(config(s.addr).await, json!({"api_key_required": true}));
+    assert_eq!(
+        config(start(&[]).await.addr).await,
+        json!({"api_key_required": false})
+    );
+}

@@ -1,8 +1,10 @@
 //! End-to-end: runs the pytest suite in `tests/e2e/`, which starts this crate's real `kiln`
 //! binary on the default model (and on Gemma 3 270M, the second real model, and the tiny random
 //! SmolVLM for image input: test_vision.py; both models at once: test_multi_model.py) and
-//! drives it with the official `openai` Python client, `requests` and curl. The Python
-//! environment comes from `cargo xtask e2e-env` (CI runs it).
+//! drives it with the official `openai` Python client, `requests` and curl; the playground is
+//! driven in Debian's Chromium by Playwright (test_playground.py), and its Node snippet run with
+//! the official `openai` Node package. The Python venv and the Node folder come from
+//! `cargo xtask e2e-env` (CI runs it).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -50,6 +52,10 @@ fn openai_clients_against_the_real_server() {
         .env("KILN_GEMMA3_MODEL", &gemma)
         .env("KILN_DEFAULT_MODEL", &model)
         .env("KILN_E2E_LOGS", &logs)
+        .env(
+            "KILN_E2E_NODE_MODULES",
+            kiln_hub::kiln_home().unwrap().join("e2e-node/node_modules"),
+        )
         .status()
         .unwrap();
     assert!(
