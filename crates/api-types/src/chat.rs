@@ -110,9 +110,10 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::null_only")]
     pub reasoning_effort: Option<Value>,
-    /// Output format: only `{"type": "text"}` (or null) is accepted.
+    /// Output format: `{"type": "text"}`, `{"type": "json_object"}` or `{"type":
+    /// "json_schema", "json_schema": {…}}`, enforced while decoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::text_response_format")]
+    #[schemars(schema_with = "schema::response_format")]
     pub response_format: Option<Value>,
     /// Accepted and ignored: Kiln keeps no per-user abuse record.
     #[serde(default, skip_serializing_if = "Option::is_none")]

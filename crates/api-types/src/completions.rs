@@ -105,6 +105,10 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::null_only")]
     pub suffix: Option<Value>,
+    /// A Kiln extension: the output format, as chat's `response_format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::response_format")]
+    pub response_format: Option<Value>,
     /// Sampling temperature, 0 to 2; 0 is greedy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 2.0))]
@@ -155,6 +159,7 @@ impl CompletionRequest {
             stream: None,
             stream_options: None,
             suffix: None,
+            response_format: None,
             temperature: None,
             top_p: None,
             user: None,

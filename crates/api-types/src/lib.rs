@@ -16,6 +16,7 @@ mod limits;
 mod models;
 pub mod openapi;
 mod parse;
+mod response_format;
 mod schema;
 pub mod validate;
 
@@ -37,6 +38,7 @@ pub use limits::{DEFAULT_MAX_IMAGES, DEFAULT_MAX_N, Limits, MAX_STOP};
 pub use models::{Health, HealthStatus, Modality, Model, ModelHealth, ModelList};
 pub use openapi::{openapi, openapi_for};
 pub use parse::{parse_chat_request, parse_completion_request};
+pub use response_format::{ResponseFormat, SCHEMA_PARAM};
 pub use validate::{
     GenerationParams, ImagePart, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion,
     ValidatedMessage,

@@ -36,14 +36,33 @@ pub(crate) fn text_modality(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// `response_format`: `{"type": "text"}` or null.
-pub(crate) fn text_response_format(_: &mut SchemaGenerator) -> Schema {
+/// `response_format`: text, any JSON object, or JSON valid against a schema; or null.
+pub(crate) fn response_format(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "anyOf": [
             {
                 "type": "object",
-                "properties": { "type": { "const": "text" } },
+                "properties": { "type": { "enum": ["text", "json_object"] } },
                 "required": ["type"],
+                "additionalProperties": false
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "type": { "const": "json_schema" },
+                    "json_schema": {
+                        "type": "object",
+                        "properties": {
+                            "name": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" },
+                            "description": { "type": ["string", "null"] },
+                            "schema": { "type": ["object", "null"] },
+                            "strict": { "type": ["boolean", "null"] }
+                        },
+                        "required": ["name"],
+                        "additionalProperties": false
+                    }
+                },
+                "required": ["type", "json_schema"],
                 "additionalProperties": false
             },
             { "type": "null" }

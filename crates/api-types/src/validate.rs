@@ -39,7 +39,7 @@
 //! | `parallel_tool_calls` | Accepted, ignored: there are no tools to call. |
 //! | `tool_choice`, `function_call` | `"none"` accepted (the only behaviour without tools); anything else rejected. |
 //! | `tools`, `functions` | Rejected: no tool calling. |
-//! | `response_format` | `{"type": "text"}` accepted; `json_object` and `json_schema` rejected: no constrained decoding. |
+//! | `response_format` | Honoured: `text`, `json_object` (any JSON object) and `json_schema` (`name` 1–64 of `[A-Za-z0-9_-]`, `description`, `schema`, `strict`), enforced token by token; a schema keyword the grammar engine cannot enforce is rejected by the gateway, naming it (`response_format.json_schema.schema`). Unknown keys rejected. |
 //! | `modalities` | `["text"]` accepted; anything else rejected. |
 //! | `audio`, `prediction`, `web_search_options`, `reasoning_effort` | Rejected: not implemented. |
 //!
@@ -59,6 +59,7 @@
 //! | `logprobs` | Honoured, 0 to 5 (alternatives per position, besides the chosen token). |
 //! | `suffix` | Rejected: no insertion. |
 //! | `temperature`, `top_p`, `top_k`, `min_p`, `frequency_penalty`, `presence_penalty`, `repetition_penalty`, `seed`, `stop`, `logit_bias`, `stream`, `stream_options`, `user` | As for chat. |
+//! | `response_format` | A Kiln extension (OpenAI's legacy API has none): as for chat. |
 
 use std::collections::BTreeMap;
 
@@ -69,6 +70,7 @@ use crate::common::{Stop, StreamOptions};
 use crate::completions::{CompletionRequest, Prompt};
 use crate::error::{ValidationError, code};
 use crate::limits::MAX_STOP;
+use crate::response_format::{self, ResponseFormat};
 // Re-exported so that the limits this table names keep their `validate::` paths.
 pub use crate::limits::{
     LEGACY_DEFAULT_MAX_TOKENS, Limits, MAX_LEGACY_LOGPROBS, MAX_PROMPTS, MAX_TOP_LOGPROBS,
@@ -144,6 +146,8 @@ pub struct GenerationParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// 1 to [`Limits::max_n`].
     pub n: u32,
+    /// What the output must be (chat's `response_format`; an extension of the legacy API).
+    pub response_format: ResponseFormat,
 }
 
 impl Default for GenerationParams {
@@ -161,6 +165,7 @@ impl Default for GenerationParams {
             stop: Vec::new(),
             logit_bias: Vec::new(),
             n: 1,
+            response_format: ResponseFormat::Text,
         }
     }
 }
@@ -224,9 +229,6 @@ impl ChatCompletionRequest {
                 r#"`modalities` must be ["text"]: this server only produces text"#,
             ));
         }
-        if let Some(format) = &self.response_format {
-            check_response_format(format)?;
-        }
         if self.store == Some(true) {
             return Err(ValidationError::at(
                 "store",
@@ -254,6 +256,7 @@ impl ChatCompletionRequest {
             logit_bias: self.logit_bias,
             stream: self.stream,
             stream_options: self.stream_options,
+            response_format: self.response_format,
         };
         let (params, stream, include_usage) =
             common.validate(max_completion_tokens.or(max_tokens), limits)?;
@@ -312,6 +315,7 @@ impl CompletionRequest {
             logit_bias: self.logit_bias,
             stream: self.stream,
             stream_options: self.stream_options,
+            response_format: self.response_format,
         };
         let (params, stream, include_usage) = common.validate(
             Some(max_tokens.unwrap_or(LEGACY_DEFAULT_MAX_TOKENS)),
@@ -365,6 +369,7 @@ struct Common {
     logit_bias: Option<BTreeMap<String, f64>>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    response_format: Option<Value>,
 }
 
 impl Common {
@@ -436,6 +441,7 @@ impl Common {
             stop,
             logit_bias,
             n,
+            response_format: response_format::validate(self.response_format)?,
         };
         Ok((params, stream, include_usage))
     }
@@ -504,25 +510,6 @@ fn allow_only_none(param: &str, v: Option<&Value>) -> Result<(), ValidationError
             param,
             code::UNSUPPORTED_PARAMETER,
             format!("`{param}` is not supported by this server (only \"none\" is accepted)"),
-        )),
-    }
-}
-
-fn check_response_format(format: &Value) -> Result<(), ValidationError> {
-    let object = format.as_object();
-    match object.and_then(|o| o.get("type")).and_then(Value::as_str) {
-        Some("text") if object.is_some_and(|o| o.len() == 1) => Ok(()),
-        Some(kind @ ("json_object" | "json_schema")) => Err(ValidationError::at(
-            "response_format",
-            code::UNSUPPORTED_PARAMETER,
-            format!(
-                "`response_format` of type `{kind}` is not supported by this server; only `text` is"
-            ),
-        )),
-        _ => Err(ValidationError::at(
-            "response_format",
-            code::INVALID_VALUE,
-            r#"`response_format` must be {"type": "text"}"#,
         )),
     }
 }

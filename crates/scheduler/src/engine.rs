@@ -20,6 +20,7 @@ use kiln_tokenizer::{Detokenizer, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::blocks::BlockManager;
+use crate::constraint::Constrained;
 use crate::metrics::Metrics;
 use crate::planner;
 use crate::sampling::{self, Rng};
@@ -70,6 +71,8 @@ struct Seq<'t> {
     done: bool,
     /// The prompt's images with their tower rows, shared by the request's choices.
     images: Option<Arc<SeqImages>>,
+    /// The grammar's matcher, for a request with an output format.
+    constraint: Option<Box<Constrained>>,
 }
 
 /// An image's spans in the prompt and the tower's rows for them (`hidden` values per token, in
@@ -326,6 +329,7 @@ impl<'t> State<'t> {
             last_token_at: None,
             done: false,
             images,
+            constraint: r.grammar.as_ref().map(|g| Box::new(Constrained::new(g))),
         };
         self.requests.insert(
             id,
@@ -490,6 +494,14 @@ impl<'t> State<'t> {
             return;
         }
 
+        // The grammars' next masks are computed while the model runs (they depend only on the
+        // tokens committed so far); a sequence without a grammar is not touched.
+        let mut pending: Vec<(usize, Box<Constrained>)> = Vec::new();
+        for (i, s) in self.running.iter_mut().enumerate().take(chunks.len()) {
+            if s.constraint.as_ref().is_some_and(|c| c.needs_mask()) {
+                pending.extend(s.constraint.take().map(|c| (i, c)));
+            }
+        }
         let embeds: Vec<Vec<Embeds<'_>>> = self
             .running
             .iter()
@@ -512,9 +524,36 @@ impl<'t> State<'t> {
                 embeds,
             })
             .collect();
-        let result = model.forward(&inputs);
+        let masked: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
+        let result = if pending.is_empty() {
+            model.forward(&inputs)
+        } else {
+            let (result, done) = std::thread::scope(|scope| {
+                let masks = scope.spawn(move || {
+                    for (_, c) in &mut pending {
+                        c.prepare();
+                    }
+                    pending
+                });
+                let result = model.forward(&inputs);
+                (result, masks.join().unwrap_or_default())
+            });
+            pending = done;
+            result
+        };
         drop(inputs);
         drop(embeds);
+        for (i, c) in pending {
+            self.running[i].constraint = Some(c);
+        }
+        // A grammar engine that panicked lost its matchers: those choices cannot go on
+        // constrained and must not go on unconstrained, so they fail when they sample.
+        for &i in &masked {
+            let seq = &mut self.running[i];
+            if seq.constraint.is_none() {
+                seq.constraint = Some(Box::new(Constrained::broken("the grammar engine failed")));
+            }
+        }
         let logits = match result {
             Ok(logits) => logits,
             Err(err) => {
@@ -531,6 +570,9 @@ impl<'t> State<'t> {
         };
 
         let mut forks = Vec::new();
+        // Requests that cannot go on, failed once the batch is done (failing removes
+        // sequences, which would shift the batch's indices).
+        let mut failed: Vec<(u64, SchedulerError)> = Vec::new();
         for (i, (chunk, out)) in chunks.iter().zip(&logits).enumerate() {
             let seq = &mut self.running[i];
             seq.computed += chunk;
@@ -563,15 +605,18 @@ impl<'t> State<'t> {
                 forks.extend(self.fork(i, out.last()));
             }
             let logits = out.last().to_vec();
-            self.advance(i, &logits);
+            failed.extend(self.advance(i, &logits).err());
         }
         for (seq, logits) in forks {
             self.running.push(seq);
             let i = self.running.len() - 1;
-            self.advance(i, &logits);
+            failed.extend(self.advance(i, &logits).err());
         }
         self.free_slid_out();
         self.collect_finished();
+        for (id, err) in failed {
+            self.fail(id, err);
+        }
     }
 
     /// Gives back the pages of sliding KV groups that slid out of their window: the next token
@@ -626,10 +671,11 @@ impl<'t> State<'t> {
         let Some(r) = self.requests.get(&request) else {
             return Vec::new();
         };
-        let (skip, stops, seed) = (
+        let (skip, stops, seed, grammar) = (
             r.request.skip_special_tokens,
             r.request.stop.clone(),
             r.seed,
+            &r.request.grammar,
         );
         let mut out = Vec::with_capacity(n);
         for choice in 1..=n {
@@ -653,6 +699,7 @@ impl<'t> State<'t> {
                     last_token_at: None,
                     done: false,
                     images: images.clone(),
+                    constraint: grammar.as_ref().map(|g| Box::new(Constrained::new(g))),
                 },
                 logits.to_vec(),
             ));
@@ -661,14 +708,28 @@ impl<'t> State<'t> {
     }
 
     /// Samples the next token of running sequence `i` from its logits and streams the result.
-    fn advance(&mut self, i: usize, logits: &[f32]) {
+    /// An error: the request cannot go on (its grammar failed).
+    fn advance(&mut self, i: usize, logits: &[f32]) -> Result<(), (u64, SchedulerError)> {
         let now = Instant::now();
         let seq = &mut self.running[i];
         let Some(r) = self.requests.get_mut(&seq.request) else {
             seq.done = true;
-            return;
+            return Ok(());
         };
         let params = &r.request;
+        // With a grammar, the model's distribution over what the grammar allows: sampling
+        // and the reported logprobs both see the masked logits.
+        let masked;
+        let logits = match seq.constraint.as_mut() {
+            Some(c) => {
+                let mut l = logits.to_vec();
+                c.apply(&mut l)
+                    .map_err(|e| (seq.request, grammar_failed(&e)))?;
+                masked = l;
+                &masked[..]
+            }
+            None => logits,
+        };
         let mut scratch = logits.to_vec();
         let token = sampling::sample(
             &mut scratch,
@@ -677,6 +738,14 @@ impl<'t> State<'t> {
             &seq.tokens[seq.prompt_len..],
             &mut seq.rng,
         );
+        let grammar_done = match seq.constraint.as_mut() {
+            Some(c) => {
+                c.commit(token)
+                    .map_err(|e| (seq.request, grammar_failed(&e)))?;
+                c.is_finished()
+            }
+            None => false,
+        };
         let logprobs = params.logprobs.map(|top| {
             let (logprob, best) = sampling::logprobs(logits, token, top);
             let entry = |id: u32, logprob: f32| TokenLogprob {
@@ -707,7 +776,8 @@ impl<'t> State<'t> {
 
         let choice = seq.choice;
         let mut finish = None;
-        if params.stop_at_eos && self.eos.contains(&token) {
+        // A complete grammar ends the choice even where EOS would not (`stop_at_eos` off).
+        if (params.stop_at_eos || grammar_done) && self.eos.contains(&token) {
             let tail = seq.detok.flush().unwrap_or_default();
             finish = Some((FinishReason::Stop, release_tail(&mut seq.stop, &tail)));
         } else {
@@ -756,11 +826,16 @@ impl<'t> State<'t> {
                 self.requests.remove(&id);
             }
         }
+        Ok(())
     }
 
     fn collect_finished(&mut self) {
         self.running.retain(|s| !s.done);
     }
+}
+
+fn grammar_failed(message: &str) -> SchedulerError {
+    SchedulerError::Model(format!("constrained decoding failed: {message}"))
 }
 
 /// Requests among sequences (a request's choices are one request).

@@ -9,6 +9,7 @@
 //! channels and atomics. Dropping a stream cancels its request.
 
 mod blocks;
+mod constraint;
 mod engine;
 mod metrics;
 mod planner;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use kiln_runtime::{Model, RuntimeError};
 use kiln_tokenizer::Tokenizer;
 
+pub use constraint::{Grammar, OutputFormat};
 pub use sampling::{Logprobs, SamplingParams, TokenLogprob};
 
 /// [`EngineConfig::max_batched_tokens`] by default.
@@ -102,6 +104,9 @@ pub struct GenerationRequest {
     pub skip_special_tokens: bool,
     /// The prompt's images, in prompt order (empty for text).
     pub images: Vec<ImageInput>,
+    /// What the output must be, compiled by [`EngineHandle::compile`]; every choice is held
+    /// to it token by token.
+    pub grammar: Option<Grammar>,
 }
 
 /// An image in a prompt: its processed tiles, a hash of its pixels and of how they were
@@ -130,6 +135,7 @@ impl GenerationRequest {
             logprobs: None,
             skip_special_tokens: true,
             images: Vec::new(),
+            grammar: None,
         }
     }
 }
@@ -526,6 +532,7 @@ pub struct EngineHandle {
     shared: Arc<Shared>,
     info: ModelInfo,
     config: Arc<EngineConfig>,
+    grammars: Arc<constraint::Grammars>,
 }
 
 impl std::fmt::Debug for Command {
@@ -563,6 +570,7 @@ impl Engine {
         });
         let (tx, rx) = mpsc::channel();
         let config = Arc::new(config);
+        let grammar_tokenizer = tokenizer.clone();
         let thread = {
             let shared = shared.clone();
             let config = config.clone();
@@ -580,6 +588,10 @@ impl Engine {
             handle: EngineHandle {
                 tx,
                 shared,
+                grammars: Arc::new(constraint::Grammars::new(
+                    grammar_tokenizer,
+                    info.vocab_size,
+                )),
                 info,
                 config,
             },
@@ -608,6 +620,17 @@ impl EngineHandle {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Compiles an output format for this model's vocabulary (blocking: up to a few hundred
+    /// milliseconds the first time, while the vocabulary's trie is built, and for large
+    /// schemas). An unsupported schema is [`SchedulerError::InvalidParameter`] for `param`.
+    pub fn compile(
+        &self,
+        format: &OutputFormat,
+        param: &'static str,
+    ) -> Result<Grammar, SchedulerError> {
+        self.grammars.compile(format, param)
     }
 
     /// Requests waiting for admission now.

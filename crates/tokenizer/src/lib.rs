@@ -9,6 +9,7 @@
 //! from a user inside a chat message is always encoded literally, so typing `<|im_end|>` cannot end
 //! a turn (see [`template`]).
 
+mod bytes;
 mod detokenizer;
 mod gguf;
 mod hf;
@@ -17,6 +18,7 @@ pub mod template;
 
 use std::path::PathBuf;
 
+pub use bytes::TokenBytes;
 pub use detokenizer::Detokenizer;
 pub use template::{ChatMessage, ChatPrompt, ChatTemplateOptions, Content, ContentPart};
 

@@ -2,8 +2,11 @@
 //! the good values around it come out as the right typed values.
 
 use crate::common::*;
-use kiln_api_types::{ImageDetail, ImagePart, Limits, Part, PromptInput, Role, code};
-use serde_json::json;
+use kiln_api_types::{
+    CompletionRequest, ImageDetail, ImagePart, Limits, Part, PromptInput, ResponseFormat, Role,
+    code,
+};
+use serde_json::{Value, json};
 
 #[test]
 fn defaults() {
@@ -417,11 +420,6 @@ fn unsupported_features_are_rejected_by_name() {
         ("modalities", json!(["audio"])),
         ("modalities", json!([])),
         ("prediction", json!({"type": "content", "content": "x"})),
-        ("response_format", json!({"type": "json_object"})),
-        (
-            "response_format",
-            json!({"type": "json_schema", "json_schema": {"name": "x"}}),
-        ),
         ("store", json!(true)),
         ("web_search_options", json!({})),
         ("reasoning_effort", json!("low")),
@@ -441,8 +439,49 @@ fn unsupported_features_are_rejected_by_name() {
     assert_eq!(err.message, "`tools` is not supported by this server");
     assert_rejects(
         chat(&chat_body(json!({"response_format": {"type": "xml"}}))),
-        "response_format",
+        "response_format.type",
         code::INVALID_VALUE,
+    );
+}
+
+#[test]
+fn response_formats_become_typed_values() {
+    let format = |v: Value| {
+        chat(&chat_body(json!({"response_format": v}))).map(|c| c.params.response_format)
+    };
+    assert_eq!(
+        format(json!({"type": "json_object"})),
+        Ok(ResponseFormat::JsonObject)
+    );
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+    assert_eq!(
+        format(
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}})
+        ),
+        Ok(ResponseFormat::JsonSchema {
+            name: "x".into(),
+            schema,
+            strict: true
+        })
+    );
+    // The legacy API takes it too (a Kiln extension).
+    let legacy: CompletionRequest =
+        serde_json::from_value(json!({"prompt": "x", "response_format": {"type": "json_object"}}))
+            .unwrap();
+    assert_eq!(
+        legacy
+            .validate(&Limits::default())
+            .unwrap()
+            .params
+            .response_format,
+        ResponseFormat::JsonObject
+    );
+    assert_rejects(
+        chat(&chat_body(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}}),
+        )),
+        "response_format.json_schema.schema",
+        code::INVALID_TYPE,
     );
 }
 

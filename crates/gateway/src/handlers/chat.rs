@@ -14,7 +14,7 @@ use kiln_api_types::{
 use kiln_scheduler::{Completion, Event, ImageInput, SchedulerError};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content, ContentPart};
 
-use super::{fingerprint, finish, generation_request, token_logprob, usage};
+use super::{compile_format, fingerprint, finish, generation_request, token_logprob, usage};
 use crate::body::{Body, json_response};
 use crate::error::{ApiError, ErrorKind, from_scheduler};
 use crate::ids::{random_hex, unix_now};
@@ -89,6 +89,7 @@ pub(crate) async fn chat(
     let mut limits = gw.config.limits;
     limits.vocab_size = Some(backend.engine.model_info().vocab_size as u32);
     let req = req.validate(&limits)?;
+    let grammar = compile_format(&backend.engine, &req.params.response_format).await?;
     let vision = match &backend.vision {
         Some(v) if gw.takes_images(&backend) => Some(v),
         _ if req.image_count > 0 => {
@@ -148,7 +149,7 @@ pub(crate) async fn chat(
         ),
     };
     let n = req.params.n as usize;
-    let mut request = generation_request(prompt.ids, &req.params, req.logprobs);
+    let mut request = generation_request(prompt.ids, &req.params, req.logprobs, grammar.as_ref());
     request.images = images;
     let mut stream = backend
         .engine

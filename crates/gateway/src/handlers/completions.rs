@@ -15,7 +15,7 @@ use kiln_scheduler::{
 };
 use tokio::sync::mpsc;
 
-use super::{fingerprint, finish, generation_request, usage};
+use super::{compile_format, fingerprint, finish, generation_request, usage};
 use crate::Gateway;
 use crate::body::{Body, json_response};
 use crate::error::{ApiError, ErrorKind, from_scheduler};
@@ -81,6 +81,7 @@ pub(crate) async fn completions(
         )
         .param("echo"));
     }
+    let grammar = compile_format(&backend.engine, &req.params.response_format).await?;
     let n = req.params.n as usize;
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for p in &req.prompts {
@@ -94,7 +95,7 @@ pub(crate) async fn completions(
     // refuses the request (dropping the others' streams cancels them).
     let mut streams: Vec<GenerationStream> = Vec::with_capacity(prompts.len());
     for (_, ids) in &prompts {
-        let request = generation_request(ids.clone(), &req.params, req.logprobs);
+        let request = generation_request(ids.clone(), &req.params, req.logprobs, grammar.as_ref());
         streams.push(
             backend
                 .engine

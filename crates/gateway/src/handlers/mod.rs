@@ -5,8 +5,14 @@ pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod info;
 
-use kiln_api_types::{FinishReason, GenerationParams, TopLogprob, Usage};
-use kiln_scheduler::{GenerationRequest, Logprobs, SamplingParams};
+use kiln_api_types::{
+    FinishReason, GenerationParams, ResponseFormat, SCHEMA_PARAM, TopLogprob, Usage,
+};
+use kiln_scheduler::{
+    EngineHandle, GenerationRequest, Grammar, Logprobs, OutputFormat, SamplingParams,
+};
+
+use crate::error::{ApiError, from_scheduler};
 
 /// `system_fingerprint`: the build that answered.
 fn fingerprint() -> Option<String> {
@@ -27,10 +33,33 @@ fn usage(u: kiln_scheduler::Usage) -> Usage {
     Usage::new(u.prompt_tokens as u32, u.completion_tokens as u32)
 }
 
+/// The request's output format compiled for the model's vocabulary, on the blocking pool (a
+/// large schema, or the model's first, takes a while). A schema the grammar engine cannot
+/// enforce is a 400 naming the keyword.
+async fn compile_format(
+    engine: &EngineHandle,
+    format: &ResponseFormat,
+) -> Result<Option<Grammar>, ApiError> {
+    let (format, param) = match format {
+        ResponseFormat::Text => return Ok(None),
+        ResponseFormat::JsonObject => (OutputFormat::JsonObject, "response_format"),
+        ResponseFormat::JsonSchema { schema, .. } => {
+            (OutputFormat::JsonSchema(schema.clone()), SCHEMA_PARAM)
+        }
+    };
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.compile(&format, param))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map(Some)
+        .map_err(|e| from_scheduler(e, param))
+}
+
 fn generation_request(
     prompt: Vec<u32>,
     p: &GenerationParams,
     logprobs: Option<u8>,
+    grammar: Option<&Grammar>,
 ) -> GenerationRequest {
     GenerationRequest {
         prompt,
@@ -52,6 +81,7 @@ fn generation_request(
         logprobs: logprobs.map(usize::from),
         skip_special_tokens: true,
         images: Vec::new(),
+        grammar: grammar.cloned(),
     }
 }
 

@@ -4,4 +4,5 @@
 
 mod common;
 mod engine;
+mod grammar;
 mod images;
