@@ -92,7 +92,7 @@ pub struct ChatCompletionRequest {
     )]
     #[schemars(range(min = 1, max = 16))]
     pub n: Option<i64>,
-    /// Accepted and ignored: there are no tools to call.
+    /// Whether one answer may hold several tool calls (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
     /// Not supported (predicted outputs); must be absent or null.
@@ -146,13 +146,14 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: Option<f64>,
-    /// Tool choice: only `"none"` (or null) is accepted.
+    /// `none`, `auto` (the default with tools), `required`, or `{"type": "function",
+    /// "function": {"name": …}}`; `required` and a named function are enforced while decoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::none_or_null")]
+    #[schemars(schema_with = "schema::tool_choice")]
     pub tool_choice: Option<Value>,
-    /// Not supported (tool calling); must be absent or null.
+    /// Functions the model may call (at most 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::null_only")]
+    #[schemars(schema_with = "schema::tools")]
     pub tools: Option<Value>,
     /// How many most likely alternatives to return per token, 0 to 20; needs `logprobs: true`.
     #[serde(
@@ -230,8 +231,8 @@ string_enum!(Verbosity {
     High = "high",
 });
 
-/// A message's `role`. `tool` and `function` parse (so the error can say they are unsupported
-/// rather than unknown) but never validate.
+/// A message's `role`. `function` parses (so the error can say it is unsupported rather than
+/// unknown) but never validates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageRole {
@@ -256,12 +257,12 @@ string_enum!(MessageRole {
 ///
 /// One struct for every role, rather than an enum tagged by `role`: a tagged enum buffers the
 /// message and loses the path of any error inside it. The fields OpenAI defines only for tool
-/// calling and audio are kept as raw JSON so validation can reject a non-null value by name.
+/// calling and audio are kept as raw JSON so validation can check them and name the field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: MessageRole,
-    /// Required for every role (Kiln has no tool calls, the one case OpenAI lets it be null).
+    /// Required for every role but an assistant message with `tool_calls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<MessageContent>,
     /// The participant's name; passed to the chat template.
@@ -270,10 +271,10 @@ pub struct ChatMessage {
     /// An earlier assistant refusal; must be null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Value>,
-    /// Earlier tool calls; must be null.
+    /// An assistant message's tool calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Value>,
-    /// The call a tool message answers; must be null.
+    /// The call a tool message answers (required there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<Value>,
     /// An earlier function call (deprecated); must be null.
@@ -536,9 +537,13 @@ pub struct ChatCompletionChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatCompletionMessage {
     pub role: AssistantRole,
+    /// The text; null when the answer is only tool calls.
     pub content: Option<String>,
     /// Always null: Kiln's models do not produce structured refusals.
     pub refusal: Option<String>,
+    /// The calls the model made, when it made any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::ToolCall>>,
 }
 
 impl ChatCompletionMessage {
@@ -548,6 +553,7 @@ impl ChatCompletionMessage {
             role: AssistantRole::Value,
             content: Some(content.into()),
             refusal: None,
+            tool_calls: None,
         }
     }
 }
@@ -607,11 +613,14 @@ pub struct ChatCompletionChunkChoice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// What a chunk adds to a choice: the role in the first chunk, then text.
+/// What a chunk adds to a choice: the role in the first chunk, then text or pieces of tool
+/// calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatCompletionDelta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<AssistantRole>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::ToolCallDelta>>,
 }

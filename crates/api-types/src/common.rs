@@ -138,6 +138,10 @@ constant_tag!(
     /// `"role": "assistant"` in responses, the only role a response carries.
     AssistantRole = "assistant"
 );
+constant_tag!(
+    /// `"type": "function"`, the only kind of tool.
+    FunctionType = "function"
+);
 
 /// `stop`: one string or an array of up to [`MAX_STOP`] strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -245,7 +249,7 @@ impl Usage {
     }
 }
 
-/// Why a choice stopped. Kiln has no tools or content filter, so only these two occur.
+/// Why a choice stopped. Kiln has no content filter, so only these three occur.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
@@ -253,6 +257,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
+    /// The answer is one or more tool calls (chat only).
+    ToolCalls,
 }
 
 /// An integral `f64` as `i64`: JSON Schema counts `16.0` and `1e3` as integers, so they must

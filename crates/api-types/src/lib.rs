@@ -18,6 +18,7 @@ pub mod openapi;
 mod parse;
 mod response_format;
 mod schema;
+mod tools;
 pub mod validate;
 
 pub use chat::{
@@ -27,8 +28,8 @@ pub use chat::{
     TopLogprob, Verbosity,
 };
 pub use common::{
-    AssistantRole, ChatCompletionChunkObject, ChatCompletionObject, FinishReason, LOGPROB_FLOOR,
-    ListObject, ModelObject, Stop, StreamOptions, TextCompletionObject, Usage,
+    AssistantRole, ChatCompletionChunkObject, ChatCompletionObject, FinishReason, FunctionType,
+    LOGPROB_FLOOR, ListObject, ModelObject, Stop, StreamOptions, TextCompletionObject, Usage,
 };
 pub use completions::{
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Prompt, TopLogprobsMap,
@@ -39,6 +40,10 @@ pub use models::{Health, HealthStatus, Modality, Model, ModelHealth, ModelList};
 pub use openapi::{openapi, openapi_for};
 pub use parse::{parse_chat_request, parse_completion_request};
 pub use response_format::{ResponseFormat, SCHEMA_PARAM};
+pub use tools::{
+    FunctionCall, FunctionCallDelta, MAX_TOOLS, Tool, ToolCall, ToolCallDelta, ToolCallIn,
+    ToolChoice, Tools,
+};
 pub use validate::{
     GenerationParams, ImagePart, Part, PromptInput, Role, ValidatedChat, ValidatedCompletion,
     ValidatedMessage,

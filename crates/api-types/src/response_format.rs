@@ -32,7 +32,11 @@ fn invalid(param: &str, message: impl Into<String>) -> ValidationError {
 }
 
 /// Rejects any key of `object` not in `known`, naming it under `at`.
-fn only_keys(object: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), ValidationError> {
+pub(crate) fn only_keys(
+    object: &Map<String, Value>,
+    known: &[&str],
+    at: &str,
+) -> Result<(), ValidationError> {
     match object.keys().find(|k| !known.contains(&k.as_str())) {
         Some(key) => Err(ValidationError::at(
             format!("{at}.{key}"),
@@ -41,6 +45,14 @@ fn only_keys(object: &Map<String, Value>, known: &[&str], at: &str) -> Result<()
         )),
         None => Ok(()),
     }
+}
+
+/// A schema or function name as OpenAI allows it: 1 to 64 of `[A-Za-z0-9_-]`.
+pub(crate) fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `response_format` (absent or null: text).
@@ -89,14 +101,7 @@ fn json_schema(value: Option<&Value>) -> Result<ResponseFormat, ValidationError>
     };
     only_keys(o, &["name", "description", "schema", "strict"], AT)?;
     let name = match o.get("name") {
-        Some(Value::String(name))
-            if (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
-        {
-            name.clone()
-        }
+        Some(Value::String(name)) if is_name(name) => name.clone(),
         Some(Value::String(_)) => {
             return Err(invalid(
                 "response_format.json_schema.name",

@@ -50,23 +50,99 @@ pub(crate) fn response_format(_: &mut SchemaGenerator) -> Schema {
                 "type": "object",
                 "properties": {
                     "type": { "const": "json_schema" },
-                    "json_schema": {
-                        "type": "object",
-                        "properties": {
-                            "name": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" },
-                            "description": { "type": ["string", "null"] },
-                            "schema": { "type": ["object", "null"] },
-                            "strict": { "type": ["boolean", "null"] }
-                        },
-                        "required": ["name"],
-                        "additionalProperties": false
-                    }
+                    "json_schema": named_schema("schema")
                 },
                 "required": ["type", "json_schema"],
                 "additionalProperties": false
             },
             { "type": "null" }
         ]
+    })
+}
+
+/// A named JSON Schema as OpenAI writes one (`response_format.json_schema`, a tool's
+/// `function`): `name`, `description`, the schema under `key`, `strict`.
+fn named_schema(key: &str) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string", "pattern": NAME_PATTERN },
+            "description": { "type": ["string", "null"] },
+            key: { "type": ["object", "null"] },
+            "strict": { "type": ["boolean", "null"] }
+        },
+        "required": ["name"],
+        "additionalProperties": false
+    })
+}
+
+/// The names OpenAI allows for schemas and functions.
+const NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// `tools`: functions with a name and a JSON Schema for their arguments.
+pub(crate) fn tools(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": ["array", "null"],
+        "maxItems": crate::MAX_TOOLS,
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": { "const": "function" },
+                "function": named_schema("parameters")
+            },
+            "required": ["type", "function"],
+            "additionalProperties": false
+        }
+    })
+}
+
+/// `tool_choice`: a mode, or one function by name (which `tools` must define).
+pub(crate) fn tool_choice(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            { "enum": ["none", "auto", "required", null] },
+            {
+                "type": "object",
+                "properties": {
+                    "type": { "const": "function" },
+                    "function": {
+                        "type": "object",
+                        "properties": {
+                            "name": { "type": "string", "pattern": NAME_PATTERN }
+                        },
+                        "required": ["name"],
+                        "additionalProperties": false
+                    }
+                },
+                "required": ["type", "function"],
+                "additionalProperties": false
+            }
+        ]
+    })
+}
+
+/// An assistant message's earlier `tool_calls`.
+fn tool_calls_in() -> Value {
+    json!({
+        "type": ["array", "null"],
+        "items": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "minLength": 1 },
+                "type": { "const": "function" },
+                "function": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string", "minLength": 1 },
+                        "arguments": { "type": "string" }
+                    },
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false
+                }
+            },
+            "required": ["id", "type", "function"],
+            "additionalProperties": false
+        }
     })
 }
 
@@ -211,48 +287,80 @@ pub(crate) fn chat_message(image_url: &Value) -> Schema {
 /// given, the other accepted roles only text. The total image limit spans messages, which JSON
 /// Schema cannot state, so it is only described.
 pub(crate) fn chat_message_for(image_url: Option<&Value>, max_images: usize) -> Value {
-    let message = |roles: &[&str], part: Value| {
+    /// Which role a branch is for, and what it may hold beyond text.
+    enum Kind {
+        Plain,
+        Assistant,
+        Tool,
+    }
+    let message = |roles: &[&str], part: Value, kind: Kind| {
+        let content = json!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": part, "minItems": 1 }
+            ]
+        });
+        let (content, tool_calls, tool_call_id, required) = match kind {
+            Kind::Plain => (
+                content,
+                json!({ "type": "null" }),
+                json!({ "type": "null" }),
+                json!(["role", "content"]),
+            ),
+            // Content may be null when the message holds tool calls (not expressible here).
+            Kind::Assistant => (
+                json!({ "anyOf": [content, { "type": "null" }] }),
+                tool_calls_in(),
+                json!({ "type": "null" }),
+                json!(["role"]),
+            ),
+            Kind::Tool => (
+                content,
+                json!({ "type": "null" }),
+                json!({ "type": "string" }),
+                json!(["role", "content", "tool_call_id"]),
+            ),
+        };
         json!({
             "type": "object",
             "properties": {
                 "role": { "enum": roles },
-                "content": {
-                    "anyOf": [
-                        { "type": "string" },
-                        { "type": "array", "items": part, "minItems": 1 }
-                    ]
-                },
+                "content": content,
                 "name": { "type": ["string", "null"] },
                 "refusal": { "type": "null" },
-                "tool_calls": { "type": "null" },
-                "tool_call_id": { "type": "null" },
+                "tool_calls": tool_calls,
+                "tool_call_id": tool_call_id,
                 "function_call": { "type": "null" },
                 "audio": { "type": "null" }
             },
-            "required": ["role", "content"],
+            "required": required,
             "additionalProperties": false
         })
     };
-    match image_url {
-        Some(image_url) if max_images > 0 => json!({
-            "description": format!(
-                "A message. Image parts are allowed in user messages only, at most {max_images} \
-                 in the whole request; roles `tool` and `function` are not supported."
-            ),
-            "oneOf": [
-                message(&["user"], content_part(Some(image_url))),
-                message(&["system", "developer", "assistant"], content_part(None))
-            ]
-        }),
-        _ => {
-            let mut schema = message(&["system", "developer", "user", "assistant"], text_part());
-            schema["description"] = json!(
-                "A message with text content (this server accepts no images); roles `tool` and \
-                 `function` are not supported."
-            );
-            schema
-        }
-    }
+    let user_part = match image_url {
+        Some(image_url) if max_images > 0 => content_part(Some(image_url)),
+        _ => text_part(),
+    };
+    let description = if max_images > 0 && image_url.is_some() {
+        format!(
+            "A message. Image parts are allowed in user messages only, at most {max_images} in \
+             the whole request; a `tool` message answers an earlier call by `tool_call_id`; \
+             role `function` is not supported."
+        )
+    } else {
+        "A message with text content (this server accepts no images); a `tool` message \
+         answers an earlier call by `tool_call_id`; role `function` is not supported."
+            .to_owned()
+    };
+    json!({
+        "description": description,
+        "oneOf": [
+            message(&["user"], user_part, Kind::Plain),
+            message(&["system", "developer"], text_part(), Kind::Plain),
+            message(&["assistant"], text_part(), Kind::Assistant),
+            message(&["tool"], text_part(), Kind::Tool)
+        ]
+    })
 }
 
 /// The type-level rules of a chat request, under the default limits.

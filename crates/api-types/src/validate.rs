@@ -12,12 +12,14 @@
 //! | Field | Treatment |
 //! | --- | --- |
 //! | `model` | Honoured. Missing or `""` → `None`: the server's default model. |
-//! | `messages` | Honoured. At least one. Roles `system`, `developer`, `user`, `assistant`; `tool` and `function` rejected (no tool calling). |
-//! | `messages[i].content` | Honoured. Required for every role (null only makes sense with tool calls). A string, or a non-empty array of parts: `text` anywhere, `image_url` in user messages only; other part types rejected. |
+//! | `messages` | Honoured. At least one. Roles `system`, `developer`, `user`, `assistant`, `tool`; `function` (deprecated) rejected. |
+//! | `messages[i].content` | Honoured. Required for every role, except an assistant message with `tool_calls` (null or absent there). A string, or a non-empty array of parts: `text` anywhere, `image_url` in user messages only; other part types rejected. |
 //! | `messages[i].content[j].image_url.url` | Honoured. `https://`, `http://`, `data:image/…;base64,…` or `file://` (scheme checked, case-insensitively; fetched and decoded by the gateway, `file://` only under `--allowed-local-media-path`). At most [`Limits::max_images`] images per request; with `max_images` 0 any image part is rejected. |
 //! | `messages[i].content[j].image_url.detail` | Accepted, ignored: the model's own image resolution is used. |
 //! | `messages[i].name` | Honoured: given to the chat template. |
-//! | `messages[i].refusal`, `.tool_calls`, `.tool_call_id`, `.function_call`, `.audio` | Null accepted (clients echo them back); any value rejected. |
+//! | `messages[i].tool_calls` | Honoured in assistant messages (`id`, `type: "function"`, `function.name`, `function.arguments` as a JSON string): given to the chat template; in other roles only null. |
+//! | `messages[i].tool_call_id` | Required in `tool` messages, and must name a call of an earlier assistant message; in other roles only null. |
+//! | `messages[i].refusal`, `.function_call`, `.audio` | Null accepted (clients echo them back); any value rejected. |
 //! | `frequency_penalty`, `presence_penalty` | Honoured, −2 to 2. |
 //! | `logit_bias` | Honoured. Keys are decimal token ids (below [`Limits::vocab_size`] when known), values −100 to 100. |
 //! | `logprobs`, `top_logprobs` | Honoured. `top_logprobs` 0 to 20, and only with `logprobs: true`. |
@@ -36,9 +38,10 @@
 //! | `service_tier` | Accepted (OpenAI's values), ignored: there is one tier. |
 //! | `prompt_cache_key` | Accepted, ignored: prefix reuse needs no key. |
 //! | `verbosity` | Accepted (`low`/`medium`/`high`), ignored: a length hint, not a constraint. |
-//! | `parallel_tool_calls` | Accepted, ignored: there are no tools to call. |
-//! | `tool_choice`, `function_call` | `"none"` accepted (the only behaviour without tools); anything else rejected. |
-//! | `tools`, `functions` | Rejected: no tool calling. |
+//! | `tools` | Honoured: up to [`MAX_TOOLS`](crate::MAX_TOOLS) functions (`type: "function"`; `function.name` 1–64 of `[A-Za-z0-9_-]`, unique; `description`; `parameters`, a JSON Schema object, none meaning no arguments; `strict`). `[]` means no tools. A `parameters` keyword the grammar engine cannot enforce is rejected by the gateway, naming it. |
+//! | `tool_choice` | Honoured: `none`, `auto` (the default with tools), `required`, or `{"type": "function", "function": {"name"}}` naming a defined tool; anything but `none` needs tools. |
+//! | `parallel_tool_calls` | Honoured: `false` allows at most one call per answer. |
+//! | `functions`, `function_call` | Deprecated by OpenAI for `tools`: `functions` rejected, `function_call` only `"none"`. |
 //! | `response_format` | Honoured: `text`, `json_object` (any JSON object) and `json_schema` (`name` 1–64 of `[A-Za-z0-9_-]`, `description`, `schema`, `strict`), enforced token by token; a schema keyword the grammar engine cannot enforce is rejected by the gateway, naming it (`response_format.json_schema.schema`). Unknown keys rejected. |
 //! | `modalities` | `["text"]` accepted; anything else rejected. |
 //! | `audio`, `prediction`, `web_search_options`, `reasoning_effort` | Rejected: not implemented. |
@@ -71,6 +74,7 @@ use crate::completions::{CompletionRequest, Prompt};
 use crate::error::{ValidationError, code};
 use crate::limits::MAX_STOP;
 use crate::response_format::{self, ResponseFormat};
+use crate::tools::{self, ToolCallIn, Tools};
 // Re-exported so that the limits this table names keep their `validate::` paths.
 pub use crate::limits::{
     LEGACY_DEFAULT_MAX_TOKENS, Limits, MAX_LEGACY_LOGPROBS, MAX_PROMPTS, MAX_TOP_LOGPROBS,
@@ -84,6 +88,8 @@ pub enum Role {
     Developer,
     User,
     Assistant,
+    /// A tool's result, answering an earlier call.
+    Tool,
 }
 
 impl Role {
@@ -94,6 +100,7 @@ impl Role {
             Role::Developer => "developer",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -118,8 +125,13 @@ pub struct ImagePart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedMessage {
     pub role: Role,
+    /// Empty only for an assistant message that holds just tool calls.
     pub content: Vec<Part>,
     pub name: Option<String>,
+    /// Assistant messages only: the calls it made.
+    pub tool_calls: Vec<ToolCallIn>,
+    /// Tool messages only: the call this result answers.
+    pub tool_call_id: Option<String>,
 }
 
 /// Generation settings shared by both APIs, every value in range.
@@ -184,6 +196,8 @@ pub struct ValidatedChat {
     pub logprobs: Option<u8>,
     /// Images over all messages.
     pub image_count: usize,
+    /// The functions the model may call, and whether it must.
+    pub tools: Tools,
 }
 
 /// One legacy prompt.
@@ -212,10 +226,9 @@ pub struct ValidatedCompletion {
 impl ChatCompletionRequest {
     /// Checks every field (see the [module table](self)) and returns typed values.
     pub fn validate(self, limits: &Limits) -> Result<ValidatedChat, ValidationError> {
-        reject_non_null("tools", self.tools.as_ref())?;
         reject_non_null("functions", self.functions.as_ref())?;
-        allow_only_none("tool_choice", self.tool_choice.as_ref())?;
         allow_only_none("function_call", self.function_call.as_ref())?;
+        let tools = tools::validate(self.tools, self.tool_choice, self.parallel_tool_calls)?;
         reject_non_null("audio", self.audio.as_ref())?;
         reject_non_null("prediction", self.prediction.as_ref())?;
         reject_non_null("web_search_options", self.web_search_options.as_ref())?;
@@ -290,6 +303,7 @@ impl ChatCompletionRequest {
             include_usage,
             logprobs,
             image_count,
+            tools,
         })
     }
 }
@@ -501,7 +515,7 @@ fn reject_non_null(param: &str, v: Option<&Value>) -> Result<(), ValidationError
     }
 }
 
-/// `tool_choice` and `function_call` may say `"none"`, which is what happens without tools.
+/// `function_call` may say `"none"`, which is what happens without functions.
 fn allow_only_none(param: &str, v: Option<&Value>) -> Result<(), ValidationError> {
     match v {
         None | Some(Value::Null) => Ok(()),
@@ -622,6 +636,8 @@ fn validate_messages(
     }
     let mut images = 0usize;
     let mut out = Vec::with_capacity(messages.len());
+    // Every call id so far: a tool message must answer one of them.
+    let mut call_ids = std::collections::HashSet::new();
     for (i, message) in messages.into_iter().enumerate() {
         let at = |field: &str| format!("messages[{i}].{field}");
         let role = match message.role {
@@ -629,27 +645,74 @@ fn validate_messages(
             MessageRole::Developer => Role::Developer,
             MessageRole::User => Role::User,
             MessageRole::Assistant => Role::Assistant,
-            MessageRole::Tool | MessageRole::Function => {
+            MessageRole::Tool => Role::Tool,
+            MessageRole::Function => {
                 return Err(ValidationError::at(
                     at("role"),
                     code::UNSUPPORTED_PARAMETER,
-                    format!(
-                        "messages with role `{}` are not supported by this server (no tool calling)",
-                        message.role.as_str()
-                    ),
+                    "messages with role `function` (deprecated by OpenAI) are not supported by \
+                     this server; send tool results as role `tool`",
                 ));
             }
         };
         for (field, value) in [
             ("refusal", &message.refusal),
-            ("tool_calls", &message.tool_calls),
-            ("tool_call_id", &message.tool_call_id),
             ("function_call", &message.function_call),
             ("audio", &message.audio),
         ] {
             reject_non_null(&at(field), value.as_ref())?;
         }
+        let tool_calls = match (&message.tool_calls, role) {
+            (None | Some(Value::Null), _) => Vec::new(),
+            (Some(calls), Role::Assistant) => tools::calls_in(calls, &at("tool_calls"))?,
+            (Some(_), _) => {
+                return Err(ValidationError::at(
+                    at("tool_calls"),
+                    code::INVALID_VALUE,
+                    "`tool_calls` is only allowed in assistant messages",
+                ));
+            }
+        };
+        call_ids.extend(tool_calls.iter().map(|c| c.id.clone()));
+        let tool_call_id = match (&message.tool_call_id, role) {
+            (None | Some(Value::Null), Role::Tool) => {
+                return Err(ValidationError::at(
+                    at("tool_call_id"),
+                    code::MISSING_REQUIRED_PARAMETER,
+                    format!("`{}` is required in tool messages", at("tool_call_id")),
+                ));
+            }
+            (None | Some(Value::Null), _) => None,
+            (Some(Value::String(id)), Role::Tool) => {
+                if !call_ids.contains(id) {
+                    return Err(ValidationError::at(
+                        at("tool_call_id"),
+                        code::INVALID_VALUE,
+                        format!(
+                            "`{}` is {id:?}, which no earlier assistant message's `tool_calls` holds",
+                            at("tool_call_id")
+                        ),
+                    ));
+                }
+                Some(id.clone())
+            }
+            (Some(_), Role::Tool) => {
+                return Err(ValidationError::at(
+                    at("tool_call_id"),
+                    code::INVALID_TYPE,
+                    format!("`{}` must be a string", at("tool_call_id")),
+                ));
+            }
+            (Some(_), _) => {
+                return Err(ValidationError::at(
+                    at("tool_call_id"),
+                    code::INVALID_VALUE,
+                    "`tool_call_id` is only allowed in tool messages",
+                ));
+            }
+        };
         let content = match message.content {
+            None if !tool_calls.is_empty() => Vec::new(),
             None => {
                 return Err(ValidationError::at(
                     at("content"),
@@ -707,6 +770,8 @@ fn validate_messages(
             role,
             content,
             name: message.name,
+            tool_calls,
+            tool_call_id,
         });
     }
     if images > limits.max_images {

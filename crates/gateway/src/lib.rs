@@ -32,6 +32,7 @@ mod playground;
 mod routing;
 mod server;
 mod sse;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -45,6 +46,7 @@ use prometheus::Registry;
 pub use cors::Cors;
 pub use error::{ApiError, ErrorKind};
 pub use images::{MediaConfig, Vision, spans as image_spans};
+pub use tools::ToolSyntax;
 
 /// The name of [`GatewayConfig::models`]' one model by default.
 pub const DEFAULT_SERVED_MODEL_NAME: &str = "default";
@@ -130,6 +132,9 @@ pub struct Backend {
     pub tokenizer: Arc<Tokenizer>,
     /// The image side of a vision model.
     pub vision: Option<Vision>,
+    /// How the model writes tool calls (`ToolSyntax::detect` on its template, or
+    /// `--tool-call-format`).
+    pub tool_syntax: ToolSyntax,
 }
 
 /// The HTTP service. Serve it with [`Gateway::serve`]; it answers `/health` with 503 until

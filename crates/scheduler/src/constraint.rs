@@ -1,5 +1,6 @@
-//! Constrained decoding: what a request's output must be (any JSON object, or JSON valid
-//! against a schema) compiled by llguidance into a token mask per step.
+//! Constrained decoding: what a request's output must be (any JSON object, JSON valid against a
+//! schema, or a Lark grammar such as a tool call's syntax around its arguments' schemas)
+//! compiled by llguidance into a token mask per step.
 //!
 //! A request's [`Grammar`] is compiled once, at the edge, so a bad schema is a 400 before
 //! anything is queued; each choice then runs its own [`Constrained`] matcher. The mask of the
@@ -23,6 +24,9 @@ pub enum OutputFormat {
     JsonObject,
     /// JSON valid against this schema (draft 2020-12, the keywords llguidance implements).
     JsonSchema(Value),
+    /// Text in llguidance's Lark dialect, where `%json {…}` embeds a schema (write it with
+    /// [`OutputFormat::embedded_schema`] to get the same JSON layout) and `<[id]>` a token.
+    Lark(String),
 }
 
 /// How JSON is laid out: one space after `,` and `:` and no other whitespace, as Python's
@@ -33,21 +37,33 @@ fn layout() -> Value {
 }
 
 impl OutputFormat {
-    fn schema(&self) -> Value {
-        let mut schema = match self {
+    /// `schema` with Kiln's JSON layout, for a `%json` inside a Lark grammar.
+    pub fn embedded_schema(schema: &Value) -> Value {
+        let mut schema = schema.clone();
+        with_layout(&mut schema);
+        schema
+    }
+
+    fn grammar(&self) -> TopLevelGrammar {
+        let schema = match self {
             Self::JsonObject => json!({"type": "object"}),
             Self::JsonSchema(schema) => schema.clone(),
+            Self::Lark(lark) => return TopLevelGrammar::from_lark(lark.clone()),
         };
-        if let Some(map) = schema.as_object_mut() {
-            let mut options = layout();
-            if let (Some(ours), Some(Value::Object(theirs))) =
-                (options.as_object_mut(), map.get("x-guidance"))
-            {
-                ours.extend(theirs.clone());
-            }
-            map.insert("x-guidance".into(), options);
+        TopLevelGrammar::from_json_schema(Self::embedded_schema(&schema))
+    }
+}
+
+/// Sets the layout options on a schema, keeping any the schema sets itself.
+fn with_layout(schema: &mut Value) {
+    if let Some(map) = schema.as_object_mut() {
+        let mut options = layout();
+        if let (Some(ours), Some(Value::Object(theirs))) =
+            (options.as_object_mut(), map.get("x-guidance"))
+        {
+            ours.extend(theirs.clone());
         }
-        schema
+        map.insert("x-guidance".into(), options);
     }
 }
 
@@ -112,7 +128,7 @@ impl Grammars {
         format: &OutputFormat,
         param: &'static str,
     ) -> Result<Grammar, SchedulerError> {
-        let grammar = TopLevelGrammar::from_json_schema(format.schema());
+        let grammar = format.grammar();
         let parser = self.factory()?.create_parser(grammar).map_err(|e| {
             SchedulerError::InvalidParameter {
                 param,
@@ -273,14 +289,13 @@ mod tests {
 
     #[test]
     fn our_layout_unless_the_schema_says_otherwise() {
-        let s = OutputFormat::JsonObject.schema();
+        let s = OutputFormat::embedded_schema(&json!({"type": "object"}));
         assert_eq!(s["type"], "object");
         assert_eq!(s["x-guidance"]["whitespace_flexible"], false);
-        let s = OutputFormat::JsonSchema(json!({
+        let s = OutputFormat::embedded_schema(&json!({
             "type": "array",
             "x-guidance": {"whitespace_flexible": true}
-        }))
-        .schema();
+        }));
         assert_eq!(s["x-guidance"]["whitespace_flexible"], true);
         assert_eq!(s["x-guidance"]["item_separator"], ", ");
     }

@@ -39,6 +39,13 @@ pub(crate) struct ServeConfig {
     #[arg(long, env = "KILN_CHAT_TEMPLATE", value_name = "FILE")]
     pub(crate) chat_template: Option<PathBuf>,
 
+    /// How the first model writes tool calls: hermes (`<tool_call>` tags, Qwen 2.5),
+    /// llama3_json or mistral (`[TOOL_CALLS]`); applies where the chat template renders tools
+    /// (Kiln's generic tools prompt, for templates without, uses hermes) [default: detected
+    /// from the chat template]
+    #[arg(long, env = "KILN_TOOL_CALL_FORMAT", value_name = "FORMAT")]
+    pub(crate) tool_call_format: Option<kiln_gateway::ToolSyntax>,
+
     /// Name clients use for the first model (repeat for aliases; the first is its id)
     /// [default: NAME of --model NAME=PATH, else the file's]
     #[arg(long, env = "KILN_SERVED_MODEL_NAME", value_name = "NAME")]
@@ -176,7 +183,7 @@ pub(crate) struct ServeConfig {
 
     /// TOML file with any of these settings (keys are the flags with `_`: `max_running = 8`),
     /// and `[[models]]` entries, one per served model (`path`, `served_model_name`, `mmproj`,
-    /// `chat_template`, `device`, `dtype`, `kv_cache_memory`, `kv_cache_tokens`,
+    /// `chat_template`, `tool_call_format`, `device`, `dtype`, `kv_cache_memory`, `kv_cache_tokens`,
     /// `kv_cache_dtype`, `max_model_len`)
     #[arg(long, env = "KILN_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -239,6 +246,8 @@ pub(crate) struct ModelSpec {
     #[arg(long)]
     pub(crate) chat_template: Option<PathBuf>,
     #[arg(long)]
+    pub(crate) tool_call_format: Option<kiln_gateway::ToolSyntax>,
+    #[arg(long)]
     pub(crate) device: Option<DeviceKind>,
     #[arg(long)]
     pub(crate) dtype: Option<DType>,
@@ -260,6 +269,8 @@ pub(crate) struct ModelPlan {
     /// Empty: named after its file.
     pub(crate) names: Vec<String>,
     pub(crate) chat_template: Option<PathBuf>,
+    /// `None`: detected from the chat template.
+    pub(crate) tool_call_format: Option<kiln_gateway::ToolSyntax>,
     pub(crate) load: LoadOptions,
     pub(crate) engine: EngineConfig,
 }
@@ -317,6 +328,7 @@ impl ServeConfig {
             served_model_name: self.served_model_name.clone(),
             mmproj: self.mmproj.clone(),
             chat_template: self.chat_template.clone(),
+            tool_call_format: self.tool_call_format,
             ..ModelSpec::default()
         }
     }
@@ -354,6 +366,7 @@ impl ServeConfig {
         }
         first.mmproj = first.mmproj.take().or(top.mmproj);
         first.chat_template = first.chat_template.take().or(top.chat_template);
+        first.tool_call_format = first.tool_call_format.or(top.tool_call_format);
         specs
             .iter()
             .enumerate()
@@ -372,6 +385,7 @@ impl ServeConfig {
                     path: spec.path.clone(),
                     names: spec.served_model_name.clone(),
                     chat_template: spec.chat_template.clone(),
+                    tool_call_format: spec.tool_call_format,
                     load: self.load_options_for(spec),
                     engine,
                 })
@@ -994,7 +1008,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 32);
+        assert_eq!(seen, 33);
     }
 
     #[test]
@@ -1085,7 +1099,8 @@ mod tests {
              kv_cache_memory = \"512MiB\"\n\n\
              [[models]]\npath = \"/m/vlm\"\nserved_model_name = \"vlm\"\nmmproj = \"/m/p.gguf\"\n\
              chat_template = \"/m/t.jinja\"\ndtype = \"f16\"\nkv_cache_tokens = 4096\n\
-             kv_cache_dtype = \"f16\"\nmax_model_len = 256\ndevice = \"cpu\"\n",
+             kv_cache_dtype = \"f16\"\nmax_model_len = 256\ndevice = \"cpu\"\n\
+             tool_call_format = \"mistral\"\n",
         );
         let path = file.path().to_str().unwrap();
         let s = serve(&["--config", path]).unwrap();
@@ -1109,6 +1124,14 @@ mod tests {
         assert_eq!(plans[1].load.kv_cache, KvCacheSize::Tokens(4096));
         assert_eq!(plans[1].load.kv_dtype, DType::F16);
         assert_eq!(plans[1].engine.max_model_len, Some(256));
+        assert_eq!(
+            plans[0].tool_call_format, None,
+            "detected from the template"
+        );
+        assert_eq!(
+            plans[1].tool_call_format,
+            Some(kiln_gateway::ToolSyntax::Mistral)
+        );
         let gateway = s.gateway_config(vec![]).unwrap();
         assert_eq!(
             gateway

@@ -135,6 +135,9 @@ pub(crate) fn run(config: ServeConfig) -> Result<()> {
                     engine: engine.handle(),
                     tokenizer: p.tokenizer.clone(),
                     vision,
+                    tool_syntax: p.plan.tool_call_format.unwrap_or_else(|| {
+                        kiln_gateway::ToolSyntax::detect(p.tokenizer.chat_template())
+                    }),
                 },
             );
             engines.push(engine);

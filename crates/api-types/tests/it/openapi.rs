@@ -159,11 +159,14 @@ fn text_only_servers_document_no_images() {
     let schemas = &doc["components"]["schemas"];
     assert!(schemas.get("ImageUrl").is_none());
     assert!(!doc.to_string().contains("image_url"));
-    let roles = &schemas["ChatMessage"]["properties"]["role"]["enum"];
-    assert_eq!(
-        roles,
-        &serde_json::json!(["system", "developer", "user", "assistant"])
-    );
+    let roles: Vec<&str> = schemas["ChatMessage"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["properties"]["role"]["enum"].as_array().unwrap())
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "system", "developer", "assistant", "tool"]);
     let with_images = openapi();
     let description = with_images["components"]["schemas"]["ChatMessage"]["description"]
         .as_str()
@@ -200,7 +203,8 @@ fn request_schemas_state_the_constraints() {
     assert_eq!(props["n"]["maximum"], 16);
     assert_eq!(props["top_logprobs"]["maximum"], 20);
     assert_eq!(props["messages"]["minItems"], 1);
-    assert_eq!(props["tools"]["type"], "null");
+    assert_eq!(props["tools"]["maxItems"], 128);
+    assert_eq!(props["tool_choice"]["anyOf"][0]["enum"][2], "required");
     let stop = &doc["components"]["schemas"]["Stop"];
     assert_eq!(stop["anyOf"][1]["maxItems"], 4);
     assert_eq!(

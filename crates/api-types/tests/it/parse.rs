@@ -332,14 +332,18 @@ fn unknown_fields_are_rejected() {
 }
 
 #[test]
-fn tools_are_rejected() {
-    let err = assert_rejects(
-        chat(&chat_body(json!({
-            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
-            "tool_choice": "auto"
-        }))),
-        "tools",
-        code::UNSUPPORTED_PARAMETER,
+fn tools_parse_and_name_their_faults() {
+    let v = chat(&chat_body(json!({
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto"
+    })))
+    .unwrap();
+    assert_eq!(v.tools.tools[0].name, "get_weather");
+    assert_rejects(
+        chat(&chat_body(
+            json!({"tools": [{"type": "function", "function": {"name": "a", "parameters": {}, "extra": 1}}]}),
+        )),
+        "tools[0].function.extra",
+        code::UNKNOWN_PARAMETER,
     );
-    assert_eq!(err.message, "`tools` is not supported by this server");
 }

@@ -4,7 +4,7 @@
 use crate::common::*;
 use kiln_api_types::{
     CompletionRequest, ImageDetail, ImagePart, Limits, Part, PromptInput, ResponseFormat, Role,
-    code,
+    ToolChoice, code,
 };
 use serde_json::{Value, json};
 
@@ -403,16 +403,8 @@ fn stream_options_need_stream() {
 
 #[test]
 fn unsupported_features_are_rejected_by_name() {
-    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
     for (field, value) in [
-        ("tools", tool.clone()),
-        ("tools", json!([])),
         ("functions", json!([{"name": "f"}])),
-        ("tool_choice", json!("auto")),
-        (
-            "tool_choice",
-            json!({"type": "function", "function": {"name": "f"}}),
-        ),
         ("function_call", json!("auto")),
         ("function_call", json!({"name": "f"})),
         ("audio", json!({"voice": "alloy", "format": "wav"})),
@@ -435,8 +427,6 @@ fn unsupported_features_are_rejected_by_name() {
             "{err}"
         );
     }
-    let err = chat(&chat_body(json!({"tools": tool}))).unwrap_err();
-    assert_eq!(err.message, "`tools` is not supported by this server");
     assert_rejects(
         chat(&chat_body(json!({"response_format": {"type": "xml"}}))),
         "response_format.type",
@@ -518,16 +508,14 @@ fn harmless_openai_fields_are_accepted() {
 fn message_rules() {
     let with = |messages: serde_json::Value| chat(&json!({"model": "m", "messages": messages}));
     assert_rejects(with(json!([])), "messages", code::INVALID_VALUE);
-    for role in ["tool", "function"] {
-        let err = assert_rejects(
-            with(
-                json!([{"role": "user", "content": "x"}, {"role": role, "content": "r", "tool_call_id": "c"}]),
-            ),
-            "messages[1].role",
-            code::UNSUPPORTED_PARAMETER,
-        );
-        assert!(err.message.contains(role), "{err}");
-    }
+    let err = assert_rejects(
+        with(
+            json!([{"role": "user", "content": "x"}, {"role": "function", "content": "r", "name": "f"}]),
+        ),
+        "messages[1].role",
+        code::UNSUPPORTED_PARAMETER,
+    );
+    assert!(err.message.contains("function"), "{err}");
     assert_rejects(
         with(json!([{"role": "robot", "content": "x"}])),
         "messages[0].role",
@@ -556,10 +544,30 @@ fn message_rules() {
     assert_rejects(
         with(json!([{"role": "user", "content": "x"},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function"}]}])),
-        "messages[1].tool_calls",
-        code::UNSUPPORTED_PARAMETER,
+        "messages[1].tool_calls[0].function",
+        code::MISSING_REQUIRED_PARAMETER,
     );
-    for field in ["refusal", "function_call", "audio", "tool_call_id"] {
+    assert_rejects(
+        with(json!([{"role": "user", "content": "x", "tool_calls": []}])),
+        "messages[0].tool_calls",
+        code::INVALID_VALUE,
+    );
+    assert_rejects(
+        with(json!([{"role": "assistant", "content": "x", "tool_call_id": "c"}])),
+        "messages[0].tool_call_id",
+        code::INVALID_VALUE,
+    );
+    assert_rejects(
+        with(json!([{"role": "tool", "content": "x"}])),
+        "messages[0].tool_call_id",
+        code::MISSING_REQUIRED_PARAMETER,
+    );
+    assert_rejects(
+        with(json!([{"role": "tool", "content": "x", "tool_call_id": "nowhere"}])),
+        "messages[0].tool_call_id",
+        code::INVALID_VALUE,
+    );
+    for field in ["refusal", "function_call", "audio"] {
         assert_rejects(
             with(json!([{"role": "assistant", "content": "x", field: {"a": 1}}])),
             &format!("messages[0].{field}"),
@@ -581,6 +589,66 @@ fn message_rules() {
     );
     assert_eq!(v.messages[0].name.as_deref(), Some("ann"));
     assert_eq!(v.messages[2].content, vec![Part::Text("be brief".into())]);
+
+    // A tool loop: the call (no content) and its result.
+    let v = with(json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    ]))
+    .unwrap();
+    assert_eq!(v.messages[1].content, vec![]);
+    assert_eq!(v.messages[1].tool_calls[0].name, "get_weather");
+    assert_eq!(
+        v.messages[1].tool_calls[0].arguments,
+        "{\"city\": \"Paris\"}"
+    );
+    assert_eq!(v.messages[2].role, Role::Tool);
+    assert_eq!(v.messages[2].tool_call_id.as_deref(), Some("call_1"));
+}
+
+#[test]
+fn tools_become_typed_values() {
+    let tool =
+        json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}});
+    let v = chat(&chat_body(
+        json!({"tools": [tool], "parallel_tool_calls": false}),
+    ))
+    .unwrap();
+    assert_eq!(v.tools.choice, ToolChoice::Auto);
+    assert!(!v.tools.parallel);
+    assert_eq!(v.tools.tools[0].name, "f");
+    let v = chat(&chat_body(
+        json!({"tools": [tool], "tool_choice": "required"}),
+    ))
+    .unwrap();
+    assert_eq!(v.tools.choice, ToolChoice::Required);
+    let v = chat(&chat_body(
+        json!({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+    ))
+    .unwrap();
+    assert_eq!(v.tools.choice, ToolChoice::Function("f".into()));
+    // No tools: nothing to call, whatever `parallel_tool_calls` says.
+    let v = chat(&chat_body(json!({"tools": [], "tool_choice": "none"}))).unwrap();
+    assert!(!v.tools.enabled());
+    assert_rejects(
+        chat(&chat_body(
+            json!({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+        )),
+        "tool_choice.function.name",
+        code::INVALID_VALUE,
+    );
+    assert_rejects(
+        chat(&chat_body(json!({"tool_choice": "auto"}))),
+        "tool_choice",
+        code::INVALID_VALUE,
+    );
+    assert_rejects(
+        chat(&chat_body(json!({"tools": [tool, tool]}))),
+        "tools[1].function.name",
+        code::INVALID_VALUE,
+    );
 }
 
 #[test]

@@ -154,6 +154,7 @@ fn chat_chunks() {
             delta: ChatCompletionDelta {
                 role: Some(AssistantRole::Value),
                 content: Some(String::new()),
+                tool_calls: None,
             },
             logprobs: None,
             finish_reason: None,

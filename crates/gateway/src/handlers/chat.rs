@@ -14,11 +14,12 @@ use kiln_api_types::{
 use kiln_scheduler::{Completion, Event, ImageInput, SchedulerError};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content, ContentPart};
 
-use super::{compile_format, fingerprint, finish, generation_request, token_logprob, usage};
+use super::{fingerprint, finish_with_calls, generation_request, token_logprob, usage};
 use crate::body::{Body, json_response};
 use crate::error::{ApiError, ErrorKind, from_scheduler};
 use crate::ids::{random_hex, unix_now};
 use crate::sse::sse_response;
+use crate::tools::{ChoiceCalls, ToolPlan};
 use crate::{Gateway, images};
 
 /// The field that holds a chat's prompt, for errors about it.
@@ -58,7 +59,8 @@ fn template_message(m: &ValidatedMessage, as_parts: bool) -> ChatMessage {
             .collect();
         Content::Text(text.join("\n"))
     };
-    // Templates written for system prompts rarely know `developer`.
+    // Templates written for system prompts rarely know `developer`. (Tool calls and results
+    // are added by `ToolPlan::messages`.)
     let role = match m.role {
         Role::Developer => "system",
         other => other.as_str(),
@@ -89,7 +91,15 @@ pub(crate) async fn chat(
     let mut limits = gw.config.limits;
     limits.vocab_size = Some(backend.engine.model_info().vocab_size as u32);
     let req = req.validate(&limits)?;
-    let grammar = compile_format(&backend.engine, &req.params.response_format).await?;
+    let plan = ToolPlan::new(backend.tool_syntax, backend.tokenizer.chat_template());
+    let grammar = plan
+        .compile(
+            &backend.engine,
+            &backend.tokenizer,
+            &req.tools,
+            &req.params.response_format,
+        )
+        .await?;
     let vision = match &backend.vision {
         Some(v) if gw.takes_images(&backend) => Some(v),
         _ if req.image_count > 0 => {
@@ -110,8 +120,10 @@ pub(crate) async fn chat(
             template_message(m, vision.is_some() && (has_image || text_as_parts))
         })
         .collect();
+    let messages = plan.messages(messages, &req.messages, &req.tools);
     let options = ChatTemplateOptions {
         add_generation_prompt: true,
+        tools: plan.template_tools(&req.tools),
         ..ChatTemplateOptions::default()
     };
     let (prompt, images) = match vision {
@@ -151,6 +163,11 @@ pub(crate) async fn chat(
     let n = req.params.n as usize;
     let mut request = generation_request(prompt.ids, &req.params, req.logprobs, grammar.as_ref());
     request.images = images;
+    let tools_on = req.tools.enabled();
+    // A syntax whose marker is a control token needs it in the text to be parsed.
+    request.skip_special_tokens = !(tools_on && plan.keeps_special_tokens(&backend.tokenizer));
+    let tools = req.tools;
+    let calls_for = move || tools_on.then(|| ChoiceCalls::new(&plan, &tools));
     let mut stream = backend
         .engine
         .submit(request)
@@ -165,14 +182,25 @@ pub(crate) async fn chat(
             .choices
             .into_iter()
             .enumerate()
-            .map(|(i, c)| ChatCompletionChoice {
-                index: i as u32,
-                logprobs: req.logprobs.map(|_| ChatLogprobs {
-                    content: Some(c.logprobs.iter().map(token_logprob).collect()),
-                    refusal: None,
-                }),
-                message: ChatCompletionMessage::new(c.text),
-                finish_reason: c.finish_reason.map_or(FinishReason::Stop, finish),
+            .map(|(i, c)| {
+                let mut message = ChatCompletionMessage::new(c.text);
+                let mut calls = 0;
+                if let Some(parser) = calls_for() {
+                    let text = message.content.take().unwrap_or_default();
+                    let (content, tool_calls) = parser.message(&text);
+                    calls = tool_calls.len();
+                    message.content = content;
+                    message.tool_calls = (calls > 0).then_some(tool_calls);
+                }
+                ChatCompletionChoice {
+                    index: i as u32,
+                    logprobs: req.logprobs.map(|_| ChatLogprobs {
+                        content: Some(c.logprobs.iter().map(token_logprob).collect()),
+                        refusal: None,
+                    }),
+                    message,
+                    finish_reason: finish_with_calls(c.finish_reason, calls),
+                }
             })
             .collect();
         return Ok(json_response(
@@ -222,10 +250,12 @@ pub(crate) async fn chat(
                 finish_reason,
             }]
         };
+        let mut parsers: Vec<Option<ChoiceCalls>> = (0..n).map(|_| calls_for()).collect();
         for i in 0..n {
             let delta = ChatCompletionDelta {
                 role: Some(AssistantRole::Value),
                 content: Some(String::new()),
+                tool_calls: None,
             };
             if !sse.send(&chunk(one(i, delta, None, None), None)).await {
                 return;
@@ -244,36 +274,67 @@ pub(crate) async fn chat(
                     logprobs,
                     ..
                 }) => {
-                    if text.is_empty() && !want_logprobs {
-                        true
-                    } else {
-                        let lp = logprobs.map(|lp| ChatLogprobs {
-                            content: Some(vec![token_logprob(&lp)]),
-                            refusal: None,
-                        });
-                        let delta = ChatCompletionDelta {
-                            role: None,
+                    let mut lp = logprobs.map(|lp| ChatLogprobs {
+                        content: Some(vec![token_logprob(&lp)]),
+                        refusal: None,
+                    });
+                    let deltas = match parsers.get_mut(choice) {
+                        Some(Some(parser)) => parser.push(&text),
+                        _ if text.is_empty() => Vec::new(),
+                        _ => vec![ChatCompletionDelta {
                             content: Some(text),
+                            ..ChatCompletionDelta::default()
+                        }],
+                    };
+                    let mut sent = true;
+                    if deltas.is_empty() && want_logprobs {
+                        // A token that shows nothing yet still reports its logprob.
+                        let delta = ChatCompletionDelta {
+                            content: Some(String::new()),
+                            ..ChatCompletionDelta::default()
                         };
-                        sse.send(&chunk(one(choice, delta, lp, None), None)).await
+                        sent = sse
+                            .send(&chunk(one(choice, delta, lp.take(), None), None))
+                            .await;
                     }
+                    for delta in deltas {
+                        if !sent {
+                            break;
+                        }
+                        sent = sse
+                            .send(&chunk(one(choice, delta, lp.take(), None), None))
+                            .await;
+                    }
+                    sent
                 }
                 Some(Event::Finished {
                     choice,
                     reason,
                     text,
                 }) => {
-                    if !text.is_empty() {
-                        let delta = ChatCompletionDelta {
-                            role: None,
-                            content: Some(text),
-                        };
+                    let (deltas, calls) = match parsers.get_mut(choice) {
+                        Some(Some(parser)) => {
+                            let mut deltas = parser.push(&text);
+                            deltas.extend(parser.finish());
+                            (deltas, parser.calls())
+                        }
+                        _ if text.is_empty() => (Vec::new(), 0),
+                        _ => (
+                            vec![ChatCompletionDelta {
+                                content: Some(text),
+                                ..ChatCompletionDelta::default()
+                            }],
+                            0,
+                        ),
+                    };
+                    for delta in deltas {
                         if !sse.send(&chunk(one(choice, delta, None, None), None)).await {
                             return;
                         }
                     }
                     let delta = ChatCompletionDelta::default();
-                    sse.send(&chunk(one(choice, delta, None, Some(finish(reason))), None))
+                    let reason = finish_with_calls(Some(reason), calls);
+                    sse.send(&chunk(one(choice, delta, None, Some(reason)), None))
                         .await
                 }
                 Some(Event::Done { usage: u }) => {

@@ -29,6 +29,14 @@ fn finish(reason: kiln_scheduler::FinishReason) -> FinishReason {
     }
 }
 
+/// A choice's finish reason on the wire: a choice that stopped after tool calls says so.
+fn finish_with_calls(reason: Option<kiln_scheduler::FinishReason>, calls: usize) -> FinishReason {
+    match reason.map_or(FinishReason::Stop, finish) {
+        FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
+        other => other,
+    }
+}
+
 fn usage(u: kiln_scheduler::Usage) -> Usage {
     Usage::new(u.prompt_tokens as u32, u.completion_tokens as u32)
 }
@@ -36,7 +44,7 @@ fn usage(u: kiln_scheduler::Usage) -> Usage {
 /// The request's output format compiled for the model's vocabulary, on the blocking pool (a
 /// large schema, or the model's first, takes a while). A schema the grammar engine cannot
 /// enforce is a 400 naming the keyword.
-async fn compile_format(
+pub(crate) async fn compile_format(
     engine: &EngineHandle,
     format: &ResponseFormat,
 ) -> Result<Option<Grammar>, ApiError> {

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_gateway::{Backend, Cors, Gateway, GatewayConfig, ServedModel};
+use kiln_gateway::{Backend, Cors, Gateway, GatewayConfig, ServedModel, ToolSyntax};
 use kiln_runtime::{LoadOptions, Model};
 use kiln_scheduler::{Completion, Engine, EngineConfig, GenerationRequest};
 use kiln_tokenizer::Tokenizer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn testdata() -> PathBuf {
+pub(crate) fn testdata() -> PathBuf {
     std::path::PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     )
@@ -57,7 +57,7 @@ async fn start_with(keys: &[&str], cors: Cors) -> Setup {
 }
 
 /// Serves `gateway` on a free local port until the test ends.
-async fn listen(gateway: &Arc<Gateway>) -> std::net::SocketAddr {
+pub(crate) async fn listen(gateway: &Arc<Gateway>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -76,13 +76,14 @@ impl Setup {
                 engine: self.engine.handle(),
                 tokenizer: self.tokenizer.clone(),
                 vision: None,
+                tool_syntax: ToolSyntax::detect(self.tokenizer.chat_template()),
             },
         );
     }
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: (status, headers, body).
-async fn call(
+pub(crate) async fn call(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
@@ -129,7 +130,7 @@ fn dechunk(mut s: &str) -> String {
     }
 }
 
-fn error(body: &str) -> Value {
+pub(crate) fn error(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap();
     let e = v["error"].clone();
     for key in ["message", "type", "param", "code"] {
@@ -303,7 +304,7 @@ async fn errors_are_openai_envelopes_with_the_right_status() {
 }
 
 /// The SSE events of a streamed answer, `[DONE]` left out (and checked to be last).
-fn sse_chunks(body: &str) -> Vec<Value> {
+pub(crate) fn sse_chunks(body: &str) -> Vec<Value> {
     let events: Vec<&str> = body
         .split("\n\n")
         .filter(|e| !e.is_empty())
@@ -316,7 +317,7 @@ fn sse_chunks(body: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn post(addr: std::net::SocketAddr, path: &str, body: &Value) -> String {
+pub(crate) async fn post(addr: std::net::SocketAddr, path: &str, body: &Value) -> String {
     let (status, _, body) = call(addr, "POST", path, &[], body.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -514,6 +515,7 @@ async fn two_models_route_by_name_and_deployment() {
         engine: engine.handle(),
         tokenizer: tokenizer.clone(),
         vision: None,
+        tool_syntax: ToolSyntax::detect(tokenizer.chat_template()),
     };
     let complete = |path: &'static str, model: Value| async move {
         let body = json!({"model": model, "prompt": PROMPT, "max_tokens": 3, "temperature": 0});
