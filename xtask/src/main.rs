@@ -45,6 +45,12 @@ commands:
                 for --model) and a JSON file.
                 --quick: Kiln alone, 1 and 4 streams, few requests (what CI runs)
                 --key: only one stream after 128- and 512-token prompts, and 16 streams
+  fuzz [--release] [--seconds N] [--inputs N] [--seed S] [--per-input-ms MS] [TARGET ...]
+                the fuzz targets of crates/fuzz (request JSON, chat templates, detokenizer,
+                tool-call parser, GGUF, images, JSON schema → grammar), each for N seconds
+                (default 60): mutated real inputs, panics, broken properties and slow inputs
+                reported and saved under $KILN_HOME/fuzz/findings; --release for a full run's
+                rate (CI runs a short burst of every target in `cargo test`)
   help          this text
 ";
 
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
             )),
         },
         ["ci"] => ci(),
+        ["fuzz", rest @ ..] => fuzz(&workspace_root(), rest),
         ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
         ["schemathesis", rest @ ..] => schemathesis::Options::parse(rest)
             .and_then(|options| schemathesis::run(&workspace_root(), &options)),
@@ -323,6 +330,18 @@ pub(crate) fn venv(name: &str, requirements: &str) -> anyhow::Result<PathBuf> {
         .arg(&file))?;
     std::fs::write(&stamp, requirements)?;
     Ok(python)
+}
+
+/// `cargo xtask fuzz`: builds and runs `kiln-fuzz` with the given arguments.
+fn fuzz(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let (release, rest): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| **a == "--release");
+    let mut cargo_args = vec!["run", "-p", "kiln-fuzz"];
+    if !release.is_empty() {
+        cargo_args.push("--release");
+    }
+    cargo_args.push("--");
+    cargo_args.extend(rest);
+    cargo_step(root, "fuzz", &cargo_args)
 }
 
 fn header(step: &str) {

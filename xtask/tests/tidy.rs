@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("kiln-gateway", 5),
     ("kiln-server", 6),
     ("kiln-benches", 6),
+    ("kiln-fuzz", 6),
     ("xtask", 7),
 ];
 

@@ -46,7 +46,7 @@ use prometheus::Registry;
 pub use cors::Cors;
 pub use error::{ApiError, ErrorKind};
 pub use images::{MediaConfig, Vision, spans as image_spans};
-pub use tools::ToolSyntax;
+pub use tools::{CallParser as ToolCallParser, Piece as ToolCallPiece, ToolSyntax};
 
 /// The name of [`GatewayConfig::models`]' one model by default.
 pub const DEFAULT_SERVED_MODEL_NAME: &str = "default";

@@ -81,7 +81,9 @@ impl std::fmt::Debug for Grammar {
 
 /// One model's grammar compiler: its vocabulary as llguidance sees it, built on first use (a
 /// trie over every token's bytes: a fraction of a second, paid only by servers that use it).
-pub(crate) struct Grammars {
+/// The engine keeps one per model (`EngineHandle::compile`); public for tools such as the
+/// fuzzer, which compile without an engine.
+pub struct Grammars {
     tokenizer: Arc<Tokenizer>,
     vocab_size: usize,
     factory: OnceLock<Result<ParserFactory, String>>,
@@ -97,7 +99,7 @@ impl std::fmt::Debug for Grammars {
 
 impl Grammars {
     /// `vocab_size`: the model's logits per position (may exceed the tokenizer's vocabulary).
-    pub(crate) fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
+    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
         Self {
             tokenizer,
             vocab_size,
@@ -123,7 +125,7 @@ impl Grammars {
 
     /// Compiles `format`; an unsupported or unsatisfiable schema is an error naming the
     /// keyword, for the field `param`.
-    pub(crate) fn compile(
+    pub fn compile(
         &self,
         format: &OutputFormat,
         param: &'static str,

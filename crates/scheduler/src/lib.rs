@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use kiln_runtime::{Model, RuntimeError};
 use kiln_tokenizer::Tokenizer;
 
-pub use constraint::{Grammar, OutputFormat};
+pub use constraint::{Grammar, Grammars, OutputFormat};
 pub use sampling::{Logprobs, SamplingParams, TokenLogprob};
 
 /// [`EngineConfig::max_batched_tokens`] by default.

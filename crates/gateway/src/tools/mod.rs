@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, from_scheduler};
 use crate::ids::random_hex;
 
-pub(crate) use parse::{CallParser, Piece};
+pub use parse::{CallParser, Piece};
 pub use syntax::ToolSyntax;
 
 /// Whether a chat template renders `tools` itself (Hugging Face templates read the variable

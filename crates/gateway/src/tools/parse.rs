@@ -13,7 +13,7 @@ use super::syntax::ToolSyntax;
 
 /// What the parser read from a piece of text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Piece {
+pub enum Piece {
     Content(String),
     /// A call starts: its index in the answer and the function's name.
     Call {
@@ -31,6 +31,8 @@ pub(crate) enum Piece {
 enum State {
     /// Text that may hold the start of the calls.
     Text,
+    /// Mistral: after `[TOOL_CALLS]`, the list's `[`.
+    ListOpen,
     /// Llama 3: the answer's start, where calls must begin.
     Start,
     /// Inside a call's object, before its name is read.
@@ -47,15 +49,18 @@ enum State {
     Plain,
 }
 
-/// One choice's parser.
+/// One choice's parser. (Public for the fuzzer; the chat handler is its user.)
 #[derive(Debug)]
-pub(crate) struct CallParser {
+pub struct CallParser {
     syntax: ToolSyntax,
     /// The functions a call may name.
     names: Vec<String>,
     state: State,
     /// Text not consumed yet.
     buf: String,
+    /// Markup consumed for a call not yet recognised (an opening tag, a separator): given
+    /// back as content if no call follows.
+    raw: String,
     /// Trailing whitespace of the content so far, held back: it is dropped when calls follow.
     pending_ws: String,
     calls: usize,
@@ -63,7 +68,8 @@ pub(crate) struct CallParser {
 }
 
 impl CallParser {
-    pub(crate) fn new(syntax: ToolSyntax, names: Vec<String>) -> Self {
+    /// A parser for `syntax` whose calls may name `names`.
+    pub fn new(syntax: ToolSyntax, names: Vec<String>) -> Self {
         let state = match syntax {
             ToolSyntax::Llama3Json => State::Start,
             ToolSyntax::Hermes | ToolSyntax::Mistral => State::Text,
@@ -73,6 +79,7 @@ impl CallParser {
             names,
             state,
             buf: String::new(),
+            raw: String::new(),
             pending_ws: String::new(),
             calls: 0,
             scanner: JsonScanner::default(),
@@ -80,12 +87,12 @@ impl CallParser {
     }
 
     /// How many calls have started.
-    pub(crate) fn calls(&self) -> usize {
+    pub fn calls(&self) -> usize {
         self.calls
     }
 
     /// Reads `text`; returns what can be told so far.
-    pub(crate) fn push(&mut self, text: &str) -> Vec<Piece> {
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.buf.push_str(text);
         let mut out = Vec::new();
         self.run(false, &mut out);
@@ -93,12 +100,11 @@ impl CallParser {
     }
 
     /// The answer is complete: whatever is left is told.
-    pub(crate) fn finish(&mut self) -> Vec<Piece> {
+    pub fn finish(&mut self) -> Vec<Piece> {
         let mut out = Vec::new();
         self.run(true, &mut out);
-        if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
-            self.content(rest, &mut out);
+        if !self.raw.is_empty() || !self.buf.is_empty() {
+            self.give_up(&mut out);
         }
         if self.calls == 0 && !self.pending_ws.is_empty() {
             out.push(Piece::Content(std::mem::take(&mut self.pending_ws)));
@@ -130,6 +136,24 @@ impl CallParser {
         self.content(text, out);
     }
 
+    /// Consumes `n` bytes of the buffer as markup: kept aside until a call takes it, or given
+    /// back as content if none does.
+    fn take_markup(&mut self, n: usize) {
+        let text: String = self.buf.drain(..n).collect();
+        self.raw.push_str(&text);
+    }
+
+    /// Consumes the buffer's leading whitespace as markup.
+    fn skip_ws(&mut self) {
+        let n = self.buf.len() - self.buf.trim_start().len();
+        self.take_markup(n);
+    }
+
+    /// The markup kept aside belonged to a call.
+    fn commit_markup(&mut self) {
+        self.raw.clear();
+    }
+
     /// The opening marker of calls for text states.
     fn opener(&self) -> &'static str {
         match self.syntax {
@@ -139,10 +163,13 @@ impl CallParser {
         }
     }
 
-    /// Gives up on calls: the unread text (after `prefix`, already consumed) is content.
-    fn go_plain(&mut self, prefix: &str, out: &mut Vec<Piece>) {
+    /// What looked like a call is not one: the markup kept aside and everything after it are
+    /// content, as the model wrote them.
+    fn give_up(&mut self, out: &mut Vec<Piece>) {
         self.state = State::Plain;
-        self.content(prefix.to_string(), out);
+        let mut text = std::mem::take(&mut self.raw);
+        text.push_str(&std::mem::take(&mut self.buf));
+        self.content(text, out);
     }
 
     fn run(&mut self, at_end: bool, out: &mut Vec<Piece>) {
@@ -154,12 +181,13 @@ impl CallParser {
                     self.take_content(n, out);
                 }
                 State::Text => self.text(at_end, out),
-                State::Start => self.start(at_end),
+                State::ListOpen => self.list_open(at_end, out),
+                State::Start => self.start(at_end, out),
                 State::Head => self.head(at_end, out),
                 State::Arguments => self.arguments(out),
                 State::CloseObject => self.close_object(at_end, out),
-                State::AfterCall => self.after_call(at_end),
-                State::NextCall => self.next_call(at_end),
+                State::AfterCall => self.after_call(at_end, out),
+                State::NextCall => self.next_call(at_end, out),
             }
             if (self.state, self.buf.len()) == before {
                 return;
@@ -171,23 +199,12 @@ impl CallParser {
         let opener = self.opener();
         if let Some(i) = self.buf.find(opener) {
             self.take_content(i, out);
-            self.buf.drain(..opener.len());
-            if self.syntax == ToolSyntax::Mistral {
-                // The list's `[` follows the marker.
-                let rest = self.buf.trim_start();
-                if rest.is_empty() && !at_end {
-                    self.buf.insert_str(0, opener);
-                    return;
-                }
-                if let Some(after) = rest.strip_prefix('[') {
-                    self.buf = after.to_string();
-                    self.state = State::Head;
-                } else {
-                    self.go_plain(opener, out);
-                }
+            self.take_markup(opener.len());
+            self.state = if self.syntax == ToolSyntax::Mistral {
+                State::ListOpen
             } else {
-                self.state = State::Head;
-            }
+                State::Head
+            };
             return;
         }
         // Keep back a tail that may be the start of the marker.
@@ -206,24 +223,37 @@ impl CallParser {
         self.take_content(n, out);
     }
 
-    fn start(&mut self, at_end: bool) {
+    /// Mistral: the list's `[` after `[TOOL_CALLS]`.
+    fn list_open(&mut self, at_end: bool, out: &mut Vec<Piece>) {
+        self.skip_ws();
+        if self.buf.starts_with('[') {
+            self.take_markup(1);
+            self.state = State::Head;
+        } else if !self.buf.is_empty() || at_end {
+            self.give_up(out);
+        }
+    }
+
+    fn start(&mut self, at_end: bool, out: &mut Vec<Piece>) {
         let rest = self.buf.trim_start();
         if rest.is_empty() {
             return;
         }
         let tag = self.opener();
-        if let Some(after) = rest.strip_prefix(tag) {
-            self.buf = after.to_string();
+        if rest.starts_with(tag) {
+            self.skip_ws();
+            self.take_markup(tag.len());
             return;
         }
         if tag.starts_with(rest) && !at_end {
             return;
         }
         if rest.starts_with('{') {
-            self.buf = rest.to_string();
+            self.skip_ws();
             self.state = State::Head;
         } else {
-            self.state = State::Plain;
+            // Not calls: the answer is text, `<|python_tag|>` included if it came first.
+            self.give_up(out);
         }
     }
 
@@ -232,6 +262,7 @@ impl CallParser {
             Head::Incomplete if !at_end => {}
             Head::Found { name, consumed } if self.names.contains(&name) => {
                 self.buf.drain(..consumed);
+                self.commit_markup();
                 out.push(Piece::Call {
                     index: self.calls,
                     name,
@@ -244,6 +275,7 @@ impl CallParser {
             Head::Other => match read_object(&self.buf) {
                 Some((name, arguments, consumed)) if self.names.contains(&name) => {
                     self.buf.drain(..consumed);
+                    self.commit_markup();
                     let index = self.calls;
                     self.calls += 1;
                     out.push(Piece::Call { index, name });
@@ -260,22 +292,6 @@ impl CallParser {
         }
     }
 
-    /// The text of a would-be call is not one: it and the rest are content, markup included.
-    fn give_up(&mut self, out: &mut Vec<Piece>) {
-        let opener = match self.syntax {
-            ToolSyntax::Hermes => "<tool_call>",
-            ToolSyntax::Mistral => "[TOOL_CALLS][",
-            ToolSyntax::Llama3Json => "",
-        };
-        // After a first call, the markup before this one was consumed with it.
-        let prefix = if self.calls == 0 || self.syntax == ToolSyntax::Hermes {
-            opener
-        } else {
-            ""
-        };
-        self.go_plain(prefix, out);
-    }
-
     fn arguments(&mut self, out: &mut Vec<Piece>) {
         let (n, done) = self.scanner.feed(&self.buf);
         if n > 0 {
@@ -290,34 +306,39 @@ impl CallParser {
         }
     }
 
+    /// The call object's `}` (markup of the call, so never given back).
     fn close_object(&mut self, at_end: bool, out: &mut Vec<Piece>) {
         let rest = self.buf.trim_start();
-        if let Some(after) = rest.strip_prefix('}') {
-            self.buf = after.to_string();
+        if rest.starts_with('}') {
+            let n = self.buf.len() - rest.len() + 1;
+            self.buf.drain(..n);
             self.state = State::AfterCall;
         } else if rest.starts_with(',') {
             // More keys after the arguments (Mistral's templates show calls with an `id`):
             // skipped up to the object's end.
             match object_end(rest) {
                 Some(end) => {
-                    self.buf = rest[end..].to_string();
+                    let n = self.buf.len() - rest.len() + end;
+                    self.buf.drain(..n);
                     self.state = State::AfterCall;
                 }
                 None if at_end => self.buf.clear(),
                 None => {}
             }
         } else if !rest.is_empty() || at_end {
-            self.go_plain("", out);
+            self.give_up(out);
         }
     }
 
-    fn after_call(&mut self, at_end: bool) {
+    fn after_call(&mut self, at_end: bool, out: &mut Vec<Piece>) {
         let rest = self.buf.trim_start();
+        let ws = self.buf.len() - rest.len();
         let (separator, close) = match self.syntax {
             ToolSyntax::Hermes => {
                 let close = "</tool_call>";
-                if let Some(after) = rest.strip_prefix(close) {
-                    self.buf = after.to_string();
+                if rest.starts_with(close) {
+                    // The closing tag ends the call: no markup is pending.
+                    self.buf.drain(..ws + close.len());
                     self.state = State::Text;
                 } else if rest.is_empty() || (close.starts_with(rest) && !at_end) {
                     if at_end {
@@ -325,7 +346,6 @@ impl CallParser {
                     }
                 } else {
                     // No closing tag: what follows is text again.
-                    self.buf = rest.to_string();
                     self.state = State::Text;
                 }
                 return;
@@ -333,29 +353,28 @@ impl CallParser {
             ToolSyntax::Llama3Json => (';', None),
             ToolSyntax::Mistral => (',', Some(']')),
         };
-        if let Some(after) = rest.strip_prefix(separator) {
-            self.buf = after.to_string();
+        if rest.starts_with(separator) {
+            self.take_markup(ws + 1);
             self.state = State::NextCall;
-        } else if let Some(after) = close.and_then(|c| rest.strip_prefix(c)) {
-            self.buf = after.to_string();
+        } else if close.is_some_and(|c| rest.starts_with(c)) {
+            self.buf.drain(..ws + 1);
             self.state = State::Text;
         } else if rest.is_empty() {
             if at_end {
                 self.buf.clear();
             }
         } else {
-            self.buf = rest.to_string();
-            self.state = State::Plain;
+            self.give_up(out);
         }
     }
 
-    fn next_call(&mut self, at_end: bool) {
+    fn next_call(&mut self, at_end: bool, out: &mut Vec<Piece>) {
         let rest = self.buf.trim_start();
         if rest.starts_with('{') {
-            self.buf = rest.to_string();
+            self.skip_ws();
             self.state = State::Head;
         } else if !rest.is_empty() || at_end {
-            self.state = State::Plain;
+            self.give_up(out);
         }
     }
 }
@@ -711,9 +730,24 @@ mod tests {
                 (text.to_string(), vec![])
             );
         }
+        for text in [
+            "The answer is {4}",
+            "  {4}",
+            "<|python_tag|>print(1)",
+            "{\"name\": \"rm\", \"parameters\": {}}",
+        ] {
+            assert_eq!(
+                all_steps(ToolSyntax::Llama3Json, text),
+                (text.to_string(), vec![])
+            );
+        }
+        // After a call, what is not the next call is text again, separator included.
         assert_eq!(
-            all_steps(ToolSyntax::Llama3Json, "The answer is {4}"),
-            ("The answer is {4}".to_string(), vec![])
+            all_steps(
+                ToolSyntax::Mistral,
+                "[TOOL_CALLS] [{\"name\": \"add\", \"arguments\": {}}, oops"
+            ),
+            (", oops".to_string(), vec![call("add", "{}")])
         );
     }
 

@@ -2,8 +2,8 @@
 Kiln's generic Hermes prompt) through the real server, with the official openai client and with
 LangChain: `required` and named calls with schema-valid arguments, a full two-turn tool loop,
 streamed deltas that reassemble (with the SDK's stream helper) into the non-streamed call, n > 1,
-`none`, LangChain's `bind_tools` loop and `with_structured_output(method="json_schema")`, and the
-400s."""
+`none`, LangChain's `bind_tools` loop and `with_structured_output` (json_schema and
+function_calling), and the 400s."""
 
 import json
 from typing import Literal
@@ -164,8 +164,11 @@ class City(BaseModel):
     country: str = Field(max_length=30)
 
 
-def test_langchain_structured_output_json_schema(server):
-    llm = chat_model(server, max_tokens=100).with_structured_output(City, method="json_schema")
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_langchain_structured_output(server, method):
+    # `function_calling` goes through a named tool (tool_choice by name), `json_schema` through
+    # response_format: both give the Pydantic object back.
+    llm = chat_model(server, max_tokens=100).with_structured_output(City, method=method)
     city = llm.invoke("Name a famous city and its country.")
     assert isinstance(city, City) and city.name and city.country
 
