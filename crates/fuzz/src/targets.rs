@@ -6,8 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_api_types::{Limits, parse_chat_request, parse_completion_request};
-use kiln_gateway::{ToolCallParser, ToolCallPiece, ToolSyntax};
+use kiln_api_types::{
+    ChatCompletionChunk, ChatCompletionChunkChoice, ChatCompletionChunkObject, ChatCompletionDelta,
+    FunctionCallDelta, Limits, ToolCallDelta, parse_chat_request, parse_completion_request,
+};
+use kiln_gateway::{ToolCallParser, ToolCallPiece, ToolSyntax, sse_event};
 use kiln_gguf::GgufFile;
 use kiln_media::DecodeLimits;
 use kiln_scheduler::{Grammars, OutputFormat};
@@ -45,6 +48,7 @@ pub const NAMES: &[&str] = &[
     "chat_template",
     "detokenizer",
     "tool_calls",
+    "sse",
     "gguf",
     "image",
     "json_schema",
@@ -546,6 +550,75 @@ fn tool_calls() -> Target {
     }
 }
 
+fn sse() -> Target {
+    let seeds = vec![
+        "Hello\n\ndata: [DONE]\n\n".as_bytes().to_vec(),
+        "\r\n\u{2028}\u{2029}\u{0}\u{1b}[31m é 🎉 \\\""
+            .as_bytes()
+            .to_vec(),
+        b"\xff\xfe\n\r\r\n".to_vec(),
+    ];
+    Target {
+        name: "sse",
+        seeds,
+        mutator: Mutator {
+            dictionary: words(&[
+                "\n", "\r", "\r\n", "\n\n", "data: ", "[DONE]", "\u{2028}", "\0",
+            ]),
+            region: None,
+            max_len: 4096,
+            json_keys: None,
+        },
+        check: Box::new(|input| {
+            let text = String::from_utf8_lossy(input).into_owned();
+            let chunk = ChatCompletionChunk {
+                id: text.clone(),
+                object: ChatCompletionChunkObject::Value,
+                created: 0,
+                model: text.clone(),
+                system_fingerprint: None,
+                choices: vec![ChatCompletionChunkChoice {
+                    index: 0,
+                    delta: ChatCompletionDelta {
+                        role: None,
+                        content: Some(text.clone()),
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: 0,
+                            id: None,
+                            kind: None,
+                            function: Some(FunctionCallDelta {
+                                name: Some(text.clone()),
+                                arguments: Some(text.clone()),
+                            }),
+                        }]),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }],
+                usage: None,
+            };
+            let event = sse_event(&chunk).ok_or("the chunk does not serialize")?;
+            let event = std::str::from_utf8(&event).map_err(|e| e.to_string())?;
+            let Some(json) = event
+                .strip_prefix("data: ")
+                .and_then(|e| e.strip_suffix("\n\n"))
+            else {
+                return Err(format!("not one data event: {event:?}"));
+            };
+            // One line: a client splitting at line breaks sees one event.
+            if json.contains(['\n', '\r']) {
+                return Err(format!("a line break inside the event: {event:?}"));
+            }
+            let back: ChatCompletionChunk =
+                serde_json::from_str(json).map_err(|e| format!("does not parse back: {e}"))?;
+            if back != chunk {
+                return Err("the event parses back to another chunk".into());
+            }
+            Ok(true)
+        }),
+    }
+}
+
 /// Pieces as content and (name, arguments) per call.
 fn fold(pieces: &[ToolCallPiece]) -> (String, Vec<(String, String)>) {
     let mut content = String::new();
@@ -711,6 +784,7 @@ pub fn target(name: &str) -> Result<Target, String> {
         "chat_template" => chat_template(),
         "detokenizer" => detokenizer(),
         "tool_calls" => Ok(tool_calls()),
+        "sse" => Ok(sse()),
         "gguf" => gguf(),
         "image" => image(),
         "json_schema" => json_schema(),

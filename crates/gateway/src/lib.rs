@@ -46,6 +46,7 @@ use prometheus::Registry;
 pub use cors::Cors;
 pub use error::{ApiError, ErrorKind};
 pub use images::{MediaConfig, Vision, spans as image_spans};
+pub use sse::sse_event;
 pub use tools::{CallParser as ToolCallParser, Piece as ToolCallPiece, ToolSyntax};
 
 /// The name of [`GatewayConfig::models`]' one model by default.

@@ -56,15 +56,20 @@ pub(crate) struct Sse {
     tx: mpsc::Sender<Bytes>,
 }
 
+/// One SSE event carrying `value` as JSON: `data: {…}\n\n`. JSON escapes every line break
+/// inside strings, so an event is one line whatever the model wrote. (Public for the fuzzer,
+/// which checks exactly that.)
+pub fn sse_event(value: &impl serde::Serialize) -> Option<Bytes> {
+    let json = serde_json::to_string(value).ok()?;
+    Some(Bytes::from(format!("data: {json}\n\n")))
+}
+
 impl Sse {
     pub(crate) async fn send(&self, value: &impl serde::Serialize) -> bool {
-        let Ok(json) = serde_json::to_string(value) else {
+        let Some(event) = sse_event(value) else {
             return false;
         };
-        self.tx
-            .send(Bytes::from(format!("data: {json}\n\n")))
-            .await
-            .is_ok()
+        self.tx.send(event).await.is_ok()
     }
 
     pub(crate) async fn done(&self) {
