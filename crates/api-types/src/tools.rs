@@ -167,21 +167,43 @@ fn function_type(object: &Map<String, Value>, at: &str) -> Result<(), Validation
     }
 }
 
+/// The required `function` object of a tool, a call or a `tool_choice`, named `at.function`.
+fn function_at<'a>(
+    object: &'a Map<String, Value>,
+    at: &str,
+) -> Result<(&'a Map<String, Value>, String), ValidationError> {
+    let at = format!("{at}.function");
+    match object.get("function") {
+        Some(f) => Ok((object_at(f, &at)?, at)),
+        None => Err(ValidationError::at(
+            &at,
+            code::MISSING_REQUIRED_PARAMETER,
+            format!("`{at}` (an object) is required"),
+        )),
+    }
+}
+
+/// `object[key]`, a non-empty string, required.
+fn required_string(
+    object: &Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<String, ValidationError> {
+    match object.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ValidationError::at(
+            format!("{at}.{key}"),
+            code::MISSING_REQUIRED_PARAMETER,
+            format!("`{at}.{key}` (a non-empty string) is required"),
+        )),
+    }
+}
+
 fn tool(value: &Value, at: &str) -> Result<Tool, ValidationError> {
     let object = object_at(value, at)?;
     only_keys(object, &["type", "function"], at)?;
     function_type(object, at)?;
-    let at = format!("{at}.function");
-    let function = match object.get("function") {
-        Some(f) => object_at(f, &at)?,
-        None => {
-            return Err(ValidationError::at(
-                &at,
-                code::MISSING_REQUIRED_PARAMETER,
-                format!("`{at}` is required"),
-            ));
-        }
-    };
+    let (function, at) = function_at(object, at)?;
     only_keys(
         function,
         &["name", "description", "parameters", "strict"],
@@ -245,19 +267,9 @@ fn tool_choice(value: &Value, tools: &[Tool]) -> Result<ToolChoice, ValidationEr
         Value::Object(object) => {
             only_keys(object, &["type", "function"], AT)?;
             function_type(object, AT)?;
-            let at = "tool_choice.function";
-            let function = match object.get("function") {
-                Some(f) => object_at(f, at)?,
-                None => {
-                    return Err(ValidationError::at(
-                        at,
-                        code::MISSING_REQUIRED_PARAMETER,
-                        "`tool_choice.function` (an object with `name`) is required",
-                    ));
-                }
-            };
-            only_keys(function, &["name"], at)?;
-            let name = name_at(function, at)?;
+            let (function, at) = function_at(object, AT)?;
+            only_keys(function, &["name"], &at)?;
+            let name = name_at(function, &at)?;
             if !tools.iter().any(|t| t.name == name) {
                 return Err(invalid(
                     "tool_choice.function.name",
@@ -345,38 +357,10 @@ pub(crate) fn calls_in(value: &Value, at: &str) -> Result<Vec<ToolCallIn>, Valid
         let object = object_at(item, &at)?;
         only_keys(object, &["id", "type", "function"], &at)?;
         function_type(object, &at)?;
-        let id = match object.get("id") {
-            Some(Value::String(id)) if !id.is_empty() => id.clone(),
-            _ => {
-                return Err(ValidationError::at(
-                    format!("{at}.id"),
-                    code::MISSING_REQUIRED_PARAMETER,
-                    format!("`{at}.id` (a non-empty string) is required"),
-                ));
-            }
-        };
-        let fat = format!("{at}.function");
-        let function = match object.get("function") {
-            Some(f) => object_at(f, &fat)?,
-            None => {
-                return Err(ValidationError::at(
-                    &fat,
-                    code::MISSING_REQUIRED_PARAMETER,
-                    format!("`{fat}` is required"),
-                ));
-            }
-        };
+        let id = required_string(object, "id", &at)?;
+        let (function, fat) = function_at(object, &at)?;
         only_keys(function, &["name", "arguments"], &fat)?;
-        let name = match function.get("name") {
-            Some(Value::String(n)) if !n.is_empty() => n.clone(),
-            _ => {
-                return Err(ValidationError::at(
-                    format!("{fat}.name"),
-                    code::MISSING_REQUIRED_PARAMETER,
-                    format!("`{fat}.name` (a non-empty string) is required"),
-                ));
-            }
-        };
+        let name = required_string(function, "name", &fat)?;
         let arguments = match function.get("arguments") {
             Some(Value::String(a)) => a.clone(),
             _ => {
