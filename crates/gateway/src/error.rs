@@ -60,6 +60,10 @@ pub enum ErrorKind {
     Unavailable,
     /// A non-streaming request ran past `request_timeout`.
     Timeout,
+    /// The model failed on this request (non-finite logits, a failed step, its engine gone):
+    /// that model's requests fail with this while other models keep serving; the details go
+    /// to the log.
+    ModelFailed,
     /// Anything else; the details go to the log, not to the client.
     Internal,
 }
@@ -88,7 +92,7 @@ impl ErrorKind {
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelLoading | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ModelFailed | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -97,9 +101,11 @@ impl ErrorKind {
         match self {
             Self::InvalidApiKey => "authentication_error",
             Self::Overloaded => "rate_limit_error",
-            Self::ModelLoading | Self::Unavailable | Self::Timeout | Self::Internal => {
-                "server_error"
-            }
+            Self::ModelLoading
+            | Self::Unavailable
+            | Self::Timeout
+            | Self::ModelFailed
+            | Self::Internal => "server_error",
             _ => INVALID_REQUEST_ERROR,
         }
     }
@@ -130,6 +136,7 @@ impl ErrorKind {
             Self::ModelLoading => "model_loading",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::ModelFailed => "model_error",
         })
     }
 
@@ -233,6 +240,13 @@ impl ApiError {
         )
     }
 
+    pub fn model_failed() -> Self {
+        Self::new(
+            ErrorKind::ModelFailed,
+            "The model failed while generating this request; the server's log has the details.",
+        )
+    }
+
     pub fn envelope(&self) -> ErrorEnvelope {
         ErrorEnvelope::new(
             self.message.clone(),
@@ -286,10 +300,16 @@ pub fn from_scheduler(e: SchedulerError, prompt_param: &str) -> ApiError {
         | SchedulerError::BadLogitBias { .. }
         | SchedulerError::InvalidParameter { .. } => ErrorKind::InvalidValue,
         SchedulerError::Overloaded { .. } => ErrorKind::Overloaded,
-        SchedulerError::ShuttingDown | SchedulerError::EngineStopped => ErrorKind::Unavailable,
+        SchedulerError::ShuttingDown => ErrorKind::Unavailable,
+        // A stopped engine does not come back: no Retry-After, and nothing about the model's
+        // internals to the client.
+        SchedulerError::EngineStopped => {
+            tracing::error!("a request found its model's engine stopped");
+            return ApiError::model_failed();
+        }
         SchedulerError::Model(detail) => {
             tracing::error!(error = %detail, "model step failed");
-            return ApiError::internal();
+            return ApiError::model_failed();
         }
     };
     let param = match &e {
@@ -323,6 +343,10 @@ impl From<TokenizerError> for ApiError {
                 "This model has no chat template (it is a base model, or its file carries none): \
                  use /v1/completions with a raw prompt, or start Kiln with --chat-template FILE.",
             ),
+            // Only chat prompts reach this through `?`; completions name `prompt` themselves.
+            TokenizerError::PromptTooLong { .. } => {
+                ApiError::new(ErrorKind::ContextLengthExceeded, e.to_string()).param("messages")
+            }
             TokenizerError::UnknownTokenId { .. } => {
                 ApiError::new(ErrorKind::InvalidValue, e.to_string()).param("prompt")
             }
@@ -400,6 +424,7 @@ mod tests {
             (ModelLoading, "503 server_error model_loading"),
             (Unavailable, "503 server_error unavailable"),
             (Timeout, "504 server_error timeout"),
+            (ModelFailed, "500 server_error model_error"),
             (Internal, "500 server_error -"),
         ];
         for (kind, expected) in table {
@@ -431,7 +456,10 @@ mod tests {
         let r = ApiError::timeout().to_response();
         assert_eq!(r.headers()["x-should-retry"], "false");
         let e = from_scheduler(SchedulerError::Model("boom".into()), "prompt");
-        assert_eq!(e.kind, ErrorKind::Internal);
+        assert_eq!(e.kind, ErrorKind::ModelFailed);
         assert!(!e.message.contains("boom"));
+        let r = from_scheduler(SchedulerError::EngineStopped, "prompt").to_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -57,6 +57,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// [`GatewayConfig::header_timeout`] by default.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`GatewayConfig::send_timeout`] by default (nginx's `send_timeout` is 60 s too).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`GatewayConfig::owned_by`] by default.
 pub const DEFAULT_OWNED_BY: &str = "kiln";
 
@@ -79,6 +81,9 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Time allowed to send a request's headers.
     pub header_timeout: Duration,
+    /// How long a stream waits for a client that reads nothing (its buffer full) before the
+    /// request is cancelled and the response ended.
+    pub send_timeout: Duration,
     pub limits: Limits,
     /// How image URLs are fetched and decoded.
     pub media: Arc<MediaConfig>,
@@ -97,6 +102,7 @@ impl Default for GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             limits: Limits::default(),
             media: Arc::default(),
             cors: Cors::default(),

@@ -3,7 +3,9 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -36,8 +38,9 @@ impl http_body::Body for ChannelBody {
     }
 }
 
-/// An event-stream response and the sender that feeds it.
-pub(crate) fn sse_response() -> (Sse, Response<Body>) {
+/// An event-stream response and the sender that feeds it; a client that takes no event for
+/// `send_timeout` while the buffer is full is treated as gone (see [`Sse::send`]).
+pub(crate) fn sse_response(send_timeout: Duration) -> (Sse, Response<Body>) {
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     let mut r = Response::new(ChannelBody { rx }.boxed_unsync());
     let h = r.headers_mut();
@@ -47,13 +50,23 @@ pub(crate) fn sse_response() -> (Sse, Response<Body>) {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    (Sse { tx }, r)
+    (
+        Sse {
+            tx,
+            send_timeout,
+            stalled: AtomicBool::new(false),
+        },
+        r,
+    )
 }
 
 /// Sends SSE `data:` lines; `false` once the client is gone.
 #[derive(Debug)]
 pub(crate) struct Sse {
     tx: mpsc::Sender<Bytes>,
+    send_timeout: Duration,
+    /// Set once a send timed out: later sends fail at once instead of waiting again.
+    stalled: AtomicBool,
 }
 
 /// One SSE event carrying `value` as JSON: `data: {…}\n\n`. JSON escapes every line break
@@ -65,15 +78,37 @@ pub fn sse_event(value: &impl serde::Serialize) -> Option<Bytes> {
 }
 
 impl Sse {
+    /// Queues one event; `false` when the client is gone — it closed the connection, or it
+    /// read nothing for `send_timeout` while [`SSE_BUFFER`] events (and the socket's buffers)
+    /// waited. The caller then drops its generation stream, which cancels the request and
+    /// frees its KV blocks, so a client that stops reading holds at most the events made in
+    /// that time rather than the whole answer.
     pub(crate) async fn send(&self, value: &impl serde::Serialize) -> bool {
         let Some(event) = sse_event(value) else {
             return false;
         };
-        self.tx.send(event).await.is_ok()
+        self.push(event).await
+    }
+
+    async fn push(&self, event: Bytes) -> bool {
+        if self.stalled.load(Ordering::Relaxed) {
+            return false;
+        }
+        match tokio::time::timeout(self.send_timeout, self.tx.send(event)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.stalled.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    timeout_s = self.send_timeout.as_secs_f64(),
+                    "a streaming client read nothing for the send timeout; cancelling its request"
+                );
+                false
+            }
+        }
     }
 
     pub(crate) async fn done(&self) {
-        let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        let _ = self.push(Bytes::from_static(b"data: [DONE]\n\n")).await;
     }
 
     /// A failure after the stream started: an error object as the last event (as vLLM does).

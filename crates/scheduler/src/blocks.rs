@@ -59,6 +59,9 @@ pub(crate) struct BlockManager {
     by_hash: HashMap<u64, u32>,
     tick: u64,
     prefix_caching: bool,
+    /// Blocks ever handed out: free blocks go low ids first and freed ones are reused first,
+    /// so these are ids `0..touched` — the part of the lazily committed pool that is resident.
+    touched: usize,
 }
 
 impl BlockManager {
@@ -79,7 +82,16 @@ impl BlockManager {
             by_hash: HashMap::new(),
             tick: 0,
             prefix_caching,
+            touched: 0,
         }
+    }
+
+    /// Fraction of the pool ever written (resident in memory from then on).
+    pub(crate) fn touched_ratio(&self) -> f64 {
+        if self.blocks.is_empty() {
+            return 0.0;
+        }
+        self.touched as f64 / self.blocks.len() as f64
     }
 
     pub(crate) fn block_size(&self) -> usize {
@@ -104,7 +116,10 @@ impl BlockManager {
     /// is free.
     pub(crate) fn allocate(&mut self) -> Option<u32> {
         let id = match self.free.pop() {
-            Some(id) => id,
+            Some(id) => {
+                self.touched = self.touched.max(id as usize + 1);
+                id
+            }
             None => {
                 let (tick, id) = self.evictable.pop_first()?;
                 let _ = tick;
@@ -282,6 +297,7 @@ mod tests {
         let ids: Vec<u32> = (0..3).filter_map(|_| m.allocate()).collect();
         assert_eq!(ids, vec![0, 1, 2]);
         assert_eq!(m.allocate(), None);
+        assert!((m.touched_ratio() - 1.0).abs() < 1e-9);
         assert!((m.usage() - 1.0).abs() < 1e-9);
         m.release(&ids[..2]);
         assert_eq!(m.available(), 2);

@@ -206,6 +206,8 @@ struct State<'t> {
     running: Vec<Seq<'t>>,
     next_request: u64,
     tick: u64,
+    /// Bytes of the KV pool, for the resident-bytes gauge.
+    kv_bytes: usize,
 }
 
 pub(crate) fn run(
@@ -234,6 +236,7 @@ pub(crate) fn run(
         running: Vec::new(),
         next_request: 0,
         tick: 0,
+        kv_bytes: model.kv_cache_bytes(),
     };
     let mut deadline: Option<Instant> = None;
     let mut disconnected = false;
@@ -404,6 +407,9 @@ impl<'t> State<'t> {
             .waiting
             .set(distinct(self.waiting.iter().map(|s| s.request)) as i64);
         self.metrics.kv_usage.set(self.blocks.usage());
+        self.metrics
+            .kv_resident
+            .set((self.blocks.touched_ratio() * self.kv_bytes as f64) as i64);
     }
 
     /// Plans the step, then carries the plan out on the sequences: preempted ones go back to the
@@ -716,6 +722,21 @@ impl<'t> State<'t> {
             seq.done = true;
             return Ok(());
         };
+        // NaN or +inf logits mean broken weights or overflowing numerics (f16 on a GPU):
+        // sampling them would make garbage silently, so the request fails, typed, instead.
+        if let Some(at) = logits
+            .iter()
+            .position(|l| l.is_nan() || *l == f32::INFINITY)
+        {
+            return Err((
+                seq.request,
+                SchedulerError::Model(format!(
+                    "the model produced a non-finite logit ({} for token {at}): its weights or \
+                     its numerics are broken",
+                    logits[at]
+                )),
+            ));
+        }
         let params = &r.request;
         // With a grammar, the model's distribution over what the grammar allows: sampling
         // and the reported logprobs both see the masked logits.

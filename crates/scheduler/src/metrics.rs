@@ -31,6 +31,7 @@ pub(crate) struct Metrics {
     pub(crate) running: IntGauge,
     pub(crate) waiting: IntGauge,
     pub(crate) kv_usage: Gauge,
+    pub(crate) kv_resident: IntGauge,
     pub(crate) prompt_tokens: IntCounter,
     pub(crate) generation_tokens: IntCounter,
     pub(crate) preemptions: IntCounter,
@@ -85,6 +86,12 @@ impl Metrics {
                 "kiln_kv_cache_usage_ratio",
                 "Fraction of KV cache blocks held by running sequences (0 to 1).",
             ))?,
+            kv_resident: IntGauge::with_opts(opts(
+                "kiln_kv_cache_resident_bytes",
+                "Bytes of the KV cache pool written so far: the pool is committed lazily, so \
+                 this much of it is in resident memory (it grows to the pool's size as the \
+                 prefix cache fills it, then stays).",
+            ))?,
             prompt_tokens: IntCounter::with_opts(opts(
                 "kiln_prompt_tokens_total",
                 "Prompt tokens of admitted requests.",
@@ -125,6 +132,7 @@ impl Metrics {
         registry.register(Box::new(m.running.clone()))?;
         registry.register(Box::new(m.waiting.clone()))?;
         registry.register(Box::new(m.kv_usage.clone()))?;
+        registry.register(Box::new(m.kv_resident.clone()))?;
         registry.register(Box::new(m.prompt_tokens.clone()))?;
         registry.register(Box::new(m.generation_tokens.clone()))?;
         registry.register(Box::new(m.preemptions.clone()))?;

@@ -131,6 +131,11 @@ pub(crate) struct ServeConfig {
         default_value_t = GatewayConfig::default().request_timeout.as_secs())]
     pub(crate) request_timeout: u64,
 
+    /// Seconds a stream waits for a client that reads nothing before its request is cancelled
+    #[arg(long, env = "KILN_SEND_TIMEOUT", value_name = "SECONDS",
+        default_value_t = GatewayConfig::default().send_timeout.as_secs() as usize, value_parser = positive)]
+    pub(crate) send_timeout: usize,
+
     /// Seconds to drain in-flight requests on SIGTERM
     #[arg(long, env = "KILN_SHUTDOWN_GRACE", value_name = "SECONDS",
         default_value_t = SHUTDOWN_GRACE_SECS)]
@@ -417,6 +422,7 @@ impl ServeConfig {
             metrics_require_key: self.metrics_require_key,
             max_body_bytes: self.max_body_bytes.0,
             request_timeout: Duration::from_secs(self.request_timeout),
+            send_timeout: Duration::from_secs(self.send_timeout as u64),
             // The engine enforces `max_n`; validation states the same limit to clients.
             limits: Limits {
                 max_n: self.max_n as u32,

@@ -4,6 +4,7 @@
 //! for checking a model end to end) and `tokenize` (exactly what the model will see for a prompt
 //! or a chat message) are tools around it. Every command's flags are one clap-derived struct.
 
+mod alloc;
 mod config;
 mod generate;
 mod serve;

@@ -49,6 +49,7 @@ struct Pending {
 }
 
 pub(crate) fn run(config: ServeConfig) -> Result<()> {
+    crate::alloc::tune();
     let mut pending = Vec::new();
     for plan in config.plans()? {
         let path = resolve_model(plan.path.clone())?;

@@ -47,6 +47,16 @@ pub enum TokenizerError {
     UnknownTokenId { id: u32, vocab_size: usize },
     #[error("the model has no chat template")]
     NoChatTemplate,
+    /// A prompt that surely does not fit `limit` tokens, known from its length alone.
+    #[error(
+        "this model's maximum context length is {limit} tokens; the prompt's {bytes} bytes are \
+         at least {at_least} tokens"
+    )]
+    PromptTooLong {
+        bytes: usize,
+        at_least: usize,
+        limit: usize,
+    },
     /// The template itself is broken (syntax error, bad filter, runaway loop): a model problem.
     #[error("chat template `{name}`: {message}")]
     Template { name: String, message: String },
@@ -90,6 +100,11 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
     vocab_size: usize,
+    /// The most input bytes one token can stand for (the longest token's text, plus a margin
+    /// for decoders that drop a leading space), when the tokenizer has no normalizer — so a
+    /// text of `n` bytes is at least `n / max_token_bytes` tokens. `None` with a normalizer,
+    /// which may shrink the text before it is split.
+    max_token_bytes: Option<usize>,
 }
 
 /// A special token's id and text.
@@ -150,6 +165,14 @@ impl Tokenizer {
         }
         let splitter = SpecialSplitter::new(&inner)?;
         let vocab_size = inner.get_vocab_size(true);
+        let max_token_bytes = inner.get_normalizer().is_none().then(|| {
+            (0..vocab_size as u32)
+                .filter_map(|id| inner.decode(&[id], false).ok())
+                .map(|t| t.len())
+                .max()
+                .unwrap_or(0)
+                + 4
+        });
         let mut eos_ids = specials.eos_ids;
         if let Some(eos) = &specials.eos {
             eos_ids.push(eos.id);
@@ -166,7 +189,27 @@ impl Tokenizer {
             eos_ids,
             chat_template,
             vocab_size,
+            max_token_bytes,
         })
+    }
+
+    /// A lower bound on the tokens `text` encodes to, without encoding it (0 when this
+    /// tokenizer cannot bound it): a prompt that cannot fit is refused before the costly part.
+    pub fn min_tokens(&self, text: &str) -> usize {
+        self.max_token_bytes.map_or(0, |max| text.len() / max)
+    }
+
+    /// Fails with [`TokenizerError::PromptTooLong`] when `text` is surely more than `limit`
+    /// tokens.
+    fn check_bound(&self, text: &str, limit: Option<usize>) -> Result<()> {
+        match limit {
+            Some(limit) if self.min_tokens(text) > limit => Err(TokenizerError::PromptTooLong {
+                bytes: text.len(),
+                at_least: self.min_tokens(text),
+                limit,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Encodes `text`. With `parse_special`, special-token strings in the text become their
@@ -227,7 +270,7 @@ impl Tokenizer {
         options: &ChatTemplateOptions,
     ) -> Result<ChatPrompt> {
         let rendered = self.render(messages, options)?;
-        self.encode_rendered(&rendered)
+        self.encode_rendered(&rendered, options.max_prompt_tokens)
     }
 
     /// Like [`apply_chat_template`](Self::apply_chat_template) for messages with images: the
@@ -262,7 +305,7 @@ impl Tokenizer {
             rest = &rest[at + placeholder.len()..];
         }
         expanded.push_str(rest);
-        self.encode_rendered(&expanded)
+        self.encode_rendered(&expanded, options.max_prompt_tokens)
     }
 
     /// The chat template's text for `messages`, caller strings escaped.
@@ -274,21 +317,30 @@ impl Tokenizer {
     }
 
     /// A rendered template to ids: its special-token strings become those tokens, escaped
-    /// caller text stays literal.
-    fn encode_rendered(&self, rendered: &str) -> Result<ChatPrompt> {
-        let mut ids = Vec::with_capacity(rendered.len() / 3 + 4);
+    /// caller text stays literal. With a `limit`, text that surely exceeds it is refused
+    /// before any of it is encoded.
+    fn encode_rendered(&self, rendered: &str, limit: Option<usize>) -> Result<ChatPrompt> {
         let mut text = String::with_capacity(rendered.len());
+        let mut pieces = Vec::new();
         for segment in self.splitter.split(rendered) {
             match segment {
                 special::Segment::Text(t) => {
                     let literal = self.splitter.unescape(t);
-                    self.encode_literal_into(&literal, &mut ids)?;
                     text.push_str(&literal);
+                    pieces.push(Ok(literal));
                 }
                 special::Segment::Special(id) => {
-                    ids.push(id);
                     text.push_str(self.splitter.content(id).unwrap_or_default());
+                    pieces.push(Err(id));
                 }
+            }
+        }
+        self.check_bound(&text, limit)?;
+        let mut ids = Vec::with_capacity(rendered.len() / 3 + 4);
+        for piece in pieces {
+            match piece {
+                Ok(literal) => self.encode_literal_into(&literal, &mut ids)?,
+                Err(id) => ids.push(id),
             }
         }
         Ok(ChatPrompt { text, ids })

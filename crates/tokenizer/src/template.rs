@@ -52,12 +52,15 @@ pub enum ContentPart {
 }
 
 /// How to render: the generation prompt, tool definitions and extra template arguments
-/// (`chat_template_kwargs`, e.g. `enable_thinking`).
+/// (`chat_template_kwargs`, e.g. `enable_thinking`), and the length past which not to encode.
 #[derive(Debug, Clone, Default)]
 pub struct ChatTemplateOptions {
     pub add_generation_prompt: bool,
     pub tools: Option<Vec<Json>>,
     pub kwargs: serde_json::Map<String, Json>,
+    /// Refuse ([`TokenizerError::PromptTooLong`](crate::TokenizerError::PromptTooLong)) a
+    /// rendered prompt whose length alone shows it exceeds this many tokens, before encoding.
+    pub max_prompt_tokens: Option<usize>,
 }
 
 /// A rendered chat: the prompt text (user text literal) and its token ids.

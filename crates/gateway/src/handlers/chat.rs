@@ -124,6 +124,9 @@ pub(crate) async fn chat(
     let options = ChatTemplateOptions {
         add_generation_prompt: true,
         tools: plan.template_tools(&req.tools),
+        // A prompt that surely cannot fit is refused before it is encoded (a multi-megabyte
+        // message would otherwise cost seconds of CPU and hundreds of MiB first).
+        max_prompt_tokens: Some(backend.engine.model_info().context_length),
         ..ChatTemplateOptions::default()
     };
     let (prompt, images) = match vision {
@@ -223,7 +226,7 @@ pub(crate) async fn chat(
     if let Some(Event::Error(e)) = &first {
         return Err(from_scheduler(e.clone(), PROMPT_PARAM));
     }
-    let (sse, response) = sse_response();
+    let (sse, response) = sse_response(gw.config.send_timeout);
     let want_logprobs = req.logprobs.is_some();
     let include_usage = req.include_usage;
     tokio::spawn(async move {

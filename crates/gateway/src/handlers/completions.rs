@@ -86,7 +86,23 @@ pub(crate) async fn completions(
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for p in &req.prompts {
         let (text, ids) = match p {
-            PromptInput::Text(t) => (t.clone(), backend.tokenizer.encode(t, true, true)?),
+            PromptInput::Text(t) => {
+                // Refused from its length alone when it surely cannot fit, before encoding.
+                let limit = backend.engine.model_info().context_length;
+                let at_least = backend.tokenizer.min_tokens(t);
+                if at_least > limit {
+                    let e = kiln_tokenizer::TokenizerError::PromptTooLong {
+                        bytes: t.len(),
+                        at_least,
+                        limit,
+                    };
+                    return Err(
+                        ApiError::new(ErrorKind::ContextLengthExceeded, e.to_string())
+                            .param("prompt"),
+                    );
+                }
+                (t.clone(), backend.tokenizer.encode(t, true, true)?)
+            }
             PromptInput::Tokens(ids) => (backend.tokenizer.decode(ids, false)?, ids.clone()),
         };
         prompts.push((text, ids));
@@ -155,7 +171,7 @@ pub(crate) async fn completions(
     if let Some((_, Event::Error(e))) = &first {
         return Err(from_scheduler(e.clone(), PROMPT_PARAM));
     }
-    let (sse, response) = sse_response();
+    let (sse, response) = sse_response(gw.config.send_timeout);
     let include_usage = req.include_usage;
     let echo = req.echo;
     tokio::spawn(async move {

@@ -92,6 +92,8 @@ fn dropping_a_stream_cancels_it_and_frees_its_blocks() {
         assert!(matches!(running.blocking_next(), Some(Event::Token { .. })));
     }
     assert!(metric(&registry, "kiln_kv_cache_usage_ratio") > 0.0);
+    let resident = metric(&registry, "kiln_kv_cache_resident_bytes");
+    assert!(resident > 0.0);
     assert_eq!(handle.waiting(), 1);
     drop(waiting);
     wait_for("the waiting request to leave the queue", || {
@@ -102,6 +104,8 @@ fn dropping_a_stream_cancels_it_and_frees_its_blocks() {
         metric(&registry, "kiln_kv_cache_usage_ratio") == 0.0
             && metric(&registry, "kiln_num_requests_running") == 0.0
     });
+    // The pool's written part stays resident: it does not shrink when the request ends.
+    assert!(metric(&registry, "kiln_kv_cache_resident_bytes") >= resident);
     // The engine still serves.
     let c = run(&handle, GenerationRequest::greedy(prompt(5, 2), 3));
     assert_eq!(c.choices[0].tokens.len(), 3);

@@ -124,6 +124,7 @@ fn tools_and_kwargs_reach_the_template_and_tojson_prints_like_python() {
             json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}),
         ]),
         kwargs: json!({"flag": "on"}).as_object().unwrap().clone(),
+        max_prompt_tokens: None,
     };
     let prompt = tok.apply_chat_template(&[call], &options).unwrap();
     assert_eq!(
@@ -132,4 +133,41 @@ fn tools_and_kwargs_reach_the_template_and_tojson_prints_like_python() {
     );
     // The end marker inside the tool arguments stays text.
     assert!(!prompt.ids.contains(&2));
+}
+
+/// The length bound is a true lower bound on the encoded length, whatever the text (words,
+/// one long word, bytes that are single tokens, control-token strings); a chat prompt that
+/// surely exceeds the limit is refused before it is encoded, and one that fits is not.
+#[test]
+fn prompt_length_bounds_are_lower_bounds_and_refuse_before_encoding() {
+    let tok = common::hf();
+    let long_word = "x".repeat(5_000);
+    let texts = [
+        "The capital of France is Paris. ".repeat(200),
+        long_word,
+        "🦀 ünïcödé ".repeat(300),
+        "<|im_start|>user\n<|im_end|>".repeat(100),
+        "                                        ".repeat(50),
+        "1234567890".repeat(400),
+    ];
+    for text in &texts {
+        let encoded = tok.encode(text, true, false).unwrap().len();
+        let bound = tok.min_tokens(text);
+        assert!(bound <= encoded, "{bound} > {encoded} for {:.40}", text);
+        assert!(bound > 0, "no bound for {:.40}", text);
+    }
+    let messages = [ChatMessage::text("user", &"lorem ipsum ".repeat(130_000))];
+    let options = ChatTemplateOptions {
+        max_prompt_tokens: Some(8192),
+        ..ChatTemplateOptions::default()
+    };
+    match tok.apply_chat_template(&messages, &options) {
+        Err(TokenizerError::PromptTooLong {
+            at_least, limit, ..
+        }) => assert!(at_least > limit),
+        Err(other) => panic!("expected PromptTooLong, got {other}"),
+        Ok(p) => panic!("expected PromptTooLong, got {} ids", p.ids.len()),
+    }
+    let fits = [ChatMessage::text("user", &"lorem ipsum ".repeat(100))];
+    assert!(tok.apply_chat_template(&fits, &options).is_ok());
 }
