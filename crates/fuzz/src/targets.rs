@@ -50,6 +50,7 @@ pub const NAMES: &[&str] = &[
     "tool_calls",
     "sse",
     "gguf",
+    "safetensors",
     "image",
     "json_schema",
 ];
@@ -667,6 +668,37 @@ fn gguf() -> Result<Target, String> {
     })
 }
 
+fn safetensors() -> Result<Target, String> {
+    let seeds = vec![
+        read(&testdata().join("tiny-llama/model.safetensors"))?,
+        read(&testdata().join("tiny-phi3/model.safetensors"))?,
+    ];
+    Ok(Target {
+        name: "safetensors",
+        seeds,
+        mutator: Mutator {
+            dictionary: words(&[
+                "\"dtype\":\"F32\"",
+                "\"dtype\":\"F16\"",
+                "\"dtype\":\"BF16\"",
+                "\"dtype\":\"I64\"",
+                "\"shape\":[",
+                "\"data_offsets\":[",
+                "\"__metadata__\":{",
+                "18446744073709551615",
+                "4294967296",
+                "],[",
+                "{}",
+            ]),
+            // The 8-byte length and the JSON header are where the parsing is.
+            region: Some(4 << 10),
+            max_len: 2 << 20,
+            json_keys: None,
+        },
+        check: Box::new(|input| Ok(kiln_runtime::read_safetensors(input).is_ok())),
+    })
+}
+
 fn image() -> Result<Target, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/image");
     let mut seeds = Vec::new();
@@ -786,6 +818,7 @@ pub fn target(name: &str) -> Result<Target, String> {
         "tool_calls" => Ok(tool_calls()),
         "sse" => Ok(sse()),
         "gguf" => gguf(),
+        "safetensors" => safetensors(),
         "image" => image(),
         "json_schema" => json_schema(),
         other => Err(format!(

@@ -24,6 +24,7 @@ pub use error::{LoadError, RuntimeError};
 /// Bytes this process may still allocate (what a KV budget is checked against).
 pub use nn::memory_available;
 pub use quant::{QuantError, dequantize, dequantize_to_vec};
+pub use weights::read_safetensors;
 
 /// A block-table entry for a page given back: allowed only where its group no longer reads —
 /// before a sliding group's window ([`KvGroups`]) — which a step never touches.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 pub(crate) use gguf::{GgufLayout, GgufSource};
 pub(crate) use loader::Loader;
 pub(crate) use safetensors::SafetensorsSource;
+pub use safetensors::read_all as read_safetensors;
 
 use crate::LoadError;
 use crate::kernels::PackedMatrix;

@@ -63,10 +63,7 @@ impl SafetensorsSource {
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
             let map = map_file(&path)?;
-            let tensors = SafeTensors::deserialize(&map).map_err(|e| LoadError::Format {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let tensors = deserialize(&map, &path)?;
             for name in tensors.names() {
                 index.insert(name.to_string(), i);
             }
@@ -105,29 +102,71 @@ impl TensorSource for SafetensorsSource {
                     .map(|s| s.path.clone())
                     .unwrap_or_default(),
             })?;
-        let tensors = SafeTensors::deserialize(&shard.map).map_err(|e| LoadError::Format {
-            path: shard.path.clone(),
-            message: e.to_string(),
-        })?;
-        let view = tensors.tensor(name).map_err(|e| LoadError::Tensor {
-            name: name.to_string(),
-            path: shard.path.clone(),
-            message: e.to_string(),
-        })?;
+        let tensors = deserialize(&shard.map, &shard.path)?;
+        let view = view(&tensors, name, &shard.path)?;
         check_shape(name, &shard.path, view.shape(), shape)?;
-        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| LoadError::Tensor {
-            name: name.to_string(),
-            path: shard.path.clone(),
-            message: format!(
-                "dtype {:?} is not supported (F32, F16, BF16 are)",
-                view.dtype()
-            ),
-        })?;
-        Ok(RawTensor::F32(HostTensor {
-            shape: view.shape().to_vec(),
-            data,
-        }))
+        Ok(RawTensor::F32(values(&view, name, &shard.path)?))
     }
+}
+
+fn deserialize<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, LoadError> {
+    SafeTensors::deserialize(bytes).map_err(|e| LoadError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn view<'a>(
+    tensors: &'a SafeTensors<'a>,
+    name: &str,
+    path: &Path,
+) -> Result<safetensors::tensor::TensorView<'a>, LoadError> {
+    tensors.tensor(name).map_err(|e| LoadError::Tensor {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// A tensor's values as f32, or the error naming its unsupported dtype.
+fn values(
+    view: &safetensors::tensor::TensorView<'_>,
+    name: &str,
+    path: &Path,
+) -> Result<HostTensor, LoadError> {
+    let data = to_f32(view.dtype(), view.data()).ok_or_else(|| LoadError::Tensor {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        message: format!(
+            "dtype {:?} is not supported (F32, F16, BF16 are)",
+            view.dtype()
+        ),
+    })?;
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
+}
+
+/// Reads every tensor of a safetensors file's bytes as a load does (header, then each
+/// tensor's values as f32); their names and shapes, in the header's order. (Public for the
+/// fuzzer, which feeds it mutated checkpoints.)
+pub fn read_all(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, LoadError> {
+    let path = Path::new("<bytes>");
+    let tensors = deserialize(bytes, path)?;
+    let mut out = Vec::new();
+    for (name, view) in tensors.iter() {
+        let host = values(&view, name, path)?;
+        if host.data.len() != host.shape.iter().product::<usize>() {
+            return Err(LoadError::Tensor {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                message: format!("{} values for shape {:?}", host.data.len(), host.shape),
+            });
+        }
+        out.push((name.to_string(), host.shape));
+    }
+    Ok(out)
 }
 
 /// Little-endian F32/F16/BF16 bytes to f32; `None` for other dtypes.
