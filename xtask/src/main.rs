@@ -13,6 +13,7 @@ mod loadgen;
 mod report;
 mod schemathesis;
 mod server;
+mod soak;
 
 const HELP: &str = "\
 usage: cargo xtask <command>
@@ -27,8 +28,8 @@ commands:
                 (pinned openai package); prints the venv's python on stdout
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
                 test --workspace (end-to-end tests included), the tiny-model golden test
-                again on wgpu, a bounded schemathesis run, bench-serve --quick and
-                bench --quick
+                again on wgpu, a bounded schemathesis run, bench-serve --quick,
+                bench --quick and a one-minute soak
   schemathesis [--max-examples N] [--seed S] [--max-time SECONDS]
                 property-based tests of the real `kiln serve` against its /openapi.json
                 (schemathesis in a venv under the kiln cache): no 5xx, no schema violation
@@ -51,6 +52,16 @@ commands:
                 (default 60): mutated real inputs, panics, broken properties and slow inputs
                 reported and saved under $KILN_HOME/fuzz/findings; --release for a full run's
                 rate (CI runs a short burst of every target in `cargo test`)
+  soak [--minutes N] [--streams C] [--seed S] [--dev] [--no-docs]
+                the release `kiln serve` (SmolLM2 and the tiny SmolVLM) under a mixed
+                closed-loop load for N minutes (default 10) at C streams (default 64): every
+                kind of request, clients hanging up mid-stream, invalid requests, after a burst
+                of huge bad requests; RSS, fds, threads and the engine's gauges sampled each
+                second; fails on a 5xx, a dropped connection, a panic, RSS growth after warm-up
+                over 5% (or over 10% after the burst), climbing fds or threads, a canary answer
+                that changes. Writes docs/soak.png and the table in docs/reliability.md
+                (--no-docs: under $KILN_HOME/soak only); --dev: the test build (CI runs
+                --minutes 1 --streams 8 --dev --no-docs)
   help          this text
 ";
 
@@ -74,43 +85,45 @@ impl std::error::Error for StepFailed {}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [] | ["help" | "--help" | "-h"] => {
-            print!("{HELP}");
-            Ok(())
-        }
-        ["fetch-model"] => fetch_model().map(|path| println!("{}", path.display())),
-        ["fetch-model", "--model", id] => match kiln_hub::model_by_id(id) {
-            Some(spec) => fetch(spec).map(|path| println!("{}", path.display())),
-            None => Err(anyhow::anyhow!(
-                "unknown model {id:?}; fetch-model knows: {}",
-                kiln_hub::MODELS
-                    .iter()
-                    .map(|m| m.id)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        },
-        ["ci"] => ci(),
-        ["fuzz", rest @ ..] => fuzz(&workspace_root(), rest),
-        ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
-        ["schemathesis", rest @ ..] => schemathesis::Options::parse(rest)
-            .and_then(|options| schemathesis::run(&workspace_root(), &options)),
-        ["bench", rest @ ..] => {
-            bench::Options::parse(rest).and_then(|options| bench::run(&workspace_root(), &options))
-        }
-        ["bench-serve", rest @ ..] => bench_serve::Options::parse(rest)
-            .and_then(|options| bench_serve::run(&workspace_root(), &options)),
-        _ => {
-            eprint!("xtask: unknown arguments {args:?}\n\n{HELP}");
-            return ExitCode::from(2);
-        }
-    };
+    let result =
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] | ["help" | "--help" | "-h"] => {
+                print!("{HELP}");
+                Ok(())
+            }
+            ["fetch-model"] => fetch_model().map(|path| println!("{}", path.display())),
+            ["fetch-model", "--model", id] => match kiln_hub::model_by_id(id) {
+                Some(spec) => fetch(spec).map(|path| println!("{}", path.display())),
+                None => Err(anyhow::anyhow!(
+                    "unknown model {id:?}; fetch-model knows: {}",
+                    kiln_hub::MODELS
+                        .iter()
+                        .map(|m| m.id)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            },
+            ["ci"] => ci(),
+            ["fuzz", rest @ ..] => fuzz(&workspace_root(), rest),
+            ["e2e-env"] => e2e_env().map(|python| println!("{}", python.display())),
+            ["schemathesis", rest @ ..] => schemathesis::Options::parse(rest)
+                .and_then(|options| schemathesis::run(&workspace_root(), &options)),
+            ["bench", rest @ ..] => bench::Options::parse(rest)
+                .and_then(|options| bench::run(&workspace_root(), &options)),
+            ["soak", rest @ ..] => soak::Options::parse(rest)
+                .and_then(|options| soak::run(&workspace_root(), &options)),
+            ["bench-serve", rest @ ..] => bench_serve::Options::parse(rest)
+                .and_then(|options| bench_serve::run(&workspace_root(), &options)),
+            _ => {
+                eprint!("xtask: unknown arguments {args:?}\n\n{HELP}");
+                return ExitCode::from(2);
+            }
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -250,6 +263,10 @@ fn ci() -> anyhow::Result<()> {
         },
     )
     .context("ci step `bench --quick` failed")?;
+
+    // The server must stay flat and correct over time: a one-minute soak, the test build.
+    header("soak --minutes 1 --streams 8 --dev --no-docs");
+    soak::run(&root, &soak::Options::ci()).context("ci step `soak` failed")?;
 
     // Later CI steps go here, once what they check exists. Each one fails fast and names itself.
 
