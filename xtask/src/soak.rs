@@ -1221,10 +1221,10 @@ fn seconds(v: Option<f64>) -> String {
 /// The report's markdown: where and how it ran, what the memory did, and each kind's counts
 /// and latencies.
 fn table(
+    commit: &str,
     run: &Run,
     verdict: &Verdict,
     options: &Options,
-    root: &Path,
     plot: Option<&str>,
 ) -> String {
     let mut out = String::new();
@@ -1238,7 +1238,7 @@ fn table(
          {} requests in {:.1} minutes, {} failed; verdict: **{}**.\n",
         report::date(),
         report::machine(),
-        report::commit(root),
+        commit,
         options.invocation(),
         total,
         run.load.as_secs_f64() / 60.0,
@@ -1390,6 +1390,8 @@ fn plot(root: &Path, json_path: &Path, png: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
+    // Before anything is written (the plot into docs/ would make the tree look changed).
+    let commit = report::commit(root);
     let model = crate::fetch_model()?;
     let kiln = if options.dev {
         test_kiln(root)?
@@ -1436,10 +1438,10 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     };
     plot(root, &json_path, &png)?;
     let table = table(
+        &commit,
         &run,
         &verdict,
         options,
-        root,
         options.docs.then_some("soak.png"),
     );
     print!("{table}");

@@ -1,6 +1,7 @@
 //! End-to-end: runs the pytest suite in `tests/e2e/`, which starts this crate's real `kiln`
 //! binary on the default model (and on Gemma 3 270M, the second real model, and the tiny random
-//! SmolVLM for image input: test_vision.py; both models at once: test_multi_model.py) and
+//! SmolVLM for image input: test_vision.py; both models at once: test_multi_model.py; memory
+//! after a burst of huge bad requests: test_reliability.py) and
 //! drives it with the official `openai` Python client, `requests` and curl; the playground is
 //! driven in Debian's Chromium by Playwright (test_playground.py), and its Node snippet run with
 //! the official `openai` Node package. The Python venv and the Node folder come from

@@ -156,7 +156,7 @@ fn prompt_length_bounds_are_lower_bounds_and_refuse_before_encoding() {
         assert!(bound <= encoded, "{bound} > {encoded} for {:.40}", text);
         assert!(bound > 0, "no bound for {:.40}", text);
     }
-    let messages = [ChatMessage::text("user", &"lorem ipsum ".repeat(130_000))];
+    let messages = [ChatMessage::text("user", "lorem ipsum ".repeat(130_000))];
     let options = ChatTemplateOptions {
         max_prompt_tokens: Some(8192),
         ..ChatTemplateOptions::default()
@@ -168,6 +168,6 @@ fn prompt_length_bounds_are_lower_bounds_and_refuse_before_encoding() {
         Err(other) => panic!("expected PromptTooLong, got {other}"),
         Ok(p) => panic!("expected PromptTooLong, got {} ids", p.ids.len()),
     }
-    let fits = [ChatMessage::text("user", &"lorem ipsum ".repeat(100))];
+    let fits = [ChatMessage::text("user", "lorem ipsum ".repeat(100))];
     assert!(tok.apply_chat_template(&fits, &options).is_ok());
 }
