@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::loadgen::{self, RequestResult, Scenario, quantile};
 use crate::report;
-use crate::server::{Server, cargo_build_bin, free_port, test_kiln};
+use crate::server::{Server, free_port, kiln_binary};
 
 /// Threads each server may use: the same for both, and all this machine's cores.
 const THREADS: usize = 2;
@@ -309,15 +309,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     };
     // The harness check (--quick) takes the dev build CI has already made; a comparison needs
     // the release build.
-    let kiln = if options.quick {
-        test_kiln(root)?
-    } else {
-        cargo_build_bin(
-            root,
-            &["build", "--release", "-p", "kiln-server", "--bin", "kiln"],
-            "kiln",
-        )?
-    };
+    let kiln = kiln_binary(root, options.quick)?;
     // Kiln as a user starts it: the KV cache sized by its defaults (`--max-running` sequences).
     let kiln_spec = |name: String, model: &Path, isa: Option<&str>| {
         let mut envs = vec![

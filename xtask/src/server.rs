@@ -190,6 +190,20 @@ pub(crate) fn cargo_build_bin(root: &Path, args: &[&str], bin: &str) -> anyhow::
         .with_context(|| format!("cargo {} built no executable named {bin}", args.join(" ")))
 }
 
+/// The `kiln` binary to run against: the test build (`dev`: what CI has built already) or the
+/// release build, built if needed.
+pub(crate) fn kiln_binary(root: &Path, dev: bool) -> anyhow::Result<PathBuf> {
+    if dev {
+        test_kiln(root)
+    } else {
+        cargo_build_bin(
+            root,
+            &["build", "--release", "-p", "kiln-server", "--bin", "kiln"],
+            "kiln",
+        )
+    }
+}
+
 /// The `kiln` binary the workspace's tests use (`cargo test --workspace --no-run`: after CI's
 /// test step, nothing to build).
 pub(crate) fn test_kiln(root: &Path) -> anyhow::Result<PathBuf> {

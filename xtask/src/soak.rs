@@ -18,8 +18,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+use crate::loadgen::XorShift as Rng;
 use crate::report;
-use crate::server::{Server, cargo_build_bin, free_port, http_get, test_kiln};
+use crate::server::{Server, free_port, http_get, kiln_binary};
 
 const DOC_BEGIN: &str = "<!-- soak:begin -->";
 const DOC_END: &str = "<!-- soak:end -->";
@@ -185,26 +186,6 @@ impl Kind {
             Self::Disconnect => "stream the client drops after 3 events",
             Self::Invalid => "invalid request",
         }
-    }
-}
-
-/// A small seeded generator: the mix, prompts and seeds are a function of `--seed`.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -1393,15 +1374,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     // Before anything is written (the plot into docs/ would make the tree look changed).
     let commit = report::commit(root);
     let model = crate::fetch_model()?;
-    let kiln = if options.dev {
-        test_kiln(root)?
-    } else {
-        cargo_build_bin(
-            root,
-            &["build", "--release", "-p", "kiln-server", "--bin", "kiln"],
-            "kiln",
-        )?
-    };
+    let kiln = kiln_binary(root, options.dev)?;
     let dir = kiln_hub::kiln_home()?.join("soak");
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("server.log");

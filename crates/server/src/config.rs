@@ -1014,7 +1014,7 @@ mod tests {
             assert_eq!(arg.get_id().as_str(), long.replace('-', "_"), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 33);
+        assert_eq!(seen, 34);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use kiln_api_types::{
 use kiln_scheduler::{Completion, Event, ImageInput, SchedulerError};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Content, ContentPart};
 
-use super::{fingerprint, finish_with_calls, generation_request, token_logprob, usage};
+use super::{blocking, fingerprint, finish_with_calls, generation_request, token_logprob, usage};
 use crate::body::{Body, json_response};
 use crate::error::{ApiError, ErrorKind, from_scheduler};
 use crate::ids::{random_hex, unix_now};
@@ -158,10 +158,14 @@ pub(crate) async fn chat(
                 .collect();
             (prompt, inputs)
         }
-        _ => (
-            backend.tokenizer.apply_chat_template(&messages, &options)?,
-            Vec::new(),
-        ),
+        _ => {
+            // Off the async workers: a long prompt takes a while to encode, and every stream
+            // the server is writing waits for the worker it blocks.
+            let tokenizer = backend.tokenizer.clone();
+            let prompt =
+                blocking(move || tokenizer.apply_chat_template(&messages, &options)).await??;
+            (prompt, Vec::new())
+        }
     };
     let n = req.params.n as usize;
     let mut request = generation_request(prompt.ids, &req.params, req.logprobs, grammar.as_ref());

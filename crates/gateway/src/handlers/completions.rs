@@ -15,7 +15,7 @@ use kiln_scheduler::{
 };
 use tokio::sync::mpsc;
 
-use super::{compile_format, fingerprint, finish, generation_request, usage};
+use super::{blocking, compile_format, fingerprint, finish, generation_request, usage};
 use crate::Gateway;
 use crate::body::{Body, json_response};
 use crate::error::{ApiError, ErrorKind, from_scheduler};
@@ -101,7 +101,10 @@ pub(crate) async fn completions(
                             .param("prompt"),
                     );
                 }
-                (t.clone(), backend.tokenizer.encode(t, true, true)?)
+                // Off the async workers, as chat prompts are.
+                let (tokenizer, text) = (backend.tokenizer.clone(), t.clone());
+                let ids = blocking(move || tokenizer.encode(&text, true, true)).await??;
+                (t.clone(), ids)
             }
             PromptInput::Tokens(ids) => (backend.tokenizer.decode(ids, false)?, ids.clone()),
         };

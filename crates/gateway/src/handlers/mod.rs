@@ -41,6 +41,16 @@ fn usage(u: kiln_scheduler::Usage) -> Usage {
     Usage::new(u.prompt_tokens as u32, u.completion_tokens as u32)
 }
 
+/// `f` on the blocking pool (tokenizing a long prompt, compiling a grammar): the async
+/// workers keep serving meanwhile. A panic in `f` is an internal error, not a lost worker.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal())
+}
+
 /// The request's output format compiled for the model's vocabulary, on the blocking pool (a
 /// large schema, or the model's first, takes a while). A schema the grammar engine cannot
 /// enforce is a 400 naming the keyword.
@@ -56,9 +66,8 @@ pub(crate) async fn compile_format(
         }
     };
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || engine.compile(&format, param))
-        .await
-        .map_err(|_| ApiError::internal())?
+    blocking(move || engine.compile(&format, param))
+        .await?
         .map(Some)
         .map_err(|e| from_scheduler(e, param))
 }

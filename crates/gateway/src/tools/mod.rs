@@ -380,9 +380,8 @@ fn call_delta(call: ToolCallDelta) -> ChatCompletionDelta {
 
 async fn compile_lark(engine: &EngineHandle, lark: String) -> Result<Grammar, ApiError> {
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || engine.compile(&OutputFormat::Lark(lark), "tools"))
-        .await
-        .map_err(|_| ApiError::internal())?
+    crate::handlers::blocking(move || engine.compile(&OutputFormat::Lark(lark), "tools"))
+        .await?
         .map_err(|e| from_scheduler(e, "tools"))
 }
 
