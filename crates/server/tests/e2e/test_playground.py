@@ -226,6 +226,9 @@ def test_images_reach_the_vision_model(page):
 def test_stop_cancels_the_request_on_the_server(page):
     page.models_loaded()
     page.page.fill("#max_tokens", "3000")
+    # Greedy, so the answer is the same long count every run (a sampled one could end before
+    # Stop is pressed).
+    page.page.fill("#temperature", "0")
     page.send("Count from 1 to 1000, one number per line.")
     expect(page.last_answer().locator(".content")).not_to_have_text("", timeout=60_000)
     assert metric(page.kiln, "kiln_num_requests_running", SMOL) == 1
