@@ -170,15 +170,55 @@ pub(crate) async fn stream_completion(port: u16, body: &Value) -> RequestResult 
     result
 }
 
-async fn stream_into(port: u16, body: &Value, result: &mut RequestResult) -> anyhow::Result<()> {
+/// An HTTP/1.1 connection to the server on `port`: the sender, and the task driving the
+/// connection (aborting it hangs up).
+pub(crate) async fn connect(
+    port: u16,
+) -> anyhow::Result<(
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .context("connecting")?;
     stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("HTTP handshake")?;
-    let conn = tokio::spawn(conn);
+    Ok((sender, tokio::spawn(conn)))
+}
+
+/// What one complete line of an event stream carried.
+pub(crate) enum SseLine {
+    Event(Value),
+    Done,
+}
+
+/// Takes the complete lines out of `buffer` (a partial last line stays) and gives back the
+/// `data:` ones: `[DONE]`, or the event's JSON.
+pub(crate) fn take_sse_lines(buffer: &mut Vec<u8>) -> anyhow::Result<Vec<SseLine>> {
+    let mut out = Vec::new();
+    while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buffer.drain(..=end).collect();
+        let line = String::from_utf8_lossy(&line);
+        let Some(payload) = line.trim_end().strip_prefix("data:") else {
+            continue;
+        };
+        let payload = payload.trim();
+        out.push(if payload == "[DONE]" {
+            SseLine::Done
+        } else {
+            SseLine::Event(
+                serde_json::from_str(payload)
+                    .with_context(|| format!("an event that is not JSON: {payload}"))?,
+            )
+        });
+    }
+    Ok(out)
+}
+
+async fn stream_into(port: u16, body: &Value, result: &mut RequestResult) -> anyhow::Result<()> {
+    let (mut sender, conn) = connect(port).await?;
     let request = hyper::Request::post("/v1/completions")
         .header("host", format!("127.0.0.1:{port}"))
         .header("content-type", "application/json")
@@ -204,19 +244,11 @@ async fn stream_into(port: u16, body: &Value, result: &mut RequestResult) -> any
         };
         let now = Instant::now();
         buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(payload) = line.trim_end().strip_prefix("data:") else {
-                continue;
-            };
-            let payload = payload.trim();
-            if payload == "[DONE]" {
+        for line in take_sse_lines(&mut buffer)? {
+            let SseLine::Event(event) = line else {
                 done = true;
                 continue;
-            }
-            let event: Value = serde_json::from_str(payload)
-                .with_context(|| format!("an event that is not JSON: {payload}"))?;
+            };
             if let Some(error) = event.get("error") {
                 bail!("error event: {error}");
             }

@@ -15,10 +15,9 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::loadgen::XorShift as Rng;
+use crate::loadgen::{SseLine, XorShift as Rng, connect, take_sse_lines};
 use crate::report;
 use crate::server::{Server, free_port, http_get, kiln_binary};
 
@@ -460,14 +459,7 @@ struct Reply {
 }
 
 async fn exchange(port: u16, planned: &Planned) -> anyhow::Result<Reply> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .context("connecting")?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake")?;
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = connect(port).await?;
     let request = hyper::Request::post(planned.path)
         .header("host", format!("127.0.0.1:{port}"))
         .header("content-type", planned.content_type)
@@ -499,19 +491,11 @@ async fn exchange(port: u16, planned: &Planned) -> anyhow::Result<Reply> {
             continue;
         };
         buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(payload) = line.trim_end().strip_prefix("data:") else {
-                continue;
-            };
-            let payload = payload.trim();
-            if payload == "[DONE]" {
+        for line in take_sse_lines(&mut buffer)? {
+            let SseLine::Event(event) = line else {
                 reply.done = true;
                 continue;
-            }
-            let event: Value = serde_json::from_str(payload)
-                .with_context(|| format!("an event that is not JSON: {payload}"))?;
+            };
             if reply.first_token.is_none() && carries_output(&event) {
                 reply.first_token = Some(Instant::now());
             }

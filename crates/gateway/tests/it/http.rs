@@ -58,7 +58,17 @@ async fn start_with(keys: &[&str], cors: Cors) -> Setup {
 
 /// Serves `gateway` on a free local port until the test ends.
 pub(crate) async fn listen(gateway: &Arc<Gateway>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(
+        gateway,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+}
+
+/// Serves `gateway` on `listener` until the test ends.
+pub(crate) fn serve_on(
+    gateway: &Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         gateway

@@ -14,7 +14,7 @@ use kiln_tokenizer::Tokenizer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::http::{call, error, testdata};
+use crate::http::{call, error, serve_on, testdata};
 
 /// A copy of the tiny Llama whose `model.norm.weight` is all NaN: every logit it makes is NaN.
 fn poisoned_tiny_llama(dir: &Path) {
@@ -76,13 +76,7 @@ async fn serve(models: &[(&str, &Path)], config: GatewayConfig) -> Two {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_send_buffer_size(16 << 10).unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(64).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        gateway
-            .clone()
-            .serve(listener, std::future::pending(), Duration::from_secs(1)),
-    );
+    let addr = serve_on(&gateway, socket.listen(64).unwrap());
     Two {
         addr,
         _engines: engines,
