@@ -23,6 +23,8 @@ pub(super) trait Format {
     type Block: bytemuck::Pod;
     /// Values per block: a multiple of [`GROUP`].
     const VALUES: usize;
+    /// Whether decoding costs more than loading: f32 rows are read in place, never buffered.
+    const DECODES: bool = true;
 
     /// Calls `emit` once per group of the block, in order, with the group's values.
     fn decode<L: Lanes>(l: L, b: &Self::Block, emit: impl FnMut([L::F; 2]));
@@ -408,6 +410,7 @@ pub(super) struct F32;
 impl Format for F32 {
     type Block = [f32; 32];
     const VALUES: usize = 32;
+    const DECODES: bool = false;
     #[inline(always)]
     fn decode<L: Lanes>(l: L, b: &Self::Block, mut emit: impl FnMut([L::F; 2])) {
         let (lo, hi) = b.split_at(16);

@@ -17,6 +17,11 @@ pub(super) trait Lanes: Copy {
     /// 4-bit formats then decode through a 16-entry table of their block's values instead of
     /// converting and scaling every value. Both ways give the same bits.
     const LOOKUP: bool = false;
+    /// The fewest rows of `x` from which a weight row is decoded once into an L1 buffer and
+    /// read from there by every tile, rather than decoded again in registers for each tile.
+    /// Both ways do the same operations on each lane, so the same bits; which is faster is a
+    /// matter of the path's registers (measured, `benches/kernels.rs`).
+    const BUFFER_FROM_ROWS: usize = usize::MAX;
 
     fn splat(self, v: f32) -> Self::F;
     fn load(self, x: &[f32; 16]) -> Self::F;

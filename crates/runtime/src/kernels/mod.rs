@@ -7,8 +7,10 @@
 //! their 2.6–8.5-bit blocks they are 4–12x fewer bytes than f32. Each block is decoded into
 //! registers ([`formats`]) with the reference dequantizer's arithmetic and used at once for every
 //! row of the tile of `x` in flight (up to [`Lanes::MAX_TILE`] rows: the decode is paid once per
-//! tile, then one FMA per 16 values per row). Activations stay f32, so logits are those of a
-//! dequantized f32 model up to the order of additions.
+//! tile, then one FMA per 16 values per row). Where a path's registers hold only short tiles
+//! (AVX2: two rows), a batch of [`Lanes::BUFFER_FROM_ROWS`] or more decodes each weight row once
+//! into an L1 buffer that every tile reads instead. Activations stay f32, so logits are those of
+//! a dequantized f32 model up to the order of additions.
 //!
 //! That order is fixed: an output element accumulates position `c` of each 32-value group into
 //! lane `c % 32` (one fused multiply-add per value, groups in order), then folds the 32 lanes
@@ -83,7 +85,7 @@ pub struct Isa(IsaImpl);
 enum IsaImpl {
     Scalar,
     #[cfg(target_arch = "x86_64")]
-    Avx2(pulp::x86::V3),
+    Avx2(x86::Avx2),
     #[cfg(target_arch = "x86_64")]
     Avx512(pulp::x86::V4),
 }
@@ -94,7 +96,7 @@ impl Isa {
         let mut all = vec![Self(IsaImpl::Scalar)];
         #[cfg(target_arch = "x86_64")]
         {
-            all.extend(pulp::x86::V3::try_new().map(|s| Self(IsaImpl::Avx2(s))));
+            all.extend(x86::Avx2::try_new().map(|s| Self(IsaImpl::Avx2(s))));
             all.extend(pulp::x86::V4::try_new().map(|s| Self(IsaImpl::Avx512(s))));
         }
         all
@@ -191,7 +193,7 @@ impl Isa {
         match self.0 {
             IsaImpl::Scalar => <Scalar as Lanes>::MAX_TILE,
             #[cfg(target_arch = "x86_64")]
-            IsaImpl::Avx2(_) => <pulp::x86::V3 as Lanes>::MAX_TILE,
+            IsaImpl::Avx2(_) => <x86::Avx2 as Lanes>::MAX_TILE,
             #[cfg(target_arch = "x86_64")]
             IsaImpl::Avx512(_) => <pulp::x86::V4 as Lanes>::MAX_TILE,
         }
@@ -350,6 +352,9 @@ fn tiles<'w, L: Lanes, Fm: Format>(
 ) where
     Fm::Block: 'w,
 {
+    if Fm::DECODES && m >= L::BUFFER_FROM_ROWS {
+        return buffered::<L, Fm>(l, row, first, (x, tiles), m, k, out);
+    }
     for tile in tiles {
         let xs = x
             .get(tile.start * k..(tile.start + tile.size) * k)
@@ -368,6 +373,84 @@ fn tiles<'w, L: Lanes, Fm: Format>(
             2 => task.run::<L, Fm, 2>(l, &row, packed, out),
             _ => task.run::<L, Fm, 1>(l, &row, packed, out),
         }
+    }
+}
+
+/// [`tiles`] for many rows of `x`: each weight row is decoded once, whole, into a buffer that
+/// every tile then reads (in L1 for rows up to 4,096 values), instead of once per tile. Each
+/// lane still accumulates the row's groups in order, so the bits are [`tiles`]'s.
+#[inline(always)]
+fn buffered<'w, L: Lanes, Fm: Format>(
+    l: L,
+    row: impl Fn(usize) -> (&'w [Fm::Block], &'w [f32]),
+    first: usize,
+    (x, tiles): (&[f32], &[XTile]),
+    m: usize,
+    k: usize,
+    out: &mut [f32],
+) where
+    Fm::Block: 'w,
+{
+    let zero = l.splat(0.0);
+    let mut decoded: Vec<[L::F; 2]> = vec![[zero; 2]; k / GROUP];
+    for r in 0..out.len() / m {
+        let (blocks, tail) = row(first + r);
+        let mut g = 0;
+        for b in blocks {
+            Fm::decode(
+                l,
+                b,
+                #[inline(always)]
+                |w| {
+                    if let Some(slot) = decoded.get_mut(g) {
+                        *slot = w;
+                    }
+                    g += 1;
+                },
+            );
+        }
+        let w = decoded.get(..g).unwrap_or_default();
+        let out_row = out.get_mut(r * m..(r + 1) * m).unwrap_or_default();
+        for tile in tiles {
+            let xs = x
+                .get(tile.start * k..(tile.start + tile.size) * k)
+                .unwrap_or_default();
+            let packed = tile.packed.as_slice();
+            let dst = out_row
+                .get_mut(tile.start..tile.start + tile.size)
+                .unwrap_or_default();
+            match tile.size {
+                8 => dot_decoded::<L, 8>(l, w, packed, (tail, xs, k), dst),
+                4 => dot_decoded::<L, 4>(l, w, packed, (tail, xs, k), dst),
+                2 => dot_decoded::<L, 2>(l, w, packed, (tail, xs, k), dst),
+                _ => dot_decoded::<L, 1>(l, w, packed, (tail, xs, k), dst),
+            }
+        }
+    }
+}
+
+/// One decoded weight row `w` (its groups) times a tile of `M` rows of `x` (`packed` by group,
+/// `xs` as given, for the f32 `tail`): the `M` sums into `out`.
+#[inline(always)]
+fn dot_decoded<L: Lanes, const M: usize>(
+    l: L,
+    w: &[[L::F; 2]],
+    packed: &[XGroup],
+    (tail, xs, k): (&[f32], &[f32], usize),
+    out: &mut [f32],
+) {
+    let zero = l.splat(0.0);
+    let (x_groups, _) = packed.as_chunks::<M>();
+    let mut acc = [[zero; 2]; M];
+    for (w, xg) in w.iter().zip(x_groups) {
+        for (acc, [x0, x1]) in acc.iter_mut().zip(xg) {
+            acc[0] = l.fma(w[0], l.load(x0), acc[0]);
+            acc[1] = l.fma(w[1], l.load(x1), acc[1]);
+        }
+    }
+    let sums = finish::<L, M>(l, &acc, tail, xs, k, w.len() * GROUP);
+    if let Some(out) = out.get_mut(..M) {
+        out.copy_from_slice(&sums);
     }
 }
 
@@ -766,6 +849,52 @@ mod tests {
                 // A row alone is the same row among others.
                 let alone = isa.matmul_t(Weight::Packed(&packed), &x[40 * k..41 * k], 1);
                 assert_eq!(bits(&alone), bits(&reference[40 * n..41 * n]));
+            }
+        }
+    }
+
+    /// `tiles` and `buffered` on the reference lanes, whichever a path would choose.
+    fn both_ways<Fm: Format>(
+        data: &[u8],
+        n: usize,
+        k: usize,
+        x: &[f32],
+        m: usize,
+    ) -> [Vec<u32>; 2] {
+        let blocks: &[Fm::Block] = bytemuck::cast_slice(data);
+        let per_row = k / Fm::VALUES;
+        let row = |r: usize| (&blocks[r * per_row..(r + 1) * per_row], &[][..]);
+        let split = XTile::split(x, m, k, <Scalar as Lanes>::MAX_TILE);
+        let mut in_registers = vec![0.0; n * m];
+        let mut from_buffer = vec![0.0; n * m];
+        tiles::<Scalar, Fm>(Scalar, row, 0, (x, &split), m, k, &mut in_registers);
+        buffered::<Scalar, Fm>(Scalar, row, 0, (x, &split), m, k, &mut from_buffer);
+        [bits(&in_registers), bits(&from_buffer)]
+    }
+
+    #[test]
+    fn a_row_decoded_once_into_a_buffer_gives_the_bits_of_one_decoded_per_tile() {
+        use GgmlType as T;
+        // The reference lanes never buffer (`BUFFER_FROM_ROWS`): here both ways are forced.
+        assert_eq!(<Scalar as Lanes>::BUFFER_FROM_ROWS, usize::MAX);
+        for ty in ALL {
+            let (n, k) = (7, cols_for(ty));
+            let data = blocks(ty, n * k / packed::block_shape(ty).unwrap().0, 11);
+            for m in [1, 3, 4, 13] {
+                let x = x_values(m, k, 6);
+                let [a, b] = match ty {
+                    T::Q4_0 => both_ways::<formats::Q4_0>(&data, n, k, &x, m),
+                    T::Q4_1 => both_ways::<formats::Q4_1>(&data, n, k, &x, m),
+                    T::Q5_0 => both_ways::<formats::Q5_0>(&data, n, k, &x, m),
+                    T::Q5_1 => both_ways::<formats::Q5_1>(&data, n, k, &x, m),
+                    T::Q8_0 => both_ways::<formats::Q8_0>(&data, n, k, &x, m),
+                    T::Q2_K => both_ways::<formats::Q2_K>(&data, n, k, &x, m),
+                    T::Q3_K => both_ways::<formats::Q3_K>(&data, n, k, &x, m),
+                    T::Q4_K => both_ways::<formats::Q4_K>(&data, n, k, &x, m),
+                    T::Q5_K => both_ways::<formats::Q5_K>(&data, n, k, &x, m),
+                    _ => both_ways::<formats::Q6_K>(&data, n, k, &x, m),
+                };
+                assert_eq!(a, b, "{ty}, m={m}");
             }
         }
     }

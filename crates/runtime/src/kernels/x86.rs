@@ -1,11 +1,53 @@
 //! The x86-64 lanes: AVX-512 (one 512-bit register per 16 lanes) and AVX2 (two 256-bit halves),
 //! through pulp's safe intrinsics. Each op is the IEEE operation [`Scalar`](super::lanes::Scalar)
 //! does per lane, and [`Lanes::sum`] folds register halves in the reference tree's order, so both
-//! give the reference bits. Chosen at run time ([`super::Isa::detect`]).
+//! give the reference bits. Chosen at run time ([`super::Isa::available`]).
 
 use core::arch::x86_64::{__m128, __m128i, __m256, __m256i, __m512, __m512i};
 
 use pulp::x86::{V3, V4};
+
+/// The AVX2 path: pulp's x86-64-v3 set plus F16C, whose `vcvtph2ps` converts a block's f16
+/// scales in one instruction. v3 leaves F16C out, and the integer conversion in its place
+/// (branches on the exponent, twice per Q4_1 block) cost more than the rest of the block's
+/// decode: Q4_1 ran at 4 GiB/s against Q8_0's 9 (one scale per block). Every CPU with AVX2 has
+/// F16C (Haswell, Zen 1 and later), but it is checked, never assumed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Avx2(V3);
+
+impl core::ops::Deref for Avx2 {
+    type Target = V3;
+    fn deref(&self) -> &V3 {
+        &self.0
+    }
+}
+
+impl Avx2 {
+    pub(super) fn try_new() -> Option<Self> {
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            return None;
+        }
+        V3::try_new().map(Self)
+    }
+
+    /// Runs `f` compiled for this path's instructions (pulp's `vectorize`, F16C added).
+    #[inline(always)]
+    pub(super) fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(
+            enable = "sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt,f16c"
+        )]
+        #[inline]
+        fn imp<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: an `Avx2` is only made by `try_new`, after the CPU was found to have V3's
+        // features and F16C: every feature `imp` is compiled with.
+        unsafe {
+            imp(f)
+        }
+    }
+}
 
 use super::lanes::Lanes;
 
@@ -147,14 +189,31 @@ impl Lanes for V4 {
     }
 }
 
+impl Avx2 {
+    /// `vcvtph2ps` of the two f16 in `pair` (low first) into lanes 0 and 1.
+    #[inline(always)]
+    fn cvtph(self, pair: u32) -> __m128 {
+        let h = self.sse2._mm_cvtsi32_si128(pair.cast_signed());
+        #[allow(unsafe_code)]
+        // SAFETY: an `Avx2` proves the CPU has F16C (`Avx2::try_new`); the kernels run it
+        // inside `Avx2::vectorize`, compiled with F16C, where this is one instruction.
+        unsafe {
+            core::arch::x86_64::_mm_cvtph_ps(h)
+        }
+    }
+}
+
 /// Two AVX2 registers: lanes 0..8 and 8..16.
 type Pair<T> = [T; 2];
 
-impl Lanes for V3 {
+impl Lanes for Avx2 {
     type F = Pair<__m256>;
     type I = Pair<__m256i>;
     // Four rows take 16 registers of accumulators: all there are, so the tile stops at two.
     const MAX_TILE: usize = 2;
+    // With tiles of two rows a block's decode (~20 operations for 32 values) is paid once per
+    // two rows against their 8 FMAs; from a buffer it is paid once per weight row.
+    const BUFFER_FROM_ROWS: usize = 4;
 
     #[inline(always)]
     fn splat(self, v: f32) -> Self::F {
@@ -279,10 +338,28 @@ impl Lanes for V3 {
         [half(idx[0]), half(idx[1])]
     }
     #[inline(always)]
+    fn f16(self, h: u16) -> f32 {
+        self.sse._mm_cvtss_f32(self.cvtph(u32::from(h)))
+    }
+    #[inline(always)]
+    fn f16_splat(self, h: u16) -> Self::F {
+        [self.avx2._mm256_broadcastss_ps(self.cvtph(u32::from(h))); 2]
+    }
+    #[inline(always)]
+    fn f16_pair(self, pair: u32) -> [Self::F; 2] {
+        // One conversion of `d, m`, then each broadcast.
+        let v = self.cvtph(pair);
+        let m = self.sse3._mm_movehdup_ps(v);
+        [
+            [self.avx2._mm256_broadcastss_ps(v); 2],
+            [self.avx2._mm256_broadcastss_ps(m); 2],
+        ]
+    }
+    #[inline(always)]
     fn sum(self, a: Self::F, b: Self::F) -> f32 {
         let avx = self.avx;
         // Lanes j and j + 16 are the same half of `a` and `b`; then the halves (j + 8) fold.
         let s16 = [avx._mm256_add_ps(a[0], b[0]), avx._mm256_add_ps(a[1], b[1])];
-        sum8(self, avx._mm256_add_ps(s16[0], s16[1]))
+        sum8(self.0, avx._mm256_add_ps(s16[0], s16[1]))
     }
 }
