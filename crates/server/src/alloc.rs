@@ -11,24 +11,12 @@
 //! thread that gives the arenas' free pages back (`malloc_trim`) when RSS has grown past its
 //! level after the last trim, and retries every few seconds while it stays above the lowest
 //! level a trim reached (a trim costs microseconds when there is nothing to give back).
-//!
-//! Both thresholds are 32 MiB (glibc's ceiling for its dynamic one), well above a step's
-//! working buffers. A 1 MiB mmap threshold (with the 128 KiB trim threshold that fixing any
-//! mmap threshold also fixes) made prefill's per-call buffers — a dequantized 576 x 3,072
-//! matrix is 7 MB — fresh pages faulted in on every call: a 130-token prefill took 1.07 s
-//! against 0.54 s with glibc's defaults and 0.47–0.63 s with these (`kiln generate`, the
-//! default model, docs/perf.md). A 16 MiB mmap threshold with the trim threshold at 16 MiB,
-//! 32 MiB or never left RSS 12–40% over its level after the burst; 32/32 came back within the
-//! 10% bound every time (e2e `test_reliability.py`, 4 runs).
 
 use std::time::Duration;
 
 /// Blocks from this size up are their own mappings, returned to the OS when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: i32 = 32 << 20;
-/// Free memory at an arena's top that `free` keeps rather than returns at once.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_THRESHOLD: i32 = 32 << 20;
+const MMAP_THRESHOLD: i32 = 1 << 20;
 /// RSS growth since the last trim that is worth a trim.
 const TRIM_AFTER_GROWTH: u64 = 16 << 20;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -39,7 +27,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 pub(crate) fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        glibc::set(MMAP_THRESHOLD, TRIM_THRESHOLD);
+        glibc::set_mmap_threshold(MMAP_THRESHOLD);
         let _ = std::thread::Builder::new()
             .name("kiln-trim".into())
             .spawn(|| trim_loop(glibc::trim));
@@ -79,11 +67,10 @@ fn rss() -> Option<u64> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod glibc {
-    pub(super) fn set(mmap_threshold: i32, trim_threshold: i32) {
+    pub(super) fn set_mmap_threshold(bytes: i32) {
         // SAFETY: mallopt only changes malloc's parameters; it takes no pointers.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, trim_threshold);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
         }
     }
 
