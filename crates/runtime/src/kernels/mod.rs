@@ -46,9 +46,13 @@ use lanes::{Lanes, Scalar, tree_sum};
 use packed::Part;
 pub use packed::{PackedMatrix, synthetic_blocks};
 
-/// The most rows of `x` `nn::Linear` sends through the kernel; beyond (prefill), burn's GEMM
-/// over f32 (dequantized for the call when packed) is still faster than these tiles.
-pub(crate) const GEMV_MAX_ROWS: usize = 64;
+/// The most rows of `x` `nn::Linear` sends through the kernel, prompts of up to 256 tokens
+/// included; beyond, burn's GEMM over f32 (dequantized for the call when packed). Under
+/// `kiln serve`'s allocator settings (a 1 MiB mmap threshold) that per-call copy is fresh pages
+/// every call: a 130-token prefill took 1.07 s on burn's GEMM against 0.57 s here (AVX2, the
+/// default model); at 510 rows the kernel's `x` no longer stays in L2 and burn's GEMM wins
+/// (2.4 s against 3.5; docs/perf.md).
+pub(crate) const GEMV_MAX_ROWS: usize = 256;
 
 /// The environment variable that caps the instruction set: `avx512`, `avx2` or `scalar`.
 pub const ISA_ENV: &str = "KILN_CPU_ISA";

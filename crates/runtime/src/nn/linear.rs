@@ -1,7 +1,7 @@
 //! Projections and the embedding table, one variant per [`Placement`]: on a GPU (or in f16),
 //! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) over
-//! GGUF blocks kept packed or f32 rows for the few-token steps of decode, burn's matmul for
-//! larger batches (prefill).
+//! GGUF blocks kept packed or f32 rows for steps of up to `GEMV_MAX_ROWS` rows (decode, batched
+//! decode, prompts of up to 256 tokens), burn's matmul for larger ones (long prefills).
 //!
 //! [`Placement`]: crate::device::Placement
 
