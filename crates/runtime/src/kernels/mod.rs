@@ -310,6 +310,31 @@ impl Task<'_> {
     }
 }
 
+/// `$body` with `$m` the const generic for a tile of `$size` rows (one of the sizes
+/// [`XTile::split`] makes), so each tile size runs code compiled for it.
+macro_rules! by_tile_size {
+    ($size:expr, $m:ident => $body:expr) => {
+        match $size {
+            8 => {
+                const $m: usize = 8;
+                $body
+            }
+            4 => {
+                const $m: usize = 4;
+                $body
+            }
+            2 => {
+                const $m: usize = 2;
+                $body
+            }
+            _ => {
+                const $m: usize = 1;
+                $body
+            }
+        }
+    };
+}
+
 /// [`tiles`] over rows of blocks of format `Fm`.
 #[inline(always)]
 fn packed_rows<L: Lanes, Fm: Format>(
@@ -360,23 +385,15 @@ fn tiles<'w, L: Lanes, Fm: Format>(
         return buffered::<L, Fm>(l, row, first, (x, tiles), m, k, out);
     }
     for tile in tiles {
-        let xs = x
-            .get(tile.start * k..(tile.start + tile.size) * k)
-            .unwrap_or_default();
         let task = TileRows {
             first,
             start: tile.start,
             m,
             k,
-            xs,
+            xs: tile.rows_of(x, k),
         };
         let packed = tile.packed.as_slice();
-        match tile.size {
-            8 => task.run::<L, Fm, 8>(l, &row, packed, out),
-            4 => task.run::<L, Fm, 4>(l, &row, packed, out),
-            2 => task.run::<L, Fm, 2>(l, &row, packed, out),
-            _ => task.run::<L, Fm, 1>(l, &row, packed, out),
-        }
+        by_tile_size!(tile.size, M => task.run::<L, Fm, M>(l, &row, packed, out));
     }
 }
 
@@ -416,19 +433,12 @@ fn buffered<'w, L: Lanes, Fm: Format>(
         let w = decoded.get(..g).unwrap_or_default();
         let out_row = out.get_mut(r * m..(r + 1) * m).unwrap_or_default();
         for tile in tiles {
-            let xs = x
-                .get(tile.start * k..(tile.start + tile.size) * k)
-                .unwrap_or_default();
+            let xs = (tail, tile.rows_of(x, k), k);
             let packed = tile.packed.as_slice();
             let dst = out_row
                 .get_mut(tile.start..tile.start + tile.size)
                 .unwrap_or_default();
-            match tile.size {
-                8 => dot_decoded::<L, 8>(l, w, packed, (tail, xs, k), dst),
-                4 => dot_decoded::<L, 4>(l, w, packed, (tail, xs, k), dst),
-                2 => dot_decoded::<L, 2>(l, w, packed, (tail, xs, k), dst),
-                _ => dot_decoded::<L, 1>(l, w, packed, (tail, xs, k), dst),
-            }
+            by_tile_size!(tile.size, M => dot_decoded::<L, M>(l, w, packed, xs, dst));
         }
     }
 }
@@ -469,6 +479,12 @@ struct XTile {
 }
 
 impl XTile {
+    /// This tile's rows of `x` (`[m, k]`), as given.
+    fn rows_of<'x>(&self, x: &'x [f32], k: usize) -> &'x [f32] {
+        x.get(self.start * k..(self.start + self.size) * k)
+            .unwrap_or_default()
+    }
+
     /// `x` (`[m, k]`) in tiles of at most `max` rows.
     fn split(x: &[f32], m: usize, k: usize, max: usize) -> Vec<Self> {
         let groups = k / GROUP;
