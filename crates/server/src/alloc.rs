@@ -11,12 +11,24 @@
 //! thread that gives the arenas' free pages back (`malloc_trim`) when RSS has grown past its
 //! level after the last trim, and retries every few seconds while it stays above the lowest
 //! level a trim reached (a trim costs microseconds when there is nothing to give back).
+//!
+//! Fixing the mmap threshold also fixes glibc's trim threshold at its 128 KiB default (the
+//! dynamic rule would have raised it with the mmap threshold), and then every free of a few
+//! hundred KiB at the top of a thread's arena hands its pages back (`madvise`), to be faulted
+//! in again by the next step: a decode step at a 481-token context reads back that much K and
+//! V per layer, and ran at 30 tok/s instead of 53 (docs/perf.md). So the automatic trim
+//! threshold is set high and returning a burst's memory is left to the trimmer, whose
+//! `malloc_trim(0)` ignores it.
 
 use std::time::Duration;
 
 /// Blocks from this size up are their own mappings, returned to the OS when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 1 << 20;
+/// Free bytes at the top of an arena that `free` itself leaves in place: more than a step's
+/// buffers of a few hundred KiB each, so steps reuse their pages.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: i32 = 32 << 20;
 /// RSS growth since the last trim that is worth a trim.
 const TRIM_AFTER_GROWTH: u64 = 16 << 20;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -27,7 +39,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 pub(crate) fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        glibc::set_mmap_threshold(MMAP_THRESHOLD);
+        glibc::set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD);
         let _ = std::thread::Builder::new()
             .name("kiln-trim".into())
             .spawn(|| trim_loop(glibc::trim));
@@ -67,10 +79,11 @@ fn rss() -> Option<u64> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod glibc {
-    pub(super) fn set_mmap_threshold(bytes: i32) {
+    pub(super) fn set_thresholds(mmap: i32, trim: i32) {
         // SAFETY: mallopt only changes malloc's parameters; it takes no pointers.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, mmap);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
         }
     }
 
