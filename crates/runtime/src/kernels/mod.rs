@@ -30,6 +30,7 @@
 //! never assumed at compile time, capped by `KILN_CPU_ISA` — and the work is split by rows of
 //! `W` over rayon's pool.
 
+mod attention;
 mod formats;
 mod lanes;
 mod packed;
@@ -41,6 +42,7 @@ use std::sync::OnceLock;
 pub use kiln_gguf::GgmlType;
 use rayon::prelude::*;
 
+pub(crate) use attention::Query;
 use formats::{Format, GROUP};
 use lanes::{Lanes, Scalar, tree_sum};
 use packed::Part;

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use half::f16;
 
+use super::attention::{PoolRows, attention_host};
 use super::{Mask, attention, to_dtype};
 use crate::{
     DType, KV_AUTO_MEMORY_FRACTION, KV_TOKENS_PER_SEQUENCE, KvCacheSize, KvGroups, RuntimeError,
@@ -91,6 +92,8 @@ pub(crate) struct StepSlots {
     /// Per sequence: the slots of the positions its new tokens may see, `first..start + new`
     /// (its whole context, or the part a sliding window keeps).
     contexts: Vec<Tensor<1, Int>>,
+    /// `contexts` on the host, for attention there.
+    context_slots: Vec<Vec<usize>>,
     /// Per sequence: its new tokens' count, the position of the first, and `first`.
     spans: Vec<(usize, usize, usize)>,
     /// The sliding window these layers attend within, if any.
@@ -304,11 +307,19 @@ impl PagedKv {
         // Each sequence reads back what its first new token may see onwards, new tokens
         // included: its whole context, or the last `window` positions before it.
         let first = |seq: &SeqInput<'_>| window.map_or(0, |w| (seq.start + 1).saturating_sub(w));
-        let contexts = batch
+        let context_slots: Vec<Vec<usize>> = batch
             .iter()
             .map(|seq| {
                 let end = seq.start + seq.tokens.len();
-                let s: Vec<i64> = (first(seq)..end).map(|pos| slot(seq, pos)).collect();
+                (first(seq)..end)
+                    .map(|pos| slot(seq, pos) as usize)
+                    .collect()
+            })
+            .collect();
+        let contexts = context_slots
+            .iter()
+            .map(|s| {
+                let s: Vec<i64> = s.iter().map(|&slot| slot as i64).collect();
                 let n = s.len();
                 Tensor::from_data(TensorData::new(s, [n]), device)
             })
@@ -316,6 +327,7 @@ impl PagedKv {
         StepSlots {
             write: Tensor::from_data(TensorData::new(write, [total]), device),
             contexts,
+            context_slots,
             spans: batch
                 .iter()
                 .map(|s| (s.tokens.len(), s.start, first(s)))
@@ -346,6 +358,13 @@ impl LayerKv {
         v_cache.inplace(|cache| cache.select_assign(0, write.clone(), v, IndexingUpdateOp::Assign));
         let [_, heads, head_dim] = q.dims();
         let (kv_heads, kv_head_dim) = (step.kv_heads, step.head_dim);
+        if compute == burn::tensor::DType::F32
+            && q.device() == Device::flex()
+            && let Some(out) = self.attend_host(step, q.clone(), (heads, head_dim), scale)
+        {
+            return out;
+        }
+        let (k_cache, v_cache) = (&self.k, &self.v);
         let mut outputs = Vec::with_capacity(step.contexts.len());
         let mut offset = 0;
         for (context, &(n, start, first)) in step.contexts.iter().zip(&step.spans) {
@@ -373,6 +392,49 @@ impl LayerKv {
             return only;
         }
         Tensor::cat(outputs, 0)
+    }
+
+    /// [`attend`](Self::attend)'s attention on the CPU in f32, straight from the pool's
+    /// storage ([`attention_host`]): no gathered K/V tensors, no score tensors (at a
+    /// 961-token prefill those were 33 MB a layer, fresh pages every call). `None` when the
+    /// pool's storage cannot be read in place.
+    fn attend_host(
+        &self,
+        step: &StepSlots,
+        q: Tensor<3>,
+        (heads, head_dim): (usize, usize),
+        scale: f32,
+    ) -> Option<Tensor<2>> {
+        use burn::backend::Flex;
+        use burn::tensor::DType as B;
+        let device = q.device();
+        let [total, _, _] = q.dims();
+        let q = q.try_into_vec_as::<f32>().ok()?;
+        let k = self.k.clone().try_into_primitive::<Flex>().ok()?;
+        let v = self.v.clone().try_into_primitive::<Flex>().ok()?;
+        let (k, v) = match self.k.dtype() {
+            B::F32 => (PoolRows::F32(k.as_slice()?), PoolRows::F32(v.as_slice()?)),
+            B::F16 => (PoolRows::F16(k.as_slice()?), PoolRows::F16(v.as_slice()?)),
+            _ => return None,
+        };
+        let width = heads * head_dim;
+        let mut out = Vec::with_capacity(total * width);
+        let mut offset = 0;
+        for (slots, &(n, start, first)) in step.context_slots.iter().zip(&step.spans) {
+            let mask = Mask::Causal {
+                start,
+                first,
+                window: step.window,
+            };
+            let q = q.get(offset * width..(offset + n) * width)?;
+            let shape = (heads, step.kv_heads, step.head_dim);
+            attention_host(q, (k, v, slots), shape, (mask, scale), &mut out);
+            offset += n;
+        }
+        Some(Tensor::from_data(
+            TensorData::new(out, [total, width]),
+            &device,
+        ))
     }
 }
 
