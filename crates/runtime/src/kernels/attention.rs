@@ -165,7 +165,7 @@ mod tests {
     fn every_path_attends_with_the_scalar_bits() {
         let values = |n: usize, seed: f32| -> Vec<f32> {
             (0..n)
-                .map(|i| ((i as f32 * 0.37 + seed).sin() * 1.7))
+                .map(|i| (i as f32 * 0.37 + seed).sin() * 1.7)
                 .collect()
         };
         for head_dim in [64, 20, 48, 7] {

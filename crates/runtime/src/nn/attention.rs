@@ -287,8 +287,7 @@ mod tests {
                 mask,
                 0.3,
             )
-            .into_data()
-            .to_vec()
+            .try_into_vec_as::<f32>()
             .unwrap();
             let mut got = vec![1.0];
             let pools = (PoolRows::F32(&pool_k), PoolRows::F32(&pool_v), &slots[..]);
