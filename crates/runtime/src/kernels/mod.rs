@@ -50,10 +50,10 @@ pub use packed::{PackedMatrix, synthetic_blocks};
 
 /// The most rows of `x` `nn::Linear` sends through the kernel, prompts of up to 256 tokens
 /// included; beyond, burn's GEMM over f32 (dequantized for the call when packed). Under
-/// `kiln serve`'s allocator settings (a 1 MiB mmap threshold) that per-call copy is fresh pages
-/// every call: a 130-token prefill took 1.07 s on burn's GEMM against 0.57 s here (AVX2, the
-/// default model); at 510 rows the kernel's `x` no longer stays in L2 and burn's GEMM wins
-/// (2.4 s against 3.5; docs/perf.md).
+/// `kiln serve`'s allocator settings of the time (a 1 MiB mmap threshold; 8 MiB since) that
+/// per-call copy was fresh pages every call: a 130-token prefill took 1.07 s on burn's GEMM
+/// against 0.57 s here (AVX2, the default model); at 510 rows the kernel's `x` no longer stays
+/// in L2 and burn's GEMM wins (2.4 s against 3.5; docs/perf.md). Not measured again since.
 pub(crate) const GEMV_MAX_ROWS: usize = 256;
 
 /// The environment variable that caps the instruction set: `avx512`, `avx2` or `scalar`.
