@@ -154,8 +154,8 @@ impl Format for Q4_1 {
 fn five_bits<L: Lanes>(l: L, qs: &[u8; 16], qh: u32) -> [L::I; 2] {
     let [lo, hi] = nibbles(l, qs);
     [
-        l.or(lo, l.shl(l.bits(qh, 0), 4)),
-        l.or(hi, l.shl(l.bits(qh, 16), 4)),
+        l.or16_where(lo, qh as u16),
+        l.or16_where(hi, (qh >> 16) as u16),
     ]
 }
 

@@ -99,6 +99,13 @@ pub(super) trait Lanes: Copy {
         let lanes = self.shr_v(self.splat_i(bits.cast_signed()), self.iota());
         self.mask(self.shr(lanes, first), 1)
     }
+
+    /// `a` with 16 or-ed into lane `j` where bit `j` of `mask` is set (a Q5 value's fifth
+    /// bit). A path with lane masks (AVX-512) does it in one instruction.
+    #[inline(always)]
+    fn or16_where(self, a: Self::I, mask: u16) -> Self::I {
+        self.or(a, self.shl(self.bits(u32::from(mask), 0), 4))
+    }
 }
 
 /// An f16's value, exactly (`half`'s `to_f32`, F16C's `vcvtph2ps`: a NaN keeps its payload and

@@ -128,6 +128,11 @@ impl Lanes for V4 {
         self.avx512f._mm512_or_si512(a, b)
     }
     #[inline(always)]
+    fn or16_where(self, a: Self::I, mask: u16) -> Self::I {
+        let sixteen = self.avx512f._mm512_set1_epi32(16);
+        self.avx512f._mm512_mask_or_epi32(a, mask, a, sixteen)
+    }
+    #[inline(always)]
     fn sub_i(self, a: Self::I, b: Self::I) -> Self::I {
         self.avx512f._mm512_sub_epi32(a, b)
     }
