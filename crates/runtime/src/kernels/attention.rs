@@ -4,8 +4,8 @@
 
 use std::ops::Range;
 
-use super::lanes::{Lanes, Scalar};
-use super::{Isa, IsaImpl};
+use super::lanes::Lanes;
+use super::{Isa, OnLanes};
 
 /// One query head against a run of its context: `q` (`head_dim` values, already scaled) and
 /// the context's keys and values gathered as rows of `width` (all kv heads), this head's at
@@ -21,23 +21,25 @@ pub(crate) struct Query<'a> {
 }
 
 impl Isa {
-    /// The attention of `query` over its rows `run` of the context, added to `out`
-    /// (`head_dim` values); `scores` is scratch.
+    /// The attention of `query` over its run of rows, added to `out` (`head_dim` values);
+    /// `scores` is scratch.
     pub(crate) fn attend(self, query: Query<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-        match self.0 {
-            IsaImpl::Scalar => query.attend(Scalar, scores, out),
-            #[cfg(target_arch = "x86_64")]
-            IsaImpl::Avx2(simd) => simd.vectorize(
-                #[inline(always)]
-                || query.attend(simd, scores, out),
-            ),
-            #[cfg(target_arch = "x86_64")]
-            IsaImpl::Avx512(simd) => pulp::Simd::vectorize(
-                simd,
-                #[inline(always)]
-                || query.attend(simd, scores, out),
-            ),
-        }
+        self.dispatch(Attend { query, scores, out });
+    }
+}
+
+/// [`Query::attend`] with its buffers, as [`Isa::dispatch`] runs it.
+struct Attend<'a, 'b> {
+    query: Query<'a>,
+    scores: &'b mut Vec<f32>,
+    out: &'b mut [f32],
+}
+
+impl OnLanes for Attend<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self, l: L) {
+        self.query.attend(l, self.scores, self.out);
     }
 }
 
@@ -158,6 +160,7 @@ fn dot<L: Lanes>(l: L, a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::IsaImpl;
     use super::*;
 
     /// Every path gives the scalar path's bits, head sizes with and without tails.

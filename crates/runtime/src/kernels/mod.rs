@@ -205,21 +205,49 @@ impl Isa {
         }
     }
 
-    /// Runs one task on this path: the generic code below, compiled for its instructions.
-    fn run(self, task: Task<'_>, x: (&[f32], &[XTile]), m: usize, k: usize) {
+    /// Runs `op` on this path: its generic code, compiled for the path's instructions.
+    fn dispatch<Op: OnLanes>(self, op: Op) -> Op::Output {
         match self.0 {
-            IsaImpl::Scalar => task.run(Scalar, x, m, k),
+            IsaImpl::Scalar => op.run(Scalar),
             #[cfg(target_arch = "x86_64")]
             IsaImpl::Avx2(simd) => simd.vectorize(
                 #[inline(always)]
-                || task.run(simd, x, m, k),
+                || op.run(simd),
             ),
             #[cfg(target_arch = "x86_64")]
             IsaImpl::Avx512(simd) => simd.vectorize(
                 #[inline(always)]
-                || task.run(simd, x, m, k),
+                || op.run(simd),
             ),
         }
+    }
+
+    /// Runs one task on this path.
+    fn run(self, task: Task<'_>, x: (&[f32], &[XTile]), m: usize, k: usize) {
+        self.dispatch(TaskOnX { task, x, m, k });
+    }
+}
+
+/// Work written once over [`Lanes`], for [`Isa::dispatch`] (a closure cannot be generic over
+/// the lanes).
+trait OnLanes {
+    type Output;
+    fn run<L: Lanes>(self, l: L) -> Self::Output;
+}
+
+/// A [`Task`] with the rows of `x` it multiplies.
+struct TaskOnX<'a, 'x> {
+    task: Task<'a>,
+    x: (&'x [f32], &'x [XTile]),
+    m: usize,
+    k: usize,
+}
+
+impl OnLanes for TaskOnX<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self, l: L) {
+        self.task.run(l, self.x, self.m, self.k);
     }
 }
 

@@ -263,6 +263,10 @@ mod tests {
                 .flat_map(|&s| pool[s * width..(s + 1) * width].to_vec())
                 .collect()
         };
+        let host = |k: PoolRows<'_>, v: PoolRows<'_>, mask, out: &mut Vec<f32>| {
+            let shape = (heads, kv_heads, head_dim);
+            attention_host(&q, (k, v, &slots[..]), shape, (mask, 0.3), out);
+        };
         let tensor = |v: Vec<f32>, shape: [usize; 3]| {
             Tensor::<3>::from_data(TensorData::new(v, shape), &device)
         };
@@ -290,12 +294,10 @@ mod tests {
             .try_into_vec_as::<f32>()
             .unwrap();
             let mut got = vec![1.0];
-            let pools = (PoolRows::F32(&pool_k), PoolRows::F32(&pool_v), &slots[..]);
-            attention_host(
-                &q,
-                pools,
-                (heads, kv_heads, head_dim),
-                (mask, 0.3),
+            host(
+                PoolRows::F32(&pool_k),
+                PoolRows::F32(&pool_v),
+                mask,
                 &mut got,
             );
             assert_eq!(got.len(), 1 + expected.len());
@@ -309,22 +311,8 @@ mod tests {
             let widened = |p: &[f16]| p.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
             let (k32, v32) = (widened(&k16), widened(&v16));
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            let pools16 = (PoolRows::F16(&k16), PoolRows::F16(&v16), &slots[..]);
-            attention_host(
-                &q,
-                pools16,
-                (heads, kv_heads, head_dim),
-                (mask, 0.3),
-                &mut a,
-            );
-            let pools32 = (PoolRows::F32(&k32), PoolRows::F32(&v32), &slots[..]);
-            attention_host(
-                &q,
-                pools32,
-                (heads, kv_heads, head_dim),
-                (mask, 0.3),
-                &mut b,
-            );
+            host(PoolRows::F16(&k16), PoolRows::F16(&v16), mask, &mut a);
+            host(PoolRows::F32(&k32), PoolRows::F32(&v32), mask, &mut b);
             assert_eq!(a, b);
         }
     }
