@@ -35,6 +35,9 @@ pub(crate) struct Options {
     pub(crate) model: Option<PathBuf>,
     /// Only the key scenarios (one stream after 128- and 512-token prompts, 16 streams).
     pub(crate) key_only: bool,
+    /// Kiln on a GPU through wgpu (`--device wgpu`): a build with the `wgpu` feature, Kiln
+    /// alone (the llama.cpp this harness builds is CPU-only, so a ratio would compare devices).
+    pub(crate) wgpu: bool,
 }
 
 impl Options {
@@ -46,6 +49,7 @@ impl Options {
             docs: false,
             model: None,
             key_only: false,
+            wgpu: false,
         }
     }
 
@@ -63,6 +67,9 @@ impl Options {
         if let Some(model) = &self.model {
             let _ = write!(line, " --model {}", model.display());
         }
+        if self.wgpu {
+            line.push_str(" --device wgpu");
+        }
         line
     }
 
@@ -74,6 +81,7 @@ impl Options {
             docs: true,
             model: None,
             key_only: false,
+            wgpu: false,
         };
         let mut args = args.iter();
         while let Some(&arg) = args.next() {
@@ -97,6 +105,15 @@ impl Options {
                     options.model = Some(PathBuf::from(path));
                     options.docs = false;
                 }
+                "--device" => match args.next().copied() {
+                    Some("cpu") => options.wgpu = false,
+                    Some("wgpu") => {
+                        options.wgpu = true;
+                        options.kiln_only = true;
+                        options.docs = false;
+                    }
+                    other => bail!("--device needs cpu or wgpu, got {other:?}"),
+                },
                 other => bail!("bench-serve: unknown argument {other:?}"),
             }
         }
@@ -309,7 +326,18 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     };
     // The harness check (--quick) takes the dev build CI has already made; a comparison needs
     // the release build.
-    let kiln = kiln_binary(root, options.quick)?;
+    let kiln = if options.wgpu {
+        crate::server::cargo_build_bin(
+            root,
+            &["build", "--release", "-p", "kiln-server", "--bin", "kiln"]
+                .into_iter()
+                .chain(["--features", "kiln-server/wgpu"])
+                .collect::<Vec<_>>(),
+            "kiln",
+        )?
+    } else {
+        kiln_binary(root, options.quick)?
+    };
     // Kiln as a user starts it: the KV cache sized by its defaults (`--max-running` sequences).
     let kiln_spec = |name: String, model: &Path, isa: Option<&str>| {
         let mut envs = vec![
@@ -328,6 +356,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 &model.display().to_string(),
                 "--max-running",
                 "64",
+                "--device",
+                if options.wgpu { "wgpu" } else { "cpu" },
             ]
             .map(String::from)
             .to_vec(),
@@ -769,6 +799,10 @@ mod tests {
         assert_eq!(options.model, Some(PathBuf::from("q4km.gguf")));
         assert!(!options.docs && !options.quick);
         assert!(Options::parse(&["--model"]).is_err());
+        let gpu = Options::parse(&["--device", "wgpu"]).unwrap();
+        assert!(gpu.wgpu && gpu.kiln_only && !gpu.docs);
+        assert!(gpu.invocation().ends_with("--device wgpu"));
+        assert!(Options::parse(&["--device", "tpu"]).is_err());
         let default = Options::parse(&[]).unwrap();
         assert!(default.docs && default.model.is_none());
     }

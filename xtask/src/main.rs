@@ -27,8 +27,9 @@ commands:
                 (pinned openai client, requests, pytest, Playwright) and the Node folder
                 (pinned openai package); prints the venv's python on stdout
   ci            what CI runs: fetch-model, fmt --check, clippy -D warnings, e2e-env,
-                test --workspace (end-to-end tests included), the tiny-model golden test
-                again on wgpu, a bounded schemathesis run, bench-serve --quick,
+                test --workspace (end-to-end tests included), the GPU kernel tests and the
+                tiny-model and SmolLM2 golden tests on wgpu (packed weights on the device; on
+                CI, Mesa's software Vulkan), a bounded schemathesis run, bench-serve --quick,
                 bench --quick and a one-minute soak
   schemathesis [--max-examples N] [--seed S] [--max-time SECONDS]
                 property-based tests of the real `kiln serve` against its /openapi.json
@@ -39,13 +40,15 @@ commands:
                 kernels per format and instruction set) on KILN_BENCH_MODEL (default: the default model, else random weights of its
                 shapes) and KILN_BENCH_DEVICE (cpu | wgpu); prints one summary table and writes
                 it to docs/perf.md. --quick: fewer sizes, short timings, dev profile (CI)
-  bench-serve [--quick] [--kiln-only] [--key] [--model FILE.gguf] [--out FILE.json] [--no-docs]
+  bench-serve [--quick] [--kiln-only] [--key] [--model FILE.gguf] [--device cpu|wgpu]
+              [--out FILE.json] [--no-docs]
                 Kiln against llama.cpp's llama-server (built once from the llama-cpp-python
                 sdist) on the default model (or --model's GGUF): TTFT, inter-token latency,
                 tok/s, req/s, peak RSS per scenario; writes docs/perf.md's serving table (not
                 for --model) and a JSON file.
                 --quick: Kiln alone, 1 and 4 streams, few requests (what CI runs)
                 --key: only one stream after 128- and 512-token prompts, and 16 streams
+                --device wgpu: Kiln alone on a GPU (a release build with the wgpu feature)
   fuzz [--release] [--seconds N] [--inputs N] [--seed S] [--per-input-ms MS] [TARGET ...]
                 the fuzz targets of crates/fuzz (request JSON, chat templates, detokenizer,
                 tool-call parser, GGUF, images, JSON schema → grammar), each for N seconds
@@ -216,8 +219,24 @@ fn ci() -> anyhow::Result<()> {
 
     let totals = test_step(&root, "test", &["test", "--workspace"], &[])?;
 
-    // The GPU path must never rot silently: the tiny-model golden test again, on wgpu (on CI,
-    // Mesa's software Vulkan driver).
+    // The GPU path must never rot silently: its kernels against the reference dequantizer, and
+    // the tiny model's and SmolLM2's golden tests again, on wgpu (on CI, Mesa's software Vulkan
+    // driver): SmolLM2's Q4_1 blocks stay packed on the device.
+    let wgpu_kernels = test_step(
+        &root,
+        "wgpu kernels",
+        &[
+            "test",
+            "-p",
+            "kiln-runtime",
+            "--features",
+            "wgpu",
+            "--lib",
+            "--",
+            "kernels::gpu::",
+        ],
+        &[],
+    )?;
     let wgpu = test_step(
         &root,
         "wgpu",
@@ -231,10 +250,11 @@ fn ci() -> anyhow::Result<()> {
             "it",
             "--",
             "tiny_llama::",
+            "smollm2::golden",
         ],
         &[("KILN_TEST_DEVICE", "wgpu")],
     )?;
-    let totals = totals.plus(&wgpu);
+    let totals = totals.plus(&wgpu_kernels).plus(&wgpu);
 
     // The HTTP API against its own OpenAPI document, bounded so CI stays short.
     header("schemathesis --max-examples 5 --max-time 240");

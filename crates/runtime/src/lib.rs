@@ -19,7 +19,7 @@ use std::path::Path;
 pub use config::{
     Activation, Architecture, KvGroups, LayerAttention, ModelConfig, RopeFrequencies, RopeScaling,
 };
-pub use device::{DType, DeviceKind};
+pub use device::{DType, DeviceKind, GpuAdapter, GpuDevice, gpu_adapters, gpu_device};
 pub use error::{LoadError, RuntimeError};
 /// Bytes this process may still allocate (what a KV budget is checked against).
 pub use nn::memory_available;

@@ -2,10 +2,11 @@
 //!
 //! `serve` runs the OpenAI-compatible server; `generate` (greedy decoding on the burn runtime,
 //! for checking a model end to end) and `tokenize` (exactly what the model will see for a prompt
-//! or a chat message) are tools around it. Every command's flags are one clap-derived struct.
+//! or a chat message) and `devices` (what `--device` can run on) are tools around it. Every command's flags are one clap-derived struct.
 
 mod alloc;
 mod config;
+mod devices;
 mod generate;
 mod serve;
 mod tokenize;
@@ -19,6 +20,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use kiln_tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 
 use crate::config::ServeConfig;
+use crate::devices::DevicesArgs;
 use crate::generate::GenerateArgs;
 use crate::tokenize::TokenizeArgs;
 
@@ -56,6 +58,11 @@ pub(crate) enum Commands {
     /// user message through the model's chat template (user text is always literal). --json
     /// prints one JSON object.
     Tokenize(TokenizeArgs),
+    /// List what --device can run on: the CPU and every GPU adapter wgpu sees
+    ///
+    /// Names the adapter `--device wgpu` starts, with its memory, or says why it cannot start
+    /// one. --json prints one JSON object.
+    Devices(DevicesArgs),
     /// Print this message (every command and its flags), or one command's
     Help {
         /// The command to describe
@@ -172,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Commands::Serve(config)) => serve::run(config),
         Some(Commands::Generate(args)) => generate::run(args),
         Some(Commands::Tokenize(args)) => tokenize::run(args),
+        Some(Commands::Devices(args)) => devices::run(args),
         Some(Commands::Help { command: None }) | None => {
             command().print_long_help()?;
             Ok(())

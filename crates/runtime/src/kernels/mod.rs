@@ -32,6 +32,8 @@
 
 mod attention;
 mod formats;
+#[cfg(feature = "wgpu")]
+pub(crate) mod gpu;
 mod lanes;
 mod packed;
 #[cfg(target_arch = "x86_64")]

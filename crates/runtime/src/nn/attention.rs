@@ -31,7 +31,7 @@ pub(crate) enum Mask {
 impl Mask {
     /// The context rows new token `i` sees (of `context`): one run, since a window only cuts
     /// its start.
-    fn keys(self, i: usize, context: usize) -> Range<usize> {
+    pub(crate) fn keys(self, i: usize, context: usize) -> Range<usize> {
         let Self::Causal {
             start,
             first,

@@ -90,8 +90,12 @@ pub(crate) struct StepSlots {
     /// The slot of every new token, batch order.
     write: Tensor<1, Int>,
     /// Per sequence: the slots of the positions its new tokens may see, `first..start + new`
-    /// (its whole context, or the part a sliding window keeps).
+    /// (its whole context, or the part a sliding window keeps). Empty on a GPU, which reads
+    /// them through `paged`.
     contexts: Vec<Tensor<1, Int>>,
+    /// The same slots and each new token's visible run, for the GPU's paged attention kernel.
+    #[cfg(feature = "wgpu")]
+    paged: Option<crate::kernels::gpu::PagedTables>,
     /// `contexts` on the host, for attention there.
     context_slots: Vec<Vec<usize>>,
     /// Per sequence: its new tokens' count, the position of the first, and `first`.
@@ -316,8 +320,32 @@ impl PagedKv {
                     .collect()
             })
             .collect();
+        // A GPU reads the pool through the paged kernel's tables; the tensor path (CPU in f16)
+        // gathers each sequence's slots.
+        #[cfg(feature = "wgpu")]
+        let paged = (*device != Device::flex()).then(|| {
+            let runs =
+                batch
+                    .iter()
+                    .zip(&context_slots)
+                    .enumerate()
+                    .flat_map(|(s, (seq, slots))| {
+                        let mask = Mask::Causal {
+                            start: seq.start,
+                            first: first(seq),
+                            window,
+                        };
+                        (0..seq.tokens.len()).map(move |i| (s, mask.keys(i, slots.len())))
+                    });
+            crate::kernels::gpu::PagedTables::upload(&context_slots, runs, device)
+        });
+        #[cfg(feature = "wgpu")]
+        let gathered = paged.is_none();
+        #[cfg(not(feature = "wgpu"))]
+        let gathered = true;
         let contexts = context_slots
             .iter()
+            .filter(|_| gathered)
             .map(|s| {
                 let s: Vec<i64> = s.iter().map(|&slot| slot as i64).collect();
                 let n = s.len();
@@ -327,6 +355,8 @@ impl PagedKv {
         StepSlots {
             write: Tensor::from_data(TensorData::new(write, [total]), device),
             contexts,
+            #[cfg(feature = "wgpu")]
+            paged,
             context_slots,
             spans: batch
                 .iter()
@@ -363,6 +393,12 @@ impl LayerKv {
             && let Some(out) = self.attend_host(step, q.clone(), (heads, head_dim), scale)
         {
             return out;
+        }
+        #[cfg(feature = "wgpu")]
+        if let Some(tables) = &step.paged {
+            debug_assert_eq!(head_dim, kv_head_dim);
+            let pool = (&self.k, &self.v);
+            return crate::kernels::gpu::paged_attention(q, pool, tables, kv_heads, scale);
         }
         let (k_cache, v_cache) = (&self.k, &self.v);
         let mut outputs = Vec::with_capacity(step.contexts.len());

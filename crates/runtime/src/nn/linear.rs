@@ -1,7 +1,8 @@
 //! Projections and the embedding table, one variant per [`Placement`]: on a GPU (or in f16),
 //! burn tensors and burn's matmul; on the CPU in f32, Kiln's kernels ([`crate::kernels`]) over
 //! GGUF blocks kept packed or f32 rows for steps of up to `GEMV_MAX_ROWS` rows (decode, batched
-//! decode, prompts of up to 256 tokens), burn's matmul for larger ones (long prefills).
+//! decode, prompts of up to 256 tokens), burn's matmul for larger ones (long prefills); on a GPU
+//! with GGUF blocks, Kiln's CubeCL kernel over the blocks on the device.
 //!
 //! [`Placement`]: crate::device::Placement
 
@@ -11,6 +12,8 @@ use burn::backend::Flex;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::RuntimeError;
+#[cfg(feature = "wgpu")]
+use crate::kernels::gpu::GpuMatrix;
 use crate::kernels::{Dense, GEMV_MAX_ROWS, PackedMatrix, Weight, matmul_t};
 
 /// `y = x Wᵀ` for a weight `W` of `[out, in]` (transformers' layout); the variant is the
@@ -26,6 +29,9 @@ pub(crate) enum Linear {
     /// rows of `x`, for up to `GEMV_MAX_ROWS` rows; for more (prefill), the matrix is
     /// dequantized for the call into burn's GEMM, which is still faster there.
     CpuPacked(Arc<PackedMatrix>),
+    /// `W` in GGUF blocks on a GPU: Kiln's CubeCL kernel for any number of rows.
+    #[cfg(feature = "wgpu")]
+    GpuPacked(Arc<GpuMatrix>),
 }
 
 impl Linear {
@@ -53,13 +59,18 @@ impl Linear {
                 let w = Tensor::<2>::from_data(w, &x.device()).transpose();
                 Ok(x.matmul(w))
             }
+            #[cfg(feature = "wgpu")]
+            Self::GpuPacked(w) => {
+                check_width(x.dims()[1], w.cols())?;
+                Ok(w.forward(x))
+            }
         }
     }
 
     /// Whether `m` rows go through Kiln's CPU kernels (so [`forward_host`](Self::forward_host)
     /// takes them).
     pub(crate) fn on_host(&self, m: usize) -> bool {
-        m <= GEMV_MAX_ROWS && !matches!(self, Self::Device(_))
+        m <= GEMV_MAX_ROWS && matches!(self, Self::CpuF32(_) | Self::CpuPacked(_))
     }
 
     /// `y = x Wᵀ` for `m` rows of `x` already on the host (row-major), through Kiln's CPU
@@ -75,7 +86,6 @@ impl Linear {
         }
         let k = xs.len() / m.max(1);
         Some(match self {
-            Self::Device(_) => return None,
             Self::CpuF32(w) => {
                 let [n, cols] = w.dims();
                 check_width(k, cols).and_then(|()| {
@@ -97,6 +107,7 @@ impl Linear {
             Self::CpuPacked(p) => {
                 check_width(k, p.cols).map(|()| matmul_t(Weight::Packed(p), xs, m))
             }
+            _ => return None,
         })
     }
 }

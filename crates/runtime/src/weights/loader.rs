@@ -127,13 +127,13 @@ impl<'a> Loader<'a> {
     /// each) stacked by rows: packed when every part is packed (each in its own format) and the
     /// placement keeps blocks, else dense.
     pub(crate) fn linear(&self, parts: &[(&str, [usize; 2])]) -> Result<Linear, LoadError> {
-        let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
+        let keep_packed = self.keeps_blocks();
         let raws = parts
             .iter()
             .map(|(name, shape)| self.source.tensor(&self.name(name), shape, keep_packed))
             .collect::<Result<Vec<_>, _>>()?;
         let raws = match stack_packed(raws) {
-            Ok(packed) => return Ok(Linear::CpuPacked(Arc::new(packed))),
+            Ok(packed) => return Ok(self.packed(Arc::new(packed))),
             Err(raws) => raws,
         };
         let host = concat_rows(raws.into_iter().map(RawTensor::into_host).collect());
@@ -166,12 +166,16 @@ impl<'a> Loader<'a> {
         name: &str,
         shape: [usize; 2],
     ) -> Result<(Embedding, Linear), LoadError> {
-        let keep_packed = Placement::choose(self.kind, self.dtype, true) == Placement::CpuPacked;
         Ok(
-            match self.source.tensor(&self.name(name), &shape, keep_packed)? {
+            match self
+                .source
+                .tensor(&self.name(name), &shape, self.keeps_blocks())?
+            {
+                // Looked up on the host in either placement: a lookup is a few rows, and the
+                // table stays in its blocks.
                 RawTensor::Packed(m) => {
                     let m = Arc::new(m);
-                    (Embedding::CpuPacked(m.clone()), Linear::CpuPacked(m))
+                    (Embedding::CpuPacked(m.clone()), self.packed(m))
                 }
                 RawTensor::F32(t) => {
                     let table = self.matrix(t);
@@ -179,6 +183,26 @@ impl<'a> Loader<'a> {
                 }
             },
         )
+    }
+
+    /// Whether packed matrices stay in their blocks on this device (so are read packed).
+    fn keeps_blocks(&self) -> bool {
+        Placement::choose(self.kind, self.dtype, true).keeps_blocks()
+    }
+
+    /// A packed `W` as the projection its placement asks for: on the host, or its blocks on
+    /// the GPU.
+    fn packed(&self, m: Arc<PackedMatrix>) -> Linear {
+        match Placement::choose(self.kind, self.dtype, true) {
+            #[cfg(feature = "wgpu")]
+            Placement::GpuPacked => Linear::GpuPacked(crate::kernels::gpu::GpuMatrix::upload(
+                &m,
+                &self.device,
+                self.dtype.burn(),
+            )),
+            // Blocks are only kept where a kernel reads them (`keeps_blocks`).
+            _ => Linear::CpuPacked(m),
+        }
     }
 
     /// A dense `W` (`[out, in]`) as the projection its placement asks for.

@@ -140,6 +140,36 @@ fn bad_flags_values_and_files_are_clear_errors() {
 }
 
 /// `testdata/NAME` at the repository root.
+#[test]
+fn devices_lists_the_cpu_path_and_what_wgpu_can_run_on() {
+    let out = kiln(&["devices", "--json"], &[("KILN_CPU_ISA", "avx2")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // Capped by KILN_CPU_ISA, as the kernels are: avx2 where the CPU has it, else scalar.
+    let isa = v["cpu"]["isa"].as_str().unwrap();
+    assert!(["avx2", "scalar"].contains(&isa), "{v}");
+    assert!(v["cpu"]["threads"].as_u64().unwrap() >= 1, "{v}");
+    let adapters = v["wgpu_adapters"].as_array().unwrap();
+    if cfg!(feature = "wgpu") {
+        // Either the device it starts, or why not, never both.
+        let started = v["wgpu"]["name"].is_string();
+        assert!(started != v["wgpu"]["error"].is_string(), "{v}");
+        assert!(
+            started || adapters.is_empty() || v["wgpu"]["error"].is_string(),
+            "{v}"
+        );
+    } else {
+        assert!(adapters.is_empty(), "{v}");
+        let error = v["wgpu"]["error"].as_str().unwrap();
+        assert!(error.contains("--features wgpu"), "{error}");
+    }
+    let out = kiln(&["devices"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("cpu   kernels "), "{text}");
+    assert!(text.contains("--device wgpu"), "{text}");
+}
+
 fn testdata(name: &str) -> String {
     format!("{}/../../testdata/{name}", env!("CARGO_MANIFEST_DIR"))
 }
