@@ -4,6 +4,7 @@
 //! - `KILN_BENCH_MODEL=PATH`: a GGUF file or Hugging Face directory; by default the default
 //!   model if fetched (`cargo xtask fetch-model`), else random weights of its shapes.
 //! - `KILN_BENCH_DEVICE=cpu|wgpu` (default cpu; wgpu needs `--features wgpu`).
+//! - `KILN_BENCH_DTYPE=f32|f16`: the compute dtype (default f32; f16 keeps f16 weights f16).
 //! - `KILN_BENCH_QUICK=1`: fewer sizes (what `cargo xtask bench --quick` sets).
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,16 @@ pub fn device() -> DeviceKind {
     }
 }
 
+/// The compute dtype `KILN_BENCH_DTYPE` names (default: f32).
+pub fn dtype() -> DType {
+    match std::env::var("KILN_BENCH_DTYPE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("KILN_BENCH_DTYPE: {e}")),
+        Err(_) => DType::F32,
+    }
+}
+
 /// Whether to measure fewer sizes (`KILN_BENCH_QUICK=1`).
 pub fn quick() -> bool {
     std::env::var("KILN_BENCH_QUICK").is_ok_and(|v| v == "1")
@@ -65,11 +76,15 @@ pub fn load_model() -> Model {
     let (path, what) = model_path();
     let options = LoadOptions {
         device: device(),
+        dtype: dtype(),
         kv_cache: KvCacheSize::Tokens(BENCH_KV_TOKENS),
         kv_dtype: kv_dtype(),
         ..LoadOptions::default()
     };
-    eprintln!("benchmarking {what} on {:?}", options.device);
+    eprintln!(
+        "benchmarking {what} on {:?} in {:?}",
+        options.device, options.dtype
+    );
     match Model::load(&path, &options) {
         Ok(model) => model,
         Err(err) => panic!("loading {}: {err}", path.display()),

@@ -167,6 +167,18 @@ pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 /// Runs a cargo build command (`build …` or `test --no-run …`) and returns the path cargo reports
 /// for binary `bin` (not its unit-test harness), so target dirs and profiles need no guessing.
 pub(crate) fn cargo_build_bin(root: &Path, args: &[&str], bin: &str) -> anyhow::Result<PathBuf> {
+    cargo_executable(root, args, bin, Some(false))
+}
+
+/// [`cargo_build_bin`] for any target: `test` picks the test harness (an integration test's
+/// binary, a library's unit tests: `Some(true)`) or a plain binary (`Some(false)`); `None`
+/// takes either (a bench).
+pub(crate) fn cargo_executable(
+    root: &Path,
+    args: &[&str],
+    bin: &str,
+    test: Option<bool>,
+) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.args(args)
@@ -184,7 +196,7 @@ pub(crate) fn cargo_build_bin(root: &Path, args: &[&str], bin: &str) -> anyhow::
         .filter(|msg| {
             msg["reason"] == "compiler-artifact"
                 && msg["target"]["name"] == bin
-                && msg["profile"]["test"] == false
+                && test.is_none_or(|test| msg["profile"]["test"] == test)
         })
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
         .with_context(|| format!("cargo {} built no executable named {bin}", args.join(" ")))

@@ -24,6 +24,9 @@
 //! block *per row*; and the dequantized values keep the reference's bits, which the factored
 //! form would round differently.
 //!
+//! On a GPU the kernels are CubeCL's, in `gpu` (the `wgpu` feature): the packed matmul over
+//! blocks on the device and paged attention.
+//!
 //! Rooms: [`lanes`] (the operations, and the reference), `x86` (AVX-512 and AVX2 lanes),
 //! [`formats`] (one decoder per block format, written once over [`Lanes`]), [`packed`] (the
 //! matrices). This file is the one dispatch point: [`Isa::active`] picks the path at run time —

@@ -17,6 +17,7 @@
 //! decoded once for the whole tile, then a tree sum in shared memory. Decode (one row of `x`)
 //! is a GEMV over every weight once; prefill re-reads each weight row once per tile.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor, tensor::IntTensor};
@@ -115,17 +116,29 @@ pub(crate) struct GpuMatrix {
 impl GpuMatrix {
     /// Uploads `m`'s parts to `device`: blocks as they are where the kernel decodes the format,
     /// else dequantized into `dtype`.
+    /// A part bigger than [`MAX_BUFFER`] goes up in runs of rows that fit.
     pub(crate) fn upload(m: &PackedMatrix, device: &Device, dtype: BurnDType) -> Arc<Self> {
+        Self::upload_in(m, device, dtype, MAX_BUFFER)
+    }
+
+    /// [`upload`](Self::upload) with parts of at most `max_buffer` bytes.
+    fn upload_in(
+        m: &PackedMatrix,
+        device: &Device,
+        dtype: BurnDType,
+        max_buffer: usize,
+    ) -> Arc<Self> {
         let parts = m
             .parts
             .iter()
+            .flat_map(|part| split(part, m.cols, dtype, max_buffer))
             .map(|part| match GpuFormat::of(part.ty) {
                 Some(format) => GpuPart::Blocks {
                     words: words(&part.data, device),
                     format,
                     rows: part.rows,
                 },
-                None => GpuPart::Dense(dense_t(part, m.cols, device, dtype)),
+                None => GpuPart::Dense(dense_t(&part, m.cols, device, dtype)),
             })
             .collect();
         Arc::new(Self {
@@ -166,14 +179,43 @@ pub(crate) fn properties(device: &Device) -> (String, Option<u64>) {
     match device.as_dispatch() {
         burn::backend::DispatchDevice::Cube(cube) => {
             let client = cube.client();
-            (
-                client.name().to_string(),
-                client.properties().memory.max_memory(),
-            )
+            let properties = client.properties();
+            // The adapter's own name, and the runtime driving it (`wgpu<spirv>`).
+            let name = format!("{} ({})", properties.identity.name, client.name());
+            (name, properties.memory.max_memory())
         }
         #[allow(unreachable_patterns)]
         _ => ("not a CubeCL device".into(), None),
     }
+}
+
+/// The most bytes one uploaded part takes: WebGPU guarantees storage bindings of 128 MiB and
+/// no more (lavapipe refuses a 170 MB buffer: Gemma 3's Q8_0 embedding), so a big matrix (an
+/// output layer, an 8B model's embedding) is several parts, their outputs concatenated.
+const MAX_BUFFER: usize = 64 << 20;
+
+/// `part` as runs of whole rows of at most `max_buffer` bytes each on the device (its blocks,
+/// or its dequantized values in `dtype` for a format the kernel does not decode).
+fn split(part: &Part, cols: usize, dtype: BurnDType, max_buffer: usize) -> Vec<Cow<'_, Part>> {
+    let row_bytes = part.data.len() / part.rows.max(1);
+    let device_row = match GpuFormat::of(part.ty) {
+        Some(_) => row_bytes,
+        None => cols * dtype.size(),
+    };
+    let rows_per = (max_buffer / device_row.max(1)).max(1);
+    if part.rows <= rows_per {
+        return vec![Cow::Borrowed(part)];
+    }
+    part.data
+        .chunks(rows_per * row_bytes)
+        .map(|data| {
+            Cow::Owned(Part {
+                ty: part.ty,
+                rows: data.len() / row_bytes.max(1),
+                data: data.to_vec(),
+            })
+        })
+        .collect()
 }
 
 /// `bytes` as device words (little-endian), plus one spare.
@@ -707,6 +749,44 @@ mod tests {
         ])
         .unwrap();
         check(&mixed, 3, BurnDType::F32, 1e-5);
+    }
+
+    #[test]
+    fn big_matrices_go_up_in_parts_that_fit_a_binding() {
+        // 37 rows of 16 Q4_1 blocks (320 bytes): 3 rows a part under 1000 bytes.
+        let m = matrix(GgmlType::Q4_1, 37, 512, 4);
+        let parts = split(&m.parts[0], 512, BurnDType::F32, 1000);
+        assert_eq!(
+            parts.iter().map(|p| p.rows).collect::<Vec<_>>()[..2],
+            [3, 3]
+        );
+        assert_eq!(parts.iter().map(|p| p.rows).sum::<usize>(), 37);
+        assert_eq!(parts.len(), 13);
+        // A dense part is sized by its dequantized rows: 256 f32 values a row.
+        let q5k = matrix(GgmlType::Q5_K, 9, 256, 1);
+        let dense = split(&q5k.parts[0], 256, BurnDType::F32, 2048);
+        assert_eq!(
+            dense.iter().map(|p| p.rows).collect::<Vec<_>>(),
+            [2, 2, 2, 2, 1]
+        );
+        // And the product over the parts is the whole matrix's.
+        let device = device();
+        for (m, limit) in [(&m, 1000), (&q5k, 2048)] {
+            let gpu = GpuMatrix::upload_in(m, &device, BurnDType::F32, limit);
+            assert!(gpu.parts.len() > 1);
+            let x = activations(2, m.cols);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [2, m.cols]), &device);
+            let y = gpu
+                .forward(xt)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let (want, scale) = reference(m, &x, 2);
+            for ((&got, &want), &scale) in y.iter().zip(&want).zip(&scale) {
+                assert!((f64::from(got) - want).abs() <= 1e-5 * scale.max(1e-3));
+            }
+        }
     }
 
     #[test]
