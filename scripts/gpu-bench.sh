@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-#! Issue 18's GPU run in one go, for a lent GPU machine (the `device` tool) or, with --dry-run,
-#! here on Mesa's software Vulkan with small shapes: which adapter wgpu starts, the golden and
-#! GPU-kernel tests on it, Kiln's decode (batch 1/8/32/64) and prefill (128/512) on a random
-#! Llama-3.1-8B-shaped model in f16, and the same GPU's PyTorch on that model with the
-#! device-to-device copy bandwidth (the floor's denominator).
-#!
-#! It runs from the repository root and reads what `cargo xtask gpu-bundle` made in
-#! gpu-bundle/ (xz-compressed, stripped binaries: kiln, the runtime's integration and unit
-#! tests, the runtime bench; all with `--features wgpu`). On the lent machine, carry
-#! `gpu-bundle` and `.gl` (the Vulkan loader, docs of the device tool) and give it a timeout of
-#! about 9 minutes; results go to $OUT (default /tmp/kiln-gpu-out): devices.json, tests.log,
-#! kiln-bench.log, torch.json, summary.txt.
-#!
-#! Usage: scripts/gpu-bench.sh [--dry-run]
+# Issue 18's GPU run in one go, for a lent GPU machine (the `device` tool) or, with --dry-run,
+# here on Mesa's software Vulkan with small shapes: which adapter wgpu starts, the golden and
+# GPU-kernel tests on it, Kiln's decode (batch 1/8/32/64) and prefill (128/512) on a random
+# Llama-3.1-8B-shaped model in f16, and the same GPU's PyTorch on that model with the
+# device-to-device copy bandwidth (the floor's denominator).
+#
+# It runs from the repository root and reads what `cargo xtask gpu-bundle` made in
+# gpu-bundle/ (xz-compressed, stripped binaries: kiln, the runtime's integration and unit
+# tests, the runtime bench; all with `--features wgpu`). On the lent machine, carry
+# `gpu-bundle` and `.gl` (the Vulkan loader, docs of the device tool) and give it a timeout of
+# about 9 minutes; results go to $OUT (default /tmp/kiln-gpu-out): devices.json, tests.log,
+# kiln-bench.log, torch.json, summary.txt.
+#
+# Usage: scripts/gpu-bench.sh [--dry-run]
 
 set -uo pipefail
 
@@ -22,6 +22,7 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 out=${OUT:-/tmp/kiln-gpu-out}
 mkdir -p "$out"
+: >"$out/summary.txt"
 bundle=${KILN_GPU_BUNDLE:-gpu-bundle}
 bin=/tmp/kiln-gpu-bin
 mkdir -p "$bin"
