@@ -23,6 +23,8 @@ use cubecl::prelude::{CubeCount, CubeDim};
 const SHARED_VALUES: usize = 2048;
 /// Units per cube at most.
 const MAX_UNITS: usize = 32;
+/// Tokens along the grid's y before it wraps to z (WebGPU's per-dimension limit is 65535).
+const GRID_Y: usize = 32768;
 
 /// One step's tables for the kernel, uploaded once and read by every layer of a KV group.
 #[derive(Debug, Clone)]
@@ -138,7 +140,7 @@ impl PagedOps for CubeBackend {
         }
         let units = (SHARED_VALUES / head_dim).clamp(1, MAX_UNITS);
         let pool = k.dtype;
-        // SAFETY: the tables index only the pool's rows (slots of the step's checked block
+        // SAFETY: cubes past the last token leave at once; the tables index only the pool's rows (slots of the step's checked block
         // tables) and runs within each sequence's slots; `q`, `k`, `v` are contiguous with the
         // shapes the kernel reads (`head_dim` and the group from `q`'s and the pool's shapes);
         // the output has `q`'s shape.
@@ -146,7 +148,11 @@ impl PagedOps for CubeBackend {
         unsafe {
             cube::paged_attention_kernel::launch_unchecked(
                 &out.client,
-                CubeCount::Static(heads as u32, tokens as u32, 1),
+                CubeCount::Static(
+                    heads as u32,
+                    tokens.min(GRID_Y) as u32,
+                    tokens.div_ceil(GRID_Y) as u32,
+                ),
                 CubeDim::new_1d(units as u32),
                 q.into_tensor_arg(),
                 k.into_tensor_arg(),
@@ -189,7 +195,11 @@ mod cube {
     ) {
         let heads = q.shape(1);
         let h = CUBE_POS_X as usize;
-        let t = CUBE_POS_Y as usize;
+        let t = (CUBE_POS_Z * CUBE_COUNT_Y + CUBE_POS_Y) as usize;
+        // Uniform across the cube: it leaves whole, before any barrier.
+        if t >= q.shape(0) {
+            terminate!();
+        }
         let u = UNIT_POS as usize;
         let width = k.shape(1);
         let kv = (h / group) * head_dim;
@@ -391,6 +401,38 @@ mod tests {
     #[test]
     fn f16_pools_are_read_as_they_are() {
         check(&seqs(), (4, 2, 32), BurnDType::F16, None);
+    }
+
+    #[test]
+    fn more_tokens_than_one_grid_dimension_holds() {
+        // Each token sees one key, its own: the output is that key's value row.
+        let device = DeviceKind::Wgpu.burn().unwrap();
+        let tokens = GRID_Y + 5;
+        let (heads, head_dim) = (2, 4);
+        let width = heads * head_dim;
+        let pool = |seed| {
+            let data = TensorData::new(values(tokens * width, seed), [tokens, width]);
+            Tensor::<2>::from_data(data, &device)
+        };
+        let (k, v) = (pool(1), pool(2));
+        let q = Tensor::<3>::from_data(
+            TensorData::new(values(tokens * width, 3), [tokens, heads, head_dim]),
+            &device,
+        );
+        // The slots in reverse, so token t reads row tokens - 1 - t.
+        let slots: Vec<usize> = (0..tokens).rev().collect();
+        let tables = PagedTables::upload(&[slots], (0..tokens).map(|t| (0, t..t + 1)), &device);
+        let got = paged_attention(q, (&k, &v), &tables, heads, 0.5);
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let v = values(tokens * width, 2);
+        for t in [0, 1, GRID_Y - 1, GRID_Y, tokens - 1] {
+            let row = tokens - 1 - t;
+            assert_eq!(
+                got[t * width..(t + 1) * width],
+                v[row * width..(row + 1) * width],
+                "token {t}"
+            );
+        }
     }
 
     #[test]
