@@ -32,24 +32,23 @@ pub fn model_path() -> (PathBuf, String) {
     }
 }
 
+/// The value environment variable `name` gives, parsed, else `default`; a value that does not
+/// parse stops the bench, naming the variable.
+fn setting<T: std::str::FromStr<Err = String>>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value.parse().unwrap_or_else(|e| panic!("{name}: {e}")),
+        Err(_) => default,
+    }
+}
+
 /// The device `KILN_BENCH_DEVICE` names (default: the CPU).
 pub fn device() -> DeviceKind {
-    match std::env::var("KILN_BENCH_DEVICE") {
-        Ok(name) => name
-            .parse()
-            .unwrap_or_else(|e| panic!("KILN_BENCH_DEVICE: {e}")),
-        Err(_) => DeviceKind::Cpu,
-    }
+    setting("KILN_BENCH_DEVICE", DeviceKind::Cpu)
 }
 
 /// The compute dtype `KILN_BENCH_DTYPE` names (default: f32).
 pub fn dtype() -> DType {
-    match std::env::var("KILN_BENCH_DTYPE") {
-        Ok(name) => name
-            .parse()
-            .unwrap_or_else(|e| panic!("KILN_BENCH_DTYPE: {e}")),
-        Err(_) => DType::F32,
-    }
+    setting("KILN_BENCH_DTYPE", DType::F32)
 }
 
 /// Whether to measure fewer sizes (`KILN_BENCH_QUICK=1`).
@@ -59,12 +58,7 @@ pub fn quick() -> bool {
 
 /// The KV cache's dtype: `KILN_BENCH_KV_DTYPE` (f16 | f32), else the served default.
 pub fn kv_dtype() -> DType {
-    match std::env::var("KILN_BENCH_KV_DTYPE") {
-        Ok(name) => name
-            .parse()
-            .unwrap_or_else(|e| panic!("KILN_BENCH_KV_DTYPE: {e}")),
-        Err(_) => LoadOptions::default().kv_dtype,
-    }
+    setting("KILN_BENCH_KV_DTYPE", LoadOptions::default().kv_dtype)
 }
 
 /// Positions of KV cache the benches load the model with (every decode and prefill case fits).
