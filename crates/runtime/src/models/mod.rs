@@ -383,15 +383,25 @@ impl Family {
         let source = checkpoint.source(layout, &config)?;
         let device = options.device.burn()?;
         let groups = config.kv_groups();
-        let kv = KvLayout::new(
+        // An automatic KV budget is a share of the memory the pool lives in: the GPU's where
+        // it reports its size, else the host's.
+        let memory = match options.device {
+            crate::DeviceKind::Wgpu => crate::gpu_device()
+                .ok()
+                .and_then(|gpu| gpu.memory)
+                .and_then(|m| usize::try_from(m).ok())
+                .or_else(crate::memory_available),
+            crate::DeviceKind::Cpu => crate::memory_available(),
+        };
+        let kv = KvLayout::within(
             options.kv_cache,
             (
                 (groups.size, groups.windows.len()),
                 config.num_kv_heads * config.head_dim,
                 config.max_position_embeddings,
             ),
-            options.block_size,
-            options.kv_dtype,
+            (options.block_size, options.kv_dtype),
+            memory,
         )?;
         let mut loader = Loader::new(&*source, (options.device, options.dtype), device, progress);
         if let Some(vision) = vision {

@@ -118,12 +118,14 @@ impl KvLayout {
     /// The layout `size` asks for, for a model whose layers share pages in `groups` groups of
     /// `group_size` layers ([`KvGroups`]) of `kv_dim` K (and V) values per position, and
     /// `context` positions. A page is one group's block; a count of positions gets a page per
-    /// block per group (room for them however little a sliding group gives back).
-    pub(crate) fn new(
+    /// block per group (room for them however little a sliding group gives back). An automatic
+    /// size takes at most its share of `memory` (bytes; `None`: unbounded): the host's available
+    /// memory for a pool on the CPU, a GPU's for a pool there.
+    pub(crate) fn within(
         size: KvCacheSize,
         ((group_size, groups), kv_dim, context): ((usize, usize), usize, usize),
-        block_size: usize,
-        dtype: DType,
+        (block_size, dtype): (usize, DType),
+        memory: Option<usize>,
     ) -> Result<Self, crate::LoadError> {
         let per_position = 2 * group_size * kv_dim * dtype.size();
         let per_block = (per_position * block_size).max(1);
@@ -139,7 +141,7 @@ impl KvLayout {
                 let context = served.map_or(context, |c| c.min(context));
                 let tokens =
                     context.max(running.saturating_mul(context.min(KV_TOKENS_PER_SEQUENCE)));
-                let cap = memory_available().map_or(usize::MAX, |available| {
+                let cap = memory.map_or(usize::MAX, |available| {
                     (available as f64 * KV_AUTO_MEMORY_FRACTION) as usize / per_block
                 });
                 (tokens.div_ceil(block_size) * groups).min(cap).max(1)
@@ -482,7 +484,9 @@ mod tests {
     const SMOLLM2: ((usize, usize), usize, usize) = ((30, 1), 192, 8192);
 
     fn blocks(size: KvCacheSize, dtype: DType) -> usize {
-        KvLayout::new(size, SMOLLM2, 16, dtype).unwrap().num_blocks
+        KvLayout::within(size, SMOLLM2, (16, dtype), memory_available())
+            .unwrap()
+            .num_blocks
     }
 
     #[test]
@@ -500,8 +504,27 @@ mod tests {
         // Positions are rounded up to whole blocks, whatever the dtype.
         assert_eq!(blocks(KvCacheSize::Tokens(57), DType::F16), 4);
         assert_eq!(blocks(KvCacheSize::Tokens(64), DType::F32), 4);
-        assert!(KvLayout::new(KvCacheSize::Bytes(100), SMOLLM2, 16, DType::F32).is_err());
-        assert!(KvLayout::new(KvCacheSize::Tokens(0), SMOLLM2, 16, DType::F32).is_err());
+        assert!(
+            KvLayout::within(KvCacheSize::Bytes(100), SMOLLM2, (16, DType::F32), None).is_err()
+        );
+        assert!(KvLayout::within(KvCacheSize::Tokens(0), SMOLLM2, (16, DType::F32), None).is_err());
+    }
+
+    #[test]
+    fn an_automatic_budget_takes_its_share_of_the_memory_it_is_given() {
+        let auto = KvCacheSize::Auto {
+            running: 64,
+            context: None,
+        };
+        // 2 (K, V) x 30 layers x 192 values x 2 bytes x 16 positions a block.
+        let block = 2 * 30 * 192 * 2 * 16;
+        let within = |memory| {
+            KvLayout::within(auto, SMOLLM2, (16, DType::F16), memory)
+                .unwrap()
+                .num_blocks
+        };
+        assert_eq!(within(Some(100 * block * 4)), 100);
+        assert_eq!(within(None), 64 * KV_TOKENS_PER_SEQUENCE / 16);
     }
 
     #[test]
@@ -534,7 +557,7 @@ mod tests {
         // Gemma 3 270M: six groups of 3 layers, 256 K values per position.
         let gemma = ((3, 6), 256, 32768);
         let pages = |size| {
-            KvLayout::new(size, gemma, 16, DType::F16)
+            KvLayout::within(size, gemma, (16, DType::F16), memory_available())
                 .unwrap()
                 .num_blocks
         };
