@@ -303,9 +303,10 @@ impl PackedOps for CubeBackend {
         // Decode's one row of x gets a kernel without the tile's other three.
         let tile = if m == 1 { 1 } else { TILE };
         let count = CubeCount::Static(grid_x as u32, grid_y as u32, m.div_ceil(tile) as u32);
-        // No more units than the row has groups (a power of two, for the tree sum).
+        // No more units than the row has groups (a power of two, for the tree sum), but one per
+        // row of the tile at least: unit `u` writes row `u` of it.
         let k = x.meta.shape()[1];
-        let units = (k / 32).next_power_of_two().clamp(1, UNITS);
+        let units = (k / 32).next_power_of_two().clamp(tile, UNITS);
         // SAFETY: every index the kernel makes is in bounds: the words hold `rows` rows of
         // whole blocks (checked when the matrix was made) and a spare word for unaligned reads,
         // `x` is contiguous `[m, k]` with `k` the matrix's width (checked by `Linear`), `out` is
@@ -733,6 +734,17 @@ mod tests {
         // 3 groups of 32 for 64 units.
         for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
             check(&matrix(ty, 11, 96, 3), 2, BurnDType::F32, 1e-5);
+        }
+        // Rows of one and two groups: fewer groups than a tile has rows of x.
+        for cols in [32, 64] {
+            for xs in [2, 3, 4, 9] {
+                check(
+                    &matrix(GgmlType::Q8_0, 7, cols, 5),
+                    xs,
+                    BurnDType::F32,
+                    1e-5,
+                );
+            }
         }
     }
 
