@@ -9,7 +9,7 @@
 # gpu-bundle/ (xz-compressed, stripped binaries: kiln, the runtime's integration and unit
 # tests, the runtime bench; all with `--features wgpu`). On the lent machine, carry
 # `gpu-bundle` and `.gl` (the Vulkan loader, docs of the device tool) and give it a timeout of
-# about 9 minutes; results go to $OUT (default /tmp/kiln-gpu-out): devices.json, tests.log,
+# about 9 minutes; results go to $OUT (default: a fresh temp dir): devices.json, tests.log,
 # kiln-bench.log, torch.json, summary.txt.
 #
 # Usage: scripts/gpu-bench.sh [--dry-run]
@@ -20,11 +20,12 @@ dry=0
 if [ "${1:-}" = "--dry-run" ]; then
     dry=1
 fi
-out=${OUT:-/tmp/kiln-gpu-out}
+work=$(mktemp -d)
+out=${OUT:-$work/out}
 mkdir -p "$out"
 : >"$out/summary.txt"
 bundle=${KILN_GPU_BUNDLE:-gpu-bundle}
-bin=/tmp/kiln-gpu-bin
+bin=$work/bin
 mkdir -p "$bin"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
 
@@ -72,7 +73,7 @@ grep -E "^test result" "$out/tests.log" | tee -a "$out/summary.txt"
 # 2. A random Llama-3.1-8B-shaped model in f16 (transformers on the GPU: seconds, not the
 # minutes a CPU init takes), or with --dry-run a small one; without PyTorch (here), the
 # bench's own random SmolLM2 shapes.
-model=/tmp/kiln-gpu-model
+model=$work/model
 have_torch=0
 if python3 -c "import torch, transformers" 2>/dev/null; then
     have_torch=1
